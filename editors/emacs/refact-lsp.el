@@ -1,0 +1,353 @@
+;;; refact-lsp.el --- Completion from refact-lsp via eglot -*- lexical-binding: t; -*-
+
+;; Version: 0.1.0
+;; Package-Requires: ((emacs "29.1"))
+;; Keywords: convenience, languages, tools
+;; SPDX-License-Identifier: BSD-3-Clause
+
+;;; Commentary:
+
+;; refact-lsp is a language server that completes code with Refact-1.6B-fim
+;; running inside it.  This file connects it to Emacs through eglot:
+;;
+;; - it adds refact-lsp to `eglot-server-programs' for `refact-lsp-major-modes',
+;;   with `refact-lsp-initialization-options' sent as initializationOptions, so
+;;   M-x eglot (or `eglot-ensure') starts it, and `completion-at-point' offers
+;;   its suggestion through eglot's textDocument/completion;
+;; - eglot has no inline completion, so `refact-lsp-inline-mode' asks
+;;   textDocument/inlineCompletion when Emacs is idle after an edit, shows the
+;;   suggestion as an overlay (ghost text), TAB accepts it, and any other
+;;   command that edits or moves point drops it.  It is switched on in buffers
+;;   that eglot manages with refact-lsp (`refact-lsp-inline-auto-enable').
+;;
+;; eglot runs one server per buffer: in the major modes given to refact-lsp,
+;; refact-lsp replaces the language server eglot would otherwise start.
+
+;;; Code:
+
+(require 'cl-lib)
+(require 'eglot)
+(require 'jsonrpc)
+
+(defgroup refact-lsp nil
+  "AI code completion from refact-lsp through eglot."
+  :group 'eglot
+  :prefix "refact-lsp-")
+
+(defcustom refact-lsp-command '("refact-lsp")
+  "Command that starts the server: program and arguments (stdio)."
+  :type '(repeat string))
+
+(defcustom refact-lsp-initialization-options nil
+  "Server settings sent as initializationOptions, as a plist.
+Names as in the server's settings, e.g.
+  (:model \"smallcloudai/Refact-1_6B-fim\" :device \"cuda\"
+   :temperature 0.2 :maxNewTokens 50 :multiline \"auto\").
+Use :json-false for false.  nil: the server's defaults."
+  :type 'plist)
+
+(defcustom refact-lsp-major-modes
+  '(python-mode python-ts-mode
+    (js-mode :language-id "javascript")
+    (js-ts-mode :language-id "javascript")
+    (typescript-ts-mode :language-id "typescript")
+    (tsx-ts-mode :language-id "typescriptreact")
+    c-mode c-ts-mode
+    (c++-mode :language-id "cpp") (c++-ts-mode :language-id "cpp")
+    go-mode go-ts-mode rust-mode rust-ts-mode java-mode java-ts-mode
+    ruby-mode ruby-ts-mode
+    (sh-mode :language-id "shellscript")
+    (bash-ts-mode :language-id "shellscript")
+    lua-mode php-mode
+    prog-mode)
+  "Major modes (`eglot-server-programs' syntax) served by refact-lsp.
+Modes derived from one in the list are included.  The languageId sent is the
+one of the first matching entry, so keep `prog-mode' (languageId \"prog\")
+last, as the catch-all.  Call `refact-lsp-register' after changing it."
+  :type '(repeat sexp))
+
+(defcustom refact-lsp-inline-auto-enable t
+  "Non-nil: turn on `refact-lsp-inline-mode' in buffers served by refact-lsp."
+  :type 'boolean)
+
+(defcustom refact-lsp-inline-idle-delay 0.15
+  "Seconds of idle time after an edit before asking for a suggestion."
+  :type 'number)
+
+(defface refact-lsp-ghost-face '((t :inherit shadow))
+  "Face of the suggestion shown at point.")
+
+;;;; The server
+
+(defclass refact-lsp-server (eglot-lsp-server) ()
+  :documentation "refact-lsp, as eglot sees it.")
+
+(cl-defmethod eglot-initialization-options ((_server refact-lsp-server))
+  "`refact-lsp-initialization-options', read when the server starts."
+  (or refact-lsp-initialization-options (make-hash-table :size 0)))
+
+(defun refact-lsp--contact (&rest _)
+  "The eglot contact for refact-lsp, from `refact-lsp-command' at start."
+  (cons 'refact-lsp-server refact-lsp-command))
+
+(defun refact-lsp--eglot-entry-p (entry)
+  "Non-nil if ENTRY of `eglot-server-programs' is the one this package added."
+  (eq (cdr-safe entry) #'refact-lsp--contact))
+
+;;;###autoload
+(defun refact-lsp-register ()
+  "Put refact-lsp first in `eglot-server-programs' for `refact-lsp-major-modes'.
+Call it again after changing `refact-lsp-major-modes'."
+  (interactive)
+  (setq eglot-server-programs
+        (cons (cons refact-lsp-major-modes #'refact-lsp--contact)
+              (cl-remove-if #'refact-lsp--eglot-entry-p
+                            eglot-server-programs))))
+
+(defun refact-lsp--server ()
+  "The refact-lsp server of the current buffer, or nil."
+  (let ((server (eglot-current-server)))
+    (and (cl-typep server 'refact-lsp-server) server)))
+
+(defun refact-lsp--execute (command &optional arguments)
+  "Run the server COMMAND with ARGUMENTS (a vector) and return its result."
+  (let ((server (or (refact-lsp--server)
+                    (user-error "refact-lsp is not running in this buffer"))))
+    (jsonrpc-request server :workspace/executeCommand
+                     (list :command command :arguments (or arguments [])))))
+
+(defun refact-lsp-stats ()
+  "Show refact-lsp's statistics and model state (the refact.stats command)."
+  (interactive)
+  (let ((stats (refact-lsp--execute "refact.stats")))
+    (with-current-buffer (get-buffer-create "*refact-lsp stats*")
+      (let ((inhibit-read-only t))
+        (erase-buffer)
+        (insert (json-encode stats))
+        (json-pretty-print-buffer))
+      (special-mode)
+      (display-buffer (current-buffer)))
+    stats))
+
+(defun refact-lsp-show-prompt ()
+  "Show the prompt refact-lsp builds at point (the refact.prompt command)."
+  (interactive)
+  (eglot--signal-textDocument/didChange)
+  (let ((answer (refact-lsp--execute
+                 "refact.prompt" (vector (eglot--TextDocumentPositionParams)))))
+    (with-current-buffer (get-buffer-create "*refact-lsp prompt*")
+      (let ((inhibit-read-only t))
+        (erase-buffer)
+        (insert (format "mode: %s, %s tokens\n\n"
+                        (plist-get answer :mode) (plist-get answer :tokens)))
+        (insert (plist-get answer :prompt)))
+      (special-mode)
+      (display-buffer (current-buffer)))
+    answer))
+
+;;;; Inline suggestions
+
+(defvar refact-lsp-inline-mode)
+
+(defvar-local refact-lsp-inline--overlay nil
+  "Overlay showing the current suggestion.")
+
+(defvar-local refact-lsp-inline--suggestion nil
+  "The suggestion shown: plist (:beg :end :text :tick :point).
+Accepting replaces BEG..END with TEXT; TICK and POINT are the buffer's
+when it was shown.")
+
+(defvar-local refact-lsp-inline--visible nil
+  "Non-nil while a suggestion is shown: `refact-lsp-inline-active-map' is on.")
+
+(defvar-local refact-lsp-inline--seq 0
+  "Number of the latest request; answers to older ones are dropped.")
+
+(defvar-local refact-lsp-inline--edited nil
+  "Non-nil when the buffer changed since the last request.")
+
+(defvar-local refact-lsp-inline--last-state nil
+  "(TICK . POINT) after the previous command.")
+
+(defvar refact-lsp-inline--timer nil
+  "The idle timer shared by every buffer.")
+
+(defvar refact-lsp-inline-active-map
+  (let ((map (make-sparse-keymap)))
+    (define-key map (kbd "TAB") #'refact-lsp-inline-accept)
+    (define-key map [tab] #'refact-lsp-inline-accept)
+    map)
+  "Keys active while a suggestion is shown (above major and minor mode maps).")
+
+(defvar refact-lsp-inline--emulation-alist
+  `((refact-lsp-inline--visible . ,refact-lsp-inline-active-map)))
+
+(add-to-list 'emulation-mode-map-alists 'refact-lsp-inline--emulation-alist)
+
+(defun refact-lsp-inline--range-region (range)
+  "RANGE (an LSP Range) as (BEG . END) in the current buffer."
+  (if (fboundp 'eglot-range-region)
+      (eglot-range-region range)
+    (with-no-warnings (eglot--range-region range))))
+
+(defun refact-lsp-inline-dismiss ()
+  "Drop the suggestion shown, if any."
+  (interactive)
+  (when (overlayp refact-lsp-inline--overlay)
+    (delete-overlay refact-lsp-inline--overlay))
+  (setq refact-lsp-inline--overlay nil
+        refact-lsp-inline--suggestion nil
+        refact-lsp-inline--visible nil))
+
+(defun refact-lsp-inline--ghost (text typed covered)
+  "What to show at point for TEXT.
+TYPED is the text from the item's range start to point, COVERED the text
+from point to the range end.  nil if TEXT does not continue TYPED.
+Characters right of point that the suggestion re-types stay where they are,
+so they are left out of the ghost when they end its only line."
+  (when (string-prefix-p typed text)
+    (let ((ghost (substring text (length typed))))
+      (if (and (not (string-empty-p covered))
+               (not (string-search "\n" ghost))
+               (string-suffix-p covered ghost))
+          (substring ghost 0 (- (length ghost) (length covered)))
+        ghost))))
+
+(defun refact-lsp-inline--show (item)
+  "Show ITEM (an InlineCompletionItem) at point."
+  (let* ((insert (plist-get item :insertText))
+         (text (if (stringp insert) insert (plist-get insert :value)))
+         (range (plist-get item :range))
+         (region (if range
+                     (refact-lsp-inline--range-region range)
+                   (cons (point) (point))))
+         (beg (car region))
+         (end (cdr region)))
+    (when (and (stringp text) (not (string-empty-p text))
+               (<= beg (point) end)
+               (= (line-number-at-pos beg) (line-number-at-pos end)))
+      (let ((ghost (refact-lsp-inline--ghost
+                    text
+                    (buffer-substring-no-properties beg (point))
+                    (buffer-substring-no-properties (point) end))))
+        (when (and ghost (not (string-empty-p ghost)))
+          (refact-lsp-inline-dismiss)
+          (setq ghost (propertize ghost 'face 'refact-lsp-ghost-face))
+          ;; Keep the cursor before the ghost text, where typing goes.
+          (put-text-property 0 1 'cursor t ghost)
+          (let ((overlay (make-overlay (point) (point) nil nil t)))
+            (overlay-put overlay 'after-string ghost)
+            (overlay-put overlay 'refact-lsp t)
+            (overlay-put overlay 'priority 1000)
+            (setq refact-lsp-inline--overlay overlay
+                  refact-lsp-inline--suggestion
+                  (list :beg beg :end end :text text
+                        :tick (buffer-chars-modified-tick) :point (point))
+                  refact-lsp-inline--visible t)))))))
+
+(defun refact-lsp-inline--on-answer (result)
+  "Show the first item of RESULT (InlineCompletionList or array of items)."
+  (let* ((items (if (vectorp result) result (plist-get result :items)))
+         (item (and (vectorp items) (> (length items) 0) (aref items 0))))
+    (when item
+      (refact-lsp-inline--show item))))
+
+(defun refact-lsp-inline-request ()
+  "Ask for a suggestion at point.
+It is shown when the answer comes, if the buffer and point did not change."
+  (interactive)
+  (when-let ((server (refact-lsp--server)))
+    ;; eglot sends didChange on a timer and never cancels requests: flush
+    ;; the edits first so the server completes the text as it is now.
+    (eglot--signal-textDocument/didChange)
+    (setq refact-lsp-inline--edited nil)
+    (let ((buffer (current-buffer))
+          (seq (cl-incf refact-lsp-inline--seq))
+          (tick (buffer-chars-modified-tick))
+          (pos (point)))
+      (jsonrpc-async-request
+       server :textDocument/inlineCompletion
+       (append (eglot--TextDocumentPositionParams)
+               (list :context
+                     (list :triggerKind
+                           (if (called-interactively-p 'any) 1 2))))
+       :success-fn
+       (lambda (result)
+         (when (buffer-live-p buffer)
+           (with-current-buffer buffer
+             ;; Stale answers (a newer request, an edit or a move since)
+             ;; are dropped.
+             (when (and refact-lsp-inline-mode
+                        (= seq refact-lsp-inline--seq)
+                        (= tick (buffer-chars-modified-tick))
+                        (= pos (point)))
+               (refact-lsp-inline--on-answer result)))))
+       :error-fn #'ignore
+       :timeout-fn #'ignore))))
+
+(defun refact-lsp-inline-accept ()
+  "Insert the suggestion shown at point."
+  (interactive)
+  (let ((suggestion refact-lsp-inline--suggestion))
+    (refact-lsp-inline-dismiss)
+    (when (and suggestion
+               (= (plist-get suggestion :tick) (buffer-chars-modified-tick)))
+      (let ((beg (plist-get suggestion :beg)))
+        (delete-region beg (plist-get suggestion :end))
+        (goto-char beg)
+        (insert (plist-get suggestion :text))))))
+
+(defun refact-lsp-inline--post-command ()
+  "Drop the suggestion after a command that edits or moves point.
+Note edits for the idle timer."
+  (let ((state (cons (buffer-chars-modified-tick) (point))))
+    (unless (equal state refact-lsp-inline--last-state)
+      (when (and refact-lsp-inline--visible
+                 (not (eq this-command 'refact-lsp-inline-accept)))
+        (refact-lsp-inline-dismiss))
+      (when (and refact-lsp-inline--last-state
+                 (/= (car state) (car refact-lsp-inline--last-state)))
+        (setq refact-lsp-inline--edited t))
+      (setq refact-lsp-inline--last-state state))
+    (when (and refact-lsp-inline--visible (eq this-command 'keyboard-quit))
+      (refact-lsp-inline-dismiss))))
+
+(defun refact-lsp-inline--on-idle ()
+  "Idle timer: ask for a suggestion if the buffer was edited since the last."
+  (when (and refact-lsp-inline-mode refact-lsp-inline--edited
+             (not refact-lsp-inline--visible)
+             (not buffer-read-only) (not (minibufferp)))
+    (refact-lsp-inline-request)))
+
+;;;###autoload
+(define-minor-mode refact-lsp-inline-mode
+  "Show refact-lsp's suggestion at point while typing; TAB accepts it.
+Needs a buffer managed by eglot with refact-lsp."
+  :lighter " Refact"
+  (if refact-lsp-inline-mode
+      (progn
+        (setq refact-lsp-inline--last-state
+              (cons (buffer-chars-modified-tick) (point)))
+        (add-hook 'post-command-hook #'refact-lsp-inline--post-command nil t)
+        (unless refact-lsp-inline--timer
+          (setq refact-lsp-inline--timer
+                (run-with-idle-timer refact-lsp-inline-idle-delay t
+                                     #'refact-lsp-inline--on-idle))))
+    (remove-hook 'post-command-hook #'refact-lsp-inline--post-command t)
+    (refact-lsp-inline-dismiss)))
+
+(defun refact-lsp-inline--maybe-enable ()
+  "On `eglot-managed-mode-hook': follow eglot in buffers served by refact-lsp."
+  (cond ((and (bound-and-true-p eglot--managed-mode)
+              refact-lsp-inline-auto-enable
+              (refact-lsp--server))
+         (refact-lsp-inline-mode 1))
+        (refact-lsp-inline-mode
+         (refact-lsp-inline-mode -1))))
+
+(add-hook 'eglot-managed-mode-hook #'refact-lsp-inline--maybe-enable)
+
+(refact-lsp-register)
+
+(provide 'refact-lsp)
+;;; refact-lsp.el ends here

@@ -1,0 +1,289 @@
+--- Ghost text for Neovim 0.11, which has no vim.lsp.inline_completion: after a pause in insert mode,
+--- ask `textDocument/inlineCompletion`, show the first item with extmarks (inline virtual text for
+--- the cursor line, virtual lines for the rest), accept it with a key, drop it on any other edit,
+--- cursor move or leaving insert mode. Answers to outdated requests are dropped.
+local M = {}
+
+local api = vim.api
+local ns = api.nvim_create_namespace('refact.ghost')
+local INLINE_TRIGGER_AUTOMATIC = 2
+
+---@class refact.ghost.Suggestion
+---@field row integer 0-based
+---@field start_col integer byte column where the item's range starts
+---@field end_col integer byte column where it ends (>= the cursor: auto-closed characters it re-types)
+---@field lines string[] the item's text, split in lines
+---@field tick integer b:changedtick when shown
+
+---@class refact.ghost.State
+---@field client_id integer
+---@field opts table
+---@field timer uv.uv_timer_t?
+---@field seq integer number of the latest request; answers to older ones are dropped
+---@field request_id integer? the client's id of the request in flight
+---@field shown refact.ghost.Suggestion?
+
+---@type table<integer, refact.ghost.State>
+local states = {}
+
+local function item_text(item)
+  local text = item.insertText
+  if type(text) == 'table' then -- StringValue (snippet): shown and inserted as plain text
+    text = text.value
+  end
+  return type(text) == 'string' and text or nil
+end
+
+--- Byte column of an LSP character offset in `line`.
+local function byte_col(line, character, encoding)
+  local ok, col = pcall(vim.str_byteindex, line, encoding, character, false)
+  return ok and math.min(col, #line) or #line
+end
+
+local function cancel_request(bufnr, state)
+  if state.request_id then
+    local client = vim.lsp.get_client_by_id(state.client_id)
+    if client then
+      client:cancel_request(state.request_id)
+    end
+    state.request_id = nil
+  end
+end
+
+--- Removes the ghost text of `bufnr` (the suggestion is forgotten).
+function M.clear(bufnr)
+  local state = states[bufnr]
+  if state then
+    state.shown = nil
+  end
+  if api.nvim_buf_is_valid(bufnr) then
+    api.nvim_buf_clear_namespace(bufnr, ns, 0, -1)
+  end
+end
+
+--- The suggestion shown in `bufnr`, if any.
+---@return refact.ghost.Suggestion?
+function M.current(bufnr)
+  local state = states[bufnr]
+  return state and state.shown
+end
+
+local function render(bufnr, suggestion, cursor_col, hl_group)
+  local line = api.nvim_buf_get_lines(bufnr, suggestion.row, suggestion.row + 1, true)[1]
+  local typed = line:sub(suggestion.start_col + 1, cursor_col)
+  local covered = line:sub(cursor_col + 1, suggestion.end_col)
+  local first = suggestion.lines[1]
+  if first:sub(1, #typed) ~= typed then
+    return false -- the item does not continue what is typed: nothing sensible to show
+  end
+  local ghost_first = first:sub(#typed + 1)
+  local rest = vim.list_slice(suggestion.lines, 2)
+  -- Characters right of the cursor that the item re-types (e.g. an auto-closed ")") stay where
+  -- they are; the ghost shows what goes before them.
+  if #rest == 0 and covered ~= '' and ghost_first:sub(-#covered) == covered then
+    ghost_first = ghost_first:sub(1, -#covered - 1)
+  end
+  if ghost_first == '' and #rest == 0 then
+    return false
+  end
+  local mark = { virt_text_pos = 'inline', hl_mode = 'combine', right_gravity = false }
+  if ghost_first ~= '' then
+    mark.virt_text = { { ghost_first, hl_group } }
+  end
+  if #rest > 0 then
+    mark.virt_lines = vim.tbl_map(function(l)
+      return { { l, hl_group } }
+    end, rest)
+  end
+  api.nvim_buf_set_extmark(bufnr, ns, suggestion.row, cursor_col, mark)
+  return true
+end
+
+local function on_answer(bufnr, seq, tick, row, col, encoding, result)
+  local state = states[bufnr]
+  if not state or state.seq ~= seq or not api.nvim_buf_is_valid(bufnr) then
+    return -- superseded or detached
+  end
+  state.request_id = nil
+  local cursor = api.nvim_win_get_cursor(0)
+  if
+    api.nvim_get_current_buf() ~= bufnr
+    or api.nvim_buf_get_changedtick(bufnr) ~= tick
+    or cursor[1] - 1 ~= row
+    or cursor[2] ~= col
+    or not vim.startswith(api.nvim_get_mode().mode, 'i')
+  then
+    return -- stale: the buffer or the cursor changed meanwhile
+  end
+  local items = result and (result.items or result) or {}
+  local item = items[1]
+  local text = item and item_text(item)
+  if not text or text == '' then
+    return
+  end
+  local line = api.nvim_buf_get_lines(bufnr, row, row + 1, true)[1]
+  local start_col, end_col = col, col
+  if item.range then
+    if item.range.start.line ~= row or item.range['end'].line ~= row then
+      return -- only edits on the cursor line are shown
+    end
+    start_col = byte_col(line, item.range.start.character, encoding)
+    end_col = byte_col(line, item.range['end'].character, encoding)
+    if start_col > col or end_col < col then
+      return
+    end
+  end
+  M.clear(bufnr)
+  local suggestion = {
+    row = row,
+    start_col = start_col,
+    end_col = end_col,
+    lines = vim.split(text, '\n', { plain = true }),
+    tick = tick,
+  }
+  if render(bufnr, suggestion, col, state.opts.hl_group) then
+    state.shown = suggestion
+  end
+end
+
+--- Asks the server for a suggestion at the cursor of the current window (which shows `bufnr`).
+function M.request(bufnr)
+  local state = states[bufnr]
+  local client = state and vim.lsp.get_client_by_id(state.client_id)
+  if not client or api.nvim_get_current_buf() ~= bufnr then
+    return
+  end
+  cancel_request(bufnr, state)
+  state.seq = state.seq + 1
+  local seq = state.seq
+  local encoding = client.offset_encoding or 'utf-16'
+  local params = vim.lsp.util.make_position_params(0, encoding)
+  params.context = { triggerKind = INLINE_TRIGGER_AUTOMATIC }
+  local row, col = unpack(api.nvim_win_get_cursor(0))
+  local tick = api.nvim_buf_get_changedtick(bufnr)
+  -- The real buffer number (not 0): the client then flushes pending didChange notifications first.
+  local ok, request_id = client:request('textDocument/inlineCompletion', params, function(err, result)
+    if err then
+      if state.seq == seq then
+        state.request_id = nil
+      end
+      return
+    end
+    on_answer(bufnr, seq, tick, row - 1, col, encoding, result)
+  end, bufnr)
+  state.request_id = ok and request_id or nil
+end
+
+--- Schedules a request after the configured pause; each call restarts the pause.
+function M.schedule(bufnr)
+  local state = states[bufnr]
+  if not state then
+    return
+  end
+  state.timer = state.timer or vim.uv.new_timer()
+  state.timer:stop()
+  state.timer:start(state.opts.delay_ms, 0, vim.schedule_wrap(function()
+    if states[bufnr] and vim.startswith(api.nvim_get_mode().mode, 'i') then
+      M.request(bufnr)
+    end
+  end))
+end
+
+--- Drops the suggestion and any pending or running request.
+function M.dismiss(bufnr)
+  local state = states[bufnr]
+  if state then
+    if state.timer then
+      state.timer:stop()
+    end
+    state.seq = state.seq + 1
+    cancel_request(bufnr, state)
+  end
+  M.clear(bufnr)
+end
+
+--- Inserts the shown suggestion. Returns false if none is shown (or it no longer applies).
+---@return boolean
+function M.accept(bufnr)
+  bufnr = bufnr == 0 and api.nvim_get_current_buf() or bufnr
+  local suggestion = M.current(bufnr)
+  if not suggestion then
+    return false
+  end
+  M.dismiss(bufnr)
+  if api.nvim_buf_get_changedtick(bufnr) ~= suggestion.tick then
+    return false
+  end
+  local lines = suggestion.lines
+  api.nvim_buf_set_text(bufnr, suggestion.row, suggestion.start_col, suggestion.row, suggestion.end_col, lines)
+  local last_row = suggestion.row + #lines - 1
+  local last_col = (#lines == 1 and suggestion.start_col or 0) + #lines[#lines]
+  api.nvim_win_set_cursor(0, { last_row + 1, last_col })
+  return true
+end
+
+--- Starts ghost text in `bufnr` for `client`.
+function M.attach(client, bufnr, opts)
+  if states[bufnr] then
+    states[bufnr].client_id = client.id
+    return
+  end
+  states[bufnr] = { client_id = client.id, opts = opts, seq = 0 }
+  local group = api.nvim_create_augroup('refact.ghost.' .. bufnr, { clear = true })
+  api.nvim_create_autocmd('TextChangedI', {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      M.dismiss(bufnr)
+      M.schedule(bufnr)
+    end,
+  })
+  api.nvim_create_autocmd('CursorMovedI', {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      local shown = M.current(bufnr)
+      if shown then
+        local cursor = api.nvim_win_get_cursor(0)
+        local mark = api.nvim_buf_get_extmarks(bufnr, ns, 0, -1, {})[1]
+        if not mark or mark[2] ~= cursor[1] - 1 or mark[3] ~= cursor[2] then
+          M.dismiss(bufnr)
+        end
+      end
+    end,
+  })
+  api.nvim_create_autocmd({ 'InsertLeave', 'BufLeave' }, {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      M.dismiss(bufnr)
+    end,
+  })
+  api.nvim_create_autocmd('LspDetach', {
+    group = group,
+    buffer = bufnr,
+    callback = function(args)
+      if args.data.client_id == client.id then
+        M.detach(bufnr)
+      end
+    end,
+  })
+end
+
+--- Stops ghost text in `bufnr`.
+function M.detach(bufnr)
+  local state = states[bufnr]
+  if not state then
+    return
+  end
+  M.dismiss(bufnr)
+  if state.timer then
+    state.timer:close()
+  end
+  states[bufnr] = nil
+  pcall(api.nvim_del_augroup_by_name, 'refact.ghost.' .. bufnr)
+end
+
+M.namespace = ns
+
+return M

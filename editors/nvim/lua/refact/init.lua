@@ -1,0 +1,109 @@
+--- refact-lsp for Neovim: starts the client (vim.lsp.enable) and, when it attaches to a buffer,
+--- switches on the completion menu (vim.lsp.completion) and inline suggestions
+--- (vim.lsp.inline_completion on 0.12+, the `refact.ghost` extmark module on 0.11).
+local M = {}
+
+--- Server name reported in `initialize`'s serverInfo: how an attached client is recognised,
+--- whatever name it was configured under.
+M.server_name = 'refact-lsp'
+
+---@class refact.Options
+M.defaults = {
+  --- Call vim.lsp.enable('refact') from setup().
+  enable = true,
+  --- Server command (nil: lsp/refact.lua's, i.e. `refact-lsp` on $PATH).
+  cmd = nil,
+  --- initializationOptions: the server's settings (model, device, dtype, maxNewTokens, temperature,
+  --- debounceMs, multiline, ...). nil: server defaults.
+  settings = nil,
+  completion = {
+    --- Offer the suggestion in the completion menu (<C-x><C-o>, vim.lsp.completion.get()).
+    enabled = true,
+    --- Open the menu on the server's trigger characters as well.
+    autotrigger = false,
+  },
+  inline = {
+    --- Show suggestions as ghost text while typing.
+    enabled = true,
+    --- Insert-mode key that accepts the suggestion; when nothing is shown it types itself.
+    --- false: no mapping (call require('refact').accept() from your own).
+    accept_key = '<Tab>',
+    --- Pause after the last keystroke before asking (ms). Neovim 0.11's ghost text only.
+    delay_ms = 75,
+    --- Highlight group of the ghost text (0.11).
+    hl_group = 'RefactGhost',
+  },
+}
+
+M.options = vim.deepcopy(M.defaults)
+
+local function has_native_inline()
+  return vim.lsp.inline_completion ~= nil and vim.lsp.inline_completion.enable ~= nil
+end
+
+--- Configures the plugin; with `enable` (default) also calls vim.lsp.enable('refact').
+---@param opts? refact.Options
+function M.setup(opts)
+  M.options = vim.tbl_deep_extend('force', vim.deepcopy(M.defaults), opts or {})
+  local overrides = {}
+  if M.options.cmd then
+    overrides.cmd = M.options.cmd
+  end
+  if M.options.settings then
+    overrides.init_options = M.options.settings
+    overrides.settings = { refact = M.options.settings }
+  end
+  if next(overrides) then
+    vim.lsp.config('refact', overrides)
+  end
+  if M.options.enable then
+    vim.lsp.enable('refact')
+  end
+end
+
+--- True if `client` is a refact-lsp client.
+---@param client vim.lsp.Client?
+function M.is_refact(client)
+  return client ~= nil and client.server_info ~= nil and client.server_info.name == M.server_name
+end
+
+local function map_accept(bufnr)
+  local key = M.options.inline.accept_key
+  if not key then
+    return
+  end
+  vim.keymap.set('i', key, function()
+    if not M.accept() then
+      vim.api.nvim_feedkeys(vim.keycode(key), 'n', false)
+    end
+  end, { buffer = bufnr, desc = 'Accept the Refact suggestion' })
+end
+
+--- Accepts the suggestion shown in the current buffer. Returns false if none was shown.
+---@return boolean
+function M.accept()
+  if has_native_inline() then
+    return vim.lsp.inline_completion.get() and true or false
+  end
+  return require('refact.ghost').accept(vim.api.nvim_get_current_buf())
+end
+
+--- Called on LspAttach for refact-lsp clients (plugin/refact.lua).
+---@param client vim.lsp.Client
+---@param bufnr integer
+function M.attach(client, bufnr)
+  local opts = M.options
+  if opts.completion.enabled and client.server_capabilities.completionProvider then
+    require('refact.menu').enable(client, bufnr, { autotrigger = opts.completion.autotrigger })
+  end
+  if opts.inline.enabled and client.server_capabilities.inlineCompletionProvider then
+    if has_native_inline() then
+      vim.lsp.inline_completion.enable(true, { bufnr = bufnr, client_id = client.id })
+    else
+      require('refact.ghost').attach(client, bufnr, opts.inline)
+    end
+    map_accept(bufnr)
+  end
+end
+
+return M

@@ -1,0 +1,55 @@
+-- Loaded at startup by any plugin manager: hooks refact-lsp clients on attach and adds commands.
+-- Starting the server is up to the user: require('refact').setup() or vim.lsp.enable('refact').
+if vim.g.loaded_refact then
+  return
+end
+vim.g.loaded_refact = true
+
+vim.api.nvim_set_hl(0, 'RefactGhost', { link = 'Comment', default = true })
+
+vim.api.nvim_create_autocmd('LspAttach', {
+  group = vim.api.nvim_create_augroup('refact', { clear = true }),
+  callback = function(args)
+    local refact = require('refact')
+    local client = vim.lsp.get_client_by_id(args.data.client_id)
+    if refact.is_refact(client) then
+      refact.attach(client, args.buf)
+    end
+  end,
+})
+
+local function refact_client()
+  local clients = vim.lsp.get_clients({ bufnr = 0 })
+  for _, client in ipairs(clients) do
+    if require('refact').is_refact(client) then
+      return client
+    end
+  end
+  vim.notify('refact-lsp is not attached to this buffer', vim.log.levels.WARN)
+end
+
+local function show(title, value)
+  local lines = { title }
+  vim.list_extend(lines, vim.split(type(value) == 'string' and value or vim.inspect(value), '\n'))
+  vim.notify(table.concat(lines, '\n'), vim.log.levels.INFO)
+end
+
+vim.api.nvim_create_user_command('RefactStats', function()
+  local client = refact_client()
+  if client then
+    client:request('workspace/executeCommand', { command = 'refact.stats', arguments = {} }, function(err, result)
+      show('refact.stats', err or result)
+    end, 0)
+  end
+end, { desc = 'Show refact-lsp statistics and model state' })
+
+vim.api.nvim_create_user_command('RefactPrompt', function()
+  local client = refact_client()
+  if client then
+    local bufnr = vim.api.nvim_get_current_buf()
+    local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+    client:request('workspace/executeCommand', { command = 'refact.prompt', arguments = { params } }, function(err, result)
+      show('refact.prompt', err or (result and result.prompt) or result)
+    end, bufnr)
+  end
+end, { desc = 'Show the prompt refact-lsp builds at the cursor' })

@@ -1,0 +1,321 @@
+/**
+ * Refact LSP for VS Code: starts `refact-lsp` over stdio with vscode-languageclient 11, whose inline
+ * completion feature turns the server's `textDocument/inlineCompletion` answers into ghost text (Tab accepts).
+ * Adds a status bar item (model state, last latency) and commands for `refact.stats` and `refact.prompt`.
+ */
+import * as path from 'path';
+import * as vscode from 'vscode';
+import {
+    DidChangeConfigurationNotification,
+    ExecuteCommandRequest,
+    LanguageClient,
+    type LanguageClientOptions,
+    type ServerOptions,
+    State,
+    TransportKind,
+} from 'vscode-languageclient/node';
+import {
+    completionsEnabled,
+    SECTION,
+    type ServerSettings,
+    serverCommand,
+    serverSettings,
+    setCompletionsEnabled,
+} from './settings';
+import { modelStatus, StatusBar } from './status';
+
+const VIEW_SCHEME = 'refact-view';
+/** Poll `refact.stats` this often while the model downloads or loads, and this often once it settled. */
+const POLL_BUSY_MS = 500;
+const POLL_IDLE_MS = 10_000;
+
+let client: LanguageClient | undefined;
+let output: vscode.LogOutputChannel;
+let status: StatusBar;
+let pollTimer: NodeJS.Timeout | undefined;
+/** Settings last sent to the server, so that unrelated configuration changes send nothing. */
+let lastSentSettings = '';
+const views = new Map<string, string>();
+const viewChanged = new vscode.EventEmitter<vscode.Uri>();
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+    output = vscode.window.createOutputChannel('Refact LSP', { log: true });
+    status = new StatusBar('refact.menu');
+    status.setEnabled(completionsEnabled());
+    context.subscriptions.push(
+        output,
+        status,
+        viewChanged,
+        { dispose: () => stopPolling() },
+        vscode.workspace.registerTextDocumentContentProvider(VIEW_SCHEME, {
+            onDidChange: viewChanged.event,
+            provideTextDocumentContent: (uri) => views.get(uri.toString()) ?? '',
+        }),
+        vscode.commands.registerCommand('refact.toggleCompletions', toggleCompletions),
+        vscode.commands.registerCommand('refact.showStats', showStats),
+        vscode.commands.registerCommand('refact.showPrompt', showPrompt),
+        vscode.commands.registerCommand('refact.restartServer', restartServer),
+        vscode.commands.registerCommand('refact.menu', showMenu),
+        vscode.workspace.onDidChangeConfiguration(async (event) => {
+            if (event.affectsConfiguration(`${SECTION}.enable`)) {
+                status.setEnabled(completionsEnabled());
+            }
+            if (event.affectsConfiguration(`${SECTION}.serverCommand`)) {
+                await restartServer();
+            }
+        }),
+    );
+    await startClient();
+}
+
+export async function deactivate(): Promise<void> {
+    stopPolling();
+    await stopClient();
+}
+
+async function startClient(): Promise<void> {
+    let command: string[];
+    try {
+        command = serverCommand();
+    } catch (error) {
+        reportStartFailure(errorMessage(error));
+        void vscode.window.showErrorMessage(`Refact: ${errorMessage(error)}`);
+        return;
+    }
+    const serverOptions: ServerOptions = {
+        command: command[0],
+        args: command.slice(1),
+        transport: TransportKind.stdio, // appends --stdio
+    };
+    const clientOptions: LanguageClientOptions = {
+        documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }],
+        outputChannel: output,
+        initializationOptions: () => {
+            const settings = serverSettings();
+            lastSentSettings = JSON.stringify(settings);
+            return settings;
+        },
+        synchronize: { configurationSection: SECTION },
+        middleware: {
+            provideInlineCompletionItems: async (document, position, context, token, next) => {
+                if (!completionsEnabled()) {
+                    return null;
+                }
+                const started = performance.now();
+                const result = await next(document, position, context, token);
+                if (!token.isCancellationRequested) {
+                    status.setLatency(performance.now() - started);
+                    schedulePoll(0);
+                }
+                return result;
+            },
+            // Ghost text is how VS Code shows these suggestions; the same suggestion as a completion list item
+            // (the server offers one for editors without inline completion) would only duplicate it and run the
+            // model a second time per keystroke.
+            provideCompletionItem: () => undefined,
+            workspace: {
+                // Send only the settings the server knows, only when they changed, and keep falsy values
+                // (the default sync drops `temperature: 0`).
+                didChangeConfiguration: async () => {
+                    const settings = settingsToSend();
+                    if (settings !== undefined && client) {
+                        await client.sendNotification(DidChangeConfigurationNotification.type, {
+                            settings: { [SECTION]: settings },
+                        });
+                        schedulePoll(200); // a new model, device or dtype reloads: show it soon
+                    }
+                },
+                configuration: async (params, token, next) => {
+                    const answer = await next(params, token);
+                    if (!Array.isArray(answer)) {
+                        return answer;
+                    }
+                    const settings = serverSettings() as unknown as Record<string, unknown>;
+                    return answer.map((value, i) => {
+                        const section = params.items[i]?.section;
+                        if (section === SECTION) {
+                            return settings;
+                        }
+                        if (section?.startsWith(`${SECTION}.`)) {
+                            return settings[section.slice(SECTION.length + 1)] ?? value;
+                        }
+                        return value;
+                    });
+                },
+            },
+        },
+    };
+
+    const newClient = new LanguageClient('refact', 'Refact LSP', serverOptions, clientOptions);
+    client = newClient;
+    newClient.onDidChangeState((event) => {
+        if (client !== newClient) {
+            return;
+        }
+        if (event.newState === State.Stopped) {
+            stopPolling();
+            status.setStatus({ state: 'stopped' });
+        } else if (event.newState === State.Running) {
+            schedulePoll(0); // also after the client restarted a crashed server
+        }
+    });
+    status.setStatus({ state: 'starting' });
+    try {
+        await newClient.start();
+    } catch (error) {
+        reportStartFailure(`could not start ${JSON.stringify(command)}: ${error}`);
+    }
+}
+
+/** The settings for the server, or undefined when they equal what it was last sent. */
+function settingsToSend(): ServerSettings | undefined {
+    const settings = serverSettings();
+    const json = JSON.stringify(settings);
+    if (json === lastSentSettings) {
+        return undefined;
+    }
+    lastSentSettings = json;
+    return settings;
+}
+
+/** Start failures: the language client already shows its own error message; the status bar keeps it. */
+function reportStartFailure(message: string): void {
+    output.error(message);
+    status.setStatus({
+        state: 'error',
+        error: `${message}. Set "refact.serverCommand" to the command that starts refact-lsp.`,
+    });
+}
+
+async function stopClient(): Promise<void> {
+    const old = client;
+    client = undefined;
+    if (old) {
+        try {
+            await old.stop(2000);
+        } catch (error) {
+            output.warn(`stopping the server: ${error}`);
+        }
+    }
+}
+
+async function restartServer(): Promise<void> {
+    stopPolling();
+    await stopClient();
+    await startClient();
+}
+
+async function executeServerCommand(command: string, args: unknown[] = []): Promise<unknown> {
+    if (!client || client.state !== State.Running) {
+        throw new Error('the Refact server is not running');
+    }
+    return client.sendRequest(ExecuteCommandRequest.type, { command, arguments: args });
+}
+
+function schedulePoll(delayMs: number): void {
+    stopPolling();
+    pollTimer = setTimeout(() => void pollStats(), delayMs);
+}
+
+function stopPolling(): void {
+    if (pollTimer !== undefined) {
+        clearTimeout(pollTimer);
+        pollTimer = undefined;
+    }
+}
+
+async function pollStats(): Promise<void> {
+    pollTimer = undefined;
+    if (!client || client.state !== State.Running) {
+        return;
+    }
+    try {
+        status.setStatus(modelStatus(await executeServerCommand('refact.stats')));
+    } catch (error) {
+        output.warn(`refact.stats failed: ${error}`);
+    }
+    const settled = status.state === 'ready' || status.state === 'error';
+    if (pollTimer === undefined) {
+        schedulePoll(settled ? POLL_IDLE_MS : POLL_BUSY_MS);
+    }
+}
+
+async function toggleCompletions(): Promise<void> {
+    const enabled = !completionsEnabled();
+    await setCompletionsEnabled(enabled);
+    status.setEnabled(enabled);
+    if (!enabled) {
+        await vscode.commands.executeCommand('editor.action.inlineSuggest.hide');
+    }
+    vscode.window.setStatusBarMessage(`Refact inline completions ${enabled ? 'on' : 'off'}`, 3000);
+}
+
+/** Opens `text` in a read-only editor named `name` (its extension picks the language). */
+async function showView(name: string, text: string): Promise<void> {
+    const uri = vscode.Uri.from({ scheme: VIEW_SCHEME, path: `/${name}` });
+    views.set(uri.toString(), text);
+    viewChanged.fire(uri);
+    const document = await vscode.workspace.openTextDocument(uri);
+    await vscode.window.showTextDocument(document, { preview: true, viewColumn: vscode.ViewColumn.Beside });
+}
+
+async function showStats(): Promise<void> {
+    try {
+        const stats = await executeServerCommand('refact.stats');
+        status.setStatus(modelStatus(stats));
+        await showView('refact-stats.json', JSON.stringify(stats, null, 2) + '\n');
+    } catch (error) {
+        void vscode.window.showErrorMessage(`Refact: ${errorMessage(error)}`);
+    }
+}
+
+async function showPrompt(): Promise<void> {
+    const editor = vscode.window.activeTextEditor;
+    if (!editor || !client) {
+        void vscode.window.showWarningMessage('Refact: open a file and put the cursor where to complete.');
+        return;
+    }
+    const converter = client.code2ProtocolConverter;
+    try {
+        const answer = (await executeServerCommand('refact.prompt', [
+            {
+                textDocument: { uri: converter.asUri(editor.document.uri) },
+                position: converter.asPosition(editor.selection.active),
+            },
+        ])) as { prompt?: string; tokens?: number; mode?: string } | null;
+        if (!answer || typeof answer.prompt !== 'string') {
+            void vscode.window.showInformationMessage('Refact: no completion at this position (mode: none).');
+            return;
+        }
+        const where = `${path.basename(editor.document.fileName)}:${editor.selection.active.line + 1}`;
+        await showView(`prompt ${where} (${answer.mode}, ${answer.tokens} tokens).txt`, answer.prompt);
+    } catch (error) {
+        void vscode.window.showErrorMessage(`Refact: ${errorMessage(error)}`);
+    }
+}
+
+async function showMenu(): Promise<void> {
+    const items: (vscode.QuickPickItem & { command: string })[] = [
+        {
+            label: completionsEnabled() ? '$(circle-slash) Disable inline completions' : '$(check) Enable inline completions',
+            command: 'refact.toggleCompletions',
+        },
+        { label: '$(graph) Show server stats', command: 'refact.showStats' },
+        { label: '$(code) Show prompt at cursor', command: 'refact.showPrompt' },
+        { label: '$(debug-restart) Restart server', command: 'refact.restartServer' },
+        { label: '$(output) Show log', command: 'refact.showLog' },
+        { label: '$(gear) Settings', command: 'refact.openSettings' },
+    ];
+    const choice = await vscode.window.showQuickPick(items, { title: 'Refact' });
+    if (choice?.command === 'refact.showLog') {
+        output.show();
+    } else if (choice?.command === 'refact.openSettings') {
+        await vscode.commands.executeCommand('workbench.action.openSettings', `@ext:refact-lsp.refact-lsp`);
+    } else if (choice) {
+        await vscode.commands.executeCommand(choice.command);
+    }
+}
+
+function errorMessage(error: unknown): string {
+    return error instanceof Error ? error.message : String(error);
+}

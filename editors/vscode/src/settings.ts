@@ -1,0 +1,62 @@
+/** The `refact.*` VS Code settings and what the server is told about them. */
+import * as os from 'os';
+import * as vscode from 'vscode';
+
+export const SECTION = 'refact';
+
+/** Settings the server understands (LSP names), sent as initializationOptions and didChangeConfiguration. */
+export interface ServerSettings {
+    model?: string;
+    device: string;
+    dtype: string;
+    maxNewTokens: number;
+    temperature: number;
+    debounceMs: number;
+    multiline: string;
+}
+
+/** The server's settings from the VS Code configuration; an empty `model` is left out (server default). */
+export function serverSettings(): ServerSettings {
+    const config = vscode.workspace.getConfiguration(SECTION);
+    const settings: ServerSettings = {
+        device: config.get<string>('device', 'auto'),
+        dtype: config.get<string>('dtype', 'auto'),
+        maxNewTokens: config.get<number>('maxNewTokens', 50),
+        temperature: config.get<number>('temperature', 0.2),
+        debounceMs: config.get<number>('debounceMs', 25),
+        multiline: config.get<string>('multiline', 'auto'),
+    };
+    const model = config.get<string>('model', '').trim();
+    if (model) {
+        settings.model = expandHome(model);
+    }
+    return settings;
+}
+
+export function completionsEnabled(): boolean {
+    return vscode.workspace.getConfiguration(SECTION).get<boolean>('enable', true);
+}
+
+export async function setCompletionsEnabled(enabled: boolean): Promise<void> {
+    await vscode.workspace.getConfiguration(SECTION).update('enable', enabled, vscode.ConfigurationTarget.Global);
+}
+
+/**
+ * `refact.serverCommand` as [command, ...args]: an array is taken as is, a string is split on whitespace.
+ * A leading `~` is expanded. The language client appends `--stdio`.
+ */
+export function serverCommand(): string[] {
+    const raw = vscode.workspace.getConfiguration(SECTION).get<string | string[]>('serverCommand', ['refact-lsp']);
+    const parts = (Array.isArray(raw) ? raw : String(raw).trim().split(/\s+/))
+        .map((part) => String(part))
+        .filter((part) => part.length > 0)
+        .map(expandHome);
+    if (parts.length === 0) {
+        throw new Error('refact.serverCommand is empty: set it to e.g. ["refact-lsp"]');
+    }
+    return parts;
+}
+
+function expandHome(path: string): string {
+    return path === '~' || path.startsWith('~/') ? os.homedir() + path.slice(1) : path;
+}

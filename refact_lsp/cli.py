@@ -1,0 +1,136 @@
+"""``refact-lsp`` / ``python -m refact_lsp``: start the language server over stdio or TCP.
+
+Every option can also come from an environment variable (the flag wins). Logs go to stderr or
+``--log-file``, never to stdout, which carries the protocol in stdio mode. Document text is only
+logged at debug level: pygls' own loggers (which log message bodies at info level) are kept at
+warning unless the level is debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from refact_lsp import __version__
+
+log = logging.getLogger("refact_lsp")
+
+ENV_PREFIX = "REFACT_LSP_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _env(name: str) -> str | None:
+    value = os.environ.get(ENV_PREFIX + name.upper())
+    return value if value else None
+
+
+def parse_tcp(value: str) -> tuple[str, int]:
+    """``[HOST:]PORT`` -> (host, port); the host defaults to 127.0.0.1."""
+    host, _, port_text = value.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tcp expects [HOST:]PORT, not {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is out of range 0-65535")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="refact-lsp",
+        description="Language server for AI code completion with Refact-1.6B-fim, running in-process.",
+        epilog="Each option can also be set with an environment variable: REFACT_LSP_MODEL, "
+        "REFACT_LSP_DEVICE, REFACT_LSP_DTYPE, REFACT_LSP_LOG_LEVEL, REFACT_LSP_LOG_FILE.",
+    )
+    parser.add_argument("--version", action="version", version=f"refact-lsp {__version__}")
+    transport = parser.add_mutually_exclusive_group()
+    transport.add_argument("--stdio", action="store_true", help="serve over stdin/stdout (the default)")
+    transport.add_argument(
+        "--tcp",
+        metavar="[HOST:]PORT",
+        type=parse_tcp,
+        help="serve over TCP instead (host 127.0.0.1 unless given)",
+    )
+    parser.add_argument(
+        "--model",
+        default=_env("model"),
+        help="hub id or local folder of the checkpoint (default: the server's default model)",
+    )
+    parser.add_argument("--device", default=_env("device"), help="auto, cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default=_env("dtype"), help="auto, float32, bfloat16, float16")
+    parser.add_argument(
+        "--log-level",
+        default=(_env("log_level") or "info").lower(),
+        type=str.lower,
+        choices=LOG_LEVELS,
+        help="log verbosity (document text is logged at debug only)",
+    )
+    parser.add_argument(
+        "--log-file", default=_env("log_file"), help="append logs to this file instead of stderr"
+    )
+    return parser
+
+
+def setup_logging(level_name: str, log_file: str | None) -> None:
+    level = getattr(logging, level_name.upper())
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # pygls logs whole messages (document text) at info level.
+    logging.getLogger("pygls").setLevel(level if level <= logging.DEBUG else max(level, logging.WARNING))
+
+
+def cli_settings(args: argparse.Namespace) -> dict[str, str]:
+    """The settings given on the command line or in the environment, with their LSP names."""
+    return {
+        key: value
+        for key, value in (("model", args.model), ("device", args.device), ("dtype", args.dtype))
+        if value
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, args.log_file)
+
+    from refact_lsp.server import create_server
+
+    server = create_server(cli_settings(args))
+    if args.tcp is not None:
+        host, port = args.tcp
+        if not is_loopback(host):
+            log.warning(
+                "listening on %s: a non-loopback address lets other machines use this server and read "
+                "the code sent to it",
+                host,
+            )
+        log.info("refact-lsp %s serving on tcp %s:%d", __version__, host, port)
+        server.start_tcp(host, port)
+    else:
+        log.info("refact-lsp %s serving on stdio", __version__)
+        server.start_io()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Prefill + decode loop over the engine's own KV cache (not transformers' ``generate``).
+
+The :class:`Generator` keeps the last request's cache (prompt and generated tokens). With
+``kv_reuse`` a new prompt that shares a token prefix with it only prefills the rest: ALiBi puts
+positions in the attention bias, so cached keys/values stay valid whatever follows them.
+"""
+
+from __future__ import annotations
+
+import codecs
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from refact_lsp.engine.kv_cache import KVCache
+from refact_lsp.engine.loading import LoadedModel
+from refact_lsp.engine.tokenizer import EOT_ID, FIRST_PADDING_ID
+
+StopReason = Literal["eot", "stop_string", "max_tokens", "time_budget", "cancelled"]
+PREFILL_CHUNK = 512  # bounds the float32 attention scores of a long prefill: n_head x 512 x n_ctx
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt_ids: list[int] | tuple[int, ...]
+    max_new_tokens: int = 50
+    temperature: float = 0.2
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_strings: tuple[str, ...] = ("\n\n",)
+    time_budget_s: float | None = None
+    kv_reuse: bool = True
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int] = field(default_factory=list)  # sampled tokens, without <|endoftext|>
+    stop_reason: StopReason = "eot"
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose keys/values came from the previous request
+    prefill_s: float = 0.0  # until the first token is chosen
+    decode_s: float = 0.0
+    steps: int = 0  # tokens sampled, <|endoftext|> included
+
+
+def sample_next(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> int:
+    """Pick a token from ``[vocab]`` logits: padding ids masked; greedy when ``temperature <= 0``."""
+    logits = logits.float()
+    if logits.shape[-1] > FIRST_PADDING_ID:
+        logits[FIRST_PADDING_ID:] = float("-inf")
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if 0 < top_p < 1:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of strictly more likely tokens
+        sorted_probs[before >= top_p] = 0.0  # the most likely token always survives
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class TextStream:
+    """Incremental, UTF-8-safe detokenizer that cuts at stop strings and holds back a possible stop start."""
+
+    def __init__(self, token_bytes: Callable[[int], bytes], stops: tuple[str, ...], on_text):
+        self._token_bytes = token_bytes
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._stops = tuple(s for s in stops if s)
+        self._on_text = on_text
+        self.text = ""
+        self._emitted = 0
+
+    def push(self, token_id: int) -> bool:
+        """Add a token; True when a stop string appeared (``text`` is then cut before it)."""
+        before = len(self.text)
+        self.text += self._decoder.decode(self._token_bytes(token_id))
+        cut = -1
+        for stop in self._stops:
+            i = self.text.find(stop, max(0, before - len(stop) + 1))
+            if i != -1 and (cut == -1 or i < cut):
+                cut = i
+        if cut != -1:
+            self.text = self.text[:cut]
+            self._emit(len(self.text))
+            return True
+        self._emit(len(self.text) - self._held_back())
+        return False
+
+    def finish(self) -> None:
+        self.text += self._decoder.decode(b"", final=True)
+        self._emit(len(self.text))
+
+    def _held_back(self) -> int:
+        """Length of the longest tail of ``text`` that could begin a stop string."""
+        best = 0
+        for stop in self._stops:
+            for n in range(min(len(stop) - 1, len(self.text)), best, -1):
+                if self.text.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
+
+    def _emit(self, upto: int) -> None:
+        if upto > self._emitted:
+            chunk = self.text[self._emitted : upto]
+            self._emitted = upto
+            if self._on_text is not None:
+                self._on_text(chunk)
+
+
+class Generator:
+    """Runs requests on one loaded model; keeps the last request's KV cache. One caller at a time."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.device = loaded.device
+        self.n_ctx = loaded.n_ctx
+        self._cache: KVCache | None = None
+
+    @property
+    def cache(self) -> KVCache:
+        if self._cache is None:
+            cfg = self.model.config
+            self._cache = KVCache(
+                cfg.n_layer,
+                cfg.head_dim,
+                self.n_ctx,
+                device=self.device,
+                dtype=self.model.lm_head.weight.dtype,
+            )
+        return self._cache
+
+    def reset_cache(self) -> None:
+        if self._cache is not None:
+            self._cache.reset()
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids], dtype=torch.long, device=self.device)
+        return self.model(x, kv_cache=self.cache, logits_to_keep=1).logits[0, -1]
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        request: GenerationRequest,
+        should_stop: Callable[[], bool] | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> GenerationResult:
+        """Generate a completion for ``request.prompt_ids`` (blocking)."""
+        t0 = time.perf_counter()
+        prompt = list(request.prompt_ids)
+        self._validate(prompt)
+        stop = should_stop or (lambda: False)
+        result = GenerationResult(text="", prompt_tokens=len(prompt))
+        if stop():
+            result.stop_reason = "cancelled"
+            return result
+
+        cache = self.cache
+        reused = cache.common_prefix_len(prompt) if request.kv_reuse else 0
+        reused = min(reused, len(prompt) - 1)  # always recompute the last prompt token for its logits
+        cache.truncate(reused)
+        result.reused_tokens = reused
+        for start in range(reused, len(prompt), PREFILL_CHUNK):
+            if start > reused and stop():
+                result.stop_reason = "cancelled"
+                result.prefill_s = time.perf_counter() - t0
+                return result
+            logits = self._forward(prompt[start : start + PREFILL_CHUNK])
+
+        gen = None
+        if request.temperature > 0:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(
+                request.seed if request.seed is not None else int(torch.randint(2**62, ()).item())
+            )
+        max_new = min(request.max_new_tokens, self.n_ctx - len(prompt))
+        stream = TextStream(self.tokenizer.token_bytes, tuple(request.stop_strings), on_token)
+        t_first = None
+        reason: StopReason | None = "max_tokens" if max_new <= 0 else None
+        while reason is None:
+            token = sample_next(logits, request.temperature, request.top_p, gen)
+            result.steps += 1
+            if t_first is None:
+                t_first = time.perf_counter()
+            if token == EOT_ID:
+                reason = "eot"
+                break
+            result.token_ids.append(token)
+            if stream.push(token):
+                reason = "stop_string"
+            elif len(result.token_ids) >= max_new:
+                reason = "max_tokens"
+            elif request.time_budget_s is not None and time.perf_counter() - t0 >= request.time_budget_s:
+                reason = "time_budget"
+            elif stop():
+                reason = "cancelled"
+            else:
+                logits = self._forward([token])
+        if reason != "stop_string":
+            stream.finish()
+        t_end = time.perf_counter()
+        t_first = t_first or t_end
+        result.text = stream.text
+        result.stop_reason = reason
+        result.prefill_s = t_first - t0
+        result.decode_s = t_end - t_first
+        return result
+
+    def _validate(self, prompt: list[int]) -> None:
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) >= self.n_ctx:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.n_ctx}")
+        vocab = self.model.config.vocab_size
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt has token ids outside the vocabulary: {bad[:5]}")

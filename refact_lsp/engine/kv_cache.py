@@ -1,0 +1,76 @@
+"""The engine's own key/value cache: one preallocated buffer per layer, reusable across requests.
+
+ALiBi adds its position bias to the attention scores, never to the keys, so a cached key/value does
+not depend on its absolute position: a later prompt sharing a token prefix keeps those entries and
+only the rest is prefilled (``common_prefix_len`` + ``truncate``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Per layer K and V of shape ``[1, n_kv_heads, capacity, head_dim]``; the first ``length`` are valid.
+
+    ``tokens`` lists the token ids whose keys/values are stored, in order (``len(tokens) == length``).
+    """
+
+    def __init__(
+        self,
+        n_layer: int,
+        head_dim: int,
+        capacity: int,
+        *,
+        n_kv_heads: int = 1,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        shape = (n_layer, 1, n_kv_heads, capacity, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.capacity = capacity
+        self.tokens: list[int] = []
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``[1, n_kv, T, D]`` new entries after the valid ones; return all valid K, V of the layer.
+
+        The new entries become part of ``length`` only when :meth:`commit` records their tokens.
+        """
+        start = self.length
+        end = start + key.shape[2]
+        if end > self.capacity:
+            raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.capacity}")
+        self.k[layer_idx, :, :, start:end] = key
+        self.v[layer_idx, :, :, start:end] = value
+        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
+
+    def commit(self, token_ids: list[int]) -> None:
+        """Record the tokens whose entries the last forward pass stored."""
+        if self.length + len(token_ids) > self.capacity:
+            raise ValueError("KV cache overflow")
+        self.tokens.extend(token_ids)
+
+    def common_prefix_len(self, ids: list[int]) -> int:
+        """Number of leading ``ids`` whose keys/values are already cached."""
+        n = min(len(ids), len(self.tokens))
+        i = 0
+        while i < n and ids[i] == self.tokens[i]:
+            i += 1
+        return i
+
+    def truncate(self, n: int) -> None:
+        """Keep only the first ``n`` cached tokens (the buffers are overwritten later, not cleared)."""
+        del self.tokens[max(n, 0) :]
+
+    def reset(self) -> None:
+        self.tokens.clear()

@@ -1,0 +1,326 @@
+"""Find, download and load a ``gpt_refact`` checkpoint: safetensors by name, strictly checked.
+
+A source is a local folder or a hub id (downloaded with huggingface_hub into its standard cache).
+Tensors are matched by name against the model built from config.json: a missing, unexpected or
+wrongly shaped tensor is a :class:`ModelLoadError` naming it, never a silent random init. The older
+layout (``attn.k``/``attn.v``, ``mlp.linear_1``/``mlp.linear_3``) is fused at load time. Pickle
+checkpoints (``pytorch_model.bin``) load only with ``allow_pickle=True``. Remote code never runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors import safe_open
+
+from refact_lsp.engine.config import GPTRefactConfig
+from refact_lsp.engine.model import GPTRefactForCausalLM
+from refact_lsp.engine.tokenizer import RefactTokenizer
+
+DEFAULT_MODEL = "smallcloudai/Refact-1_6B-fim"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+class ModelLoadError(Exception):
+    """A model could not be loaded; ``str(error)`` is meant for the user."""
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    stage: Literal["download", "load"]
+    message: str
+    percentage: int | None = None
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    source: str = DEFAULT_MODEL
+    device: str = "auto"
+    dtype: str = "auto"
+    allow_pickle: bool = False
+    revision: str | None = None
+
+
+@dataclass
+class LoadedModel:
+    model: GPTRefactForCausalLM
+    tokenizer: RefactTokenizer
+    device: torch.device
+    dtype: torch.dtype
+    n_ctx: int
+    source_dir: Path
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: cuda, then mps, then cpu. An explicit device that is not available is an error."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise ModelLoadError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {name!r} requested but MPS is not available")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ModelLoadError(f"unsupported device {name!r} (use auto, cpu, cuda, cuda:N or mps)")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CUDA (fp16 where bf16 is unsupported), fp16 on MPS, float32 on CPU."""
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if device.type == "mps":
+            return torch.float16
+        return torch.float32
+    if name == "int8":
+        raise ModelLoadError(
+            "dtype 'int8' is not available yet (planned for CPU); use auto, float32 or bfloat16"
+        )
+    if name not in _DTYPES:
+        raise ModelLoadError(f"unknown dtype {name!r} (use auto, float32, bfloat16 or float16)")
+    return _DTYPES[name]
+
+
+# --- locating the checkpoint ------------------------------------------------------------------
+
+
+def _progress_tqdm(on_progress: ProgressCallback) -> type:
+    """A tqdm class for ``snapshot_download(tqdm_class=...)`` that forwards its bars to ``on_progress``."""
+    from tqdm import tqdm
+
+    class _ProgressTqdm(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)
+            kwargs["disable"] = False
+            kwargs["file"] = io.StringIO()
+            super().__init__(*args, **kwargs)
+            self._last_pct: int | None = None
+
+        def update(self, n=1):
+            result = super().update(n)
+            total = self.total or 0
+            if total > 0:
+                pct = max(0, min(100, int(100 * self.n / total)))
+                if pct != self._last_pct:
+                    self._last_pct = pct
+                    if self.unit == "B":
+                        msg = f"{self.desc or 'downloading'}: {self.n / 1e6:.0f}/{total / 1e6:.0f} MB"
+                    else:
+                        msg = f"{self.desc or 'downloading'}: {int(self.n)}/{int(total)}"
+                    on_progress(ProgressEvent("download", msg, pct))
+            return result
+
+    return _ProgressTqdm
+
+
+def locate_checkpoint(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> Path:
+    """The local folder of ``spec.source``, downloading a hub id first."""
+    source = (spec.source or "").strip()
+    if not source:
+        raise ModelLoadError("no model given")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelLoadError(f"model path {source!r} is a file; give the checkpoint's folder")
+    if not _HUB_ID.match(source):
+        raise ModelLoadError(f"model folder {source!r} not found (and it is not a hub id like owner/name)")
+    return _download(source, spec, on_progress or (lambda _e: None))
+
+
+def _download(repo_id: str, spec: ModelSpec, on_progress: ProgressCallback) -> Path:
+    from huggingface_hub import snapshot_download
+
+    patterns = ["config.json", "tokenizer.json", "*.safetensors", "*.safetensors.index.json"]
+    if spec.allow_pickle:
+        patterns += ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+    on_progress(ProgressEvent("download", f"downloading {repo_id}", 0))
+    try:
+        folder = snapshot_download(
+            repo_id, revision=spec.revision, allow_patterns=patterns, tqdm_class=_progress_tqdm(on_progress)
+        )
+    except Exception as e:  # network, auth, missing repo: all user-facing
+        raise ModelLoadError(f"could not download {repo_id!r}: {type(e).__name__}: {e}") from e
+    on_progress(ProgressEvent("download", f"downloaded {repo_id}", 100))
+    return Path(folder)
+
+
+# --- reading tensors --------------------------------------------------------------------------
+
+
+def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
+    """The weight files and whether they are pickles."""
+    for index_name, single, pickled in (
+        ("model.safetensors.index.json", "model.safetensors", False),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin", True),
+    ):
+        files: list[Path] = []
+        index = folder / index_name
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+            files = [folder / f for f in sorted(set(weight_map.values()))]
+        elif (folder / single).is_file():
+            files = [folder / single]
+        elif not pickled:
+            files = sorted(folder.glob("*.safetensors"))
+        if files:
+            if pickled and not allow_pickle:
+                raise ModelLoadError(
+                    f"{folder} has only pickle weights ({files[0].name}); pickle files can run code when "
+                    "loaded. Convert them to safetensors, or opt in with allowPickle if you trust the source."
+                )
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise ModelLoadError(f"{folder} is missing weight files: {', '.join(missing)}")
+            return files, pickled
+    raise ModelLoadError(f"no model weights (model.safetensors) in {folder}")
+
+
+def read_tensors(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """All tensors of the checkpoint by name, on CPU (safetensors are memory-mapped)."""
+    files, pickled = _weight_files(folder, allow_pickle)
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        if pickled:
+            tensors.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+            continue
+        try:
+            with safe_open(str(f), framework="pt", device="cpu") as sf:
+                for name in sf.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    tensors[name] = sf.get_tensor(name)
+        except Exception as e:
+            raise ModelLoadError(f"cannot read {f}: {e}") from e
+    return tensors
+
+
+def fuse_legacy_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Fuse ``attn.k``+``attn.v`` into ``attn.kv``, ``mlp.linear_1``+``mlp.linear_3`` into ``gate_up_proj``.
+
+    Incomplete pairs are left as they are, so the name check reports them.
+    """
+    out = dict(tensors)
+    pairs = ((".attn.k.weight", ".attn.v.weight", ".attn.kv.weight"),)
+    pairs += ((".mlp.linear_1.weight", ".mlp.linear_3.weight", ".mlp.gate_up_proj.weight"),)
+    for first, second, fused in pairs:
+        for name in [n for n in tensors if n.endswith(first)]:
+            base = name[: -len(first)]
+            if base + second in out and base + fused not in out:
+                out[base + fused] = torch.cat([out.pop(name), out.pop(base + second)], dim=0)
+    return out
+
+
+def _listing(names: list[str], limit: int = 6) -> str:
+    names = sorted(names)
+    more = f" (and {len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size], where: str) -> None:
+    """Raise :class:`ModelLoadError` naming missing, unexpected and wrongly shaped tensors."""
+    problems = []
+    missing = [n for n in expected if n not in tensors]
+    unexpected = [n for n in tensors if n not in expected]
+    shapes = [
+        f"{n} {list(tensors[n].shape)} (config.json implies {list(expected[n])})"
+        for n in expected
+        if n in tensors and tensors[n].shape != expected[n]
+    ]
+    if missing:
+        problems.append(f"missing tensors: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {_listing(unexpected)}")
+    if shapes:
+        problems.append(f"wrong shapes: {_listing(shapes)}")
+    if problems:
+        raise ModelLoadError(f"checkpoint {where} does not match gpt_refact: " + "; ".join(problems))
+
+
+def read_config(folder: Path) -> GPTRefactConfig:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise ModelLoadError(f"no config.json in {folder}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from e
+    if raw.get("model_type") != "gpt_refact":
+        raise ModelLoadError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'gpt_refact'")
+    try:
+        return GPTRefactConfig(**raw)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f"{path}: {e}") from e
+
+
+def load_weights(
+    folder: Path,
+    config: GPTRefactConfig,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    allow_pickle: bool = False,
+) -> GPTRefactForCausalLM:
+    """Build the model for ``config`` and fill it from the folder's tensors (``dtype=None`` keeps theirs)."""
+    with torch.device("meta"):
+        model = GPTRefactForCausalLM(config)
+    expected = {name: p.shape for name, p in model.state_dict().items()}
+    tensors = fuse_legacy_tensors(read_tensors(folder, allow_pickle))
+    check_tensors(tensors, expected, str(folder))
+    state = {n: t.to(device=device, dtype=dtype or t.dtype) for n, t in tensors.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    return model.eval().requires_grad_(False)
+
+
+def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> LoadedModel:
+    """Locate (download if needed), check and load model and tokenizer. Blocking: call it on a thread."""
+    report = on_progress or (lambda _e: None)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+    folder = locate_checkpoint(spec, report)
+    report(
+        ProgressEvent("load", f"loading {folder.name} on {device} ({str(dtype).removeprefix('torch.')})", 0)
+    )
+    config = read_config(folder)
+    tok_path = folder / "tokenizer.json"
+    if not tok_path.is_file():
+        raise ModelLoadError(f"no tokenizer.json in {folder}")
+    try:
+        tokenizer = RefactTokenizer.from_file(tok_path)
+    except Exception as e:
+        raise ModelLoadError(f"cannot read {tok_path}: {e}") from e
+    try:
+        model = load_weights(folder, config, device=device, dtype=dtype, allow_pickle=spec.allow_pickle)
+    except ModelLoadError:
+        raise
+    except (RuntimeError, OSError, ValueError) as e:  # out of memory, unreadable file ...
+        raise ModelLoadError(f"cannot load {folder} on {device}: {e}") from e
+    report(ProgressEvent("load", "model ready", 100))
+    return LoadedModel(model, tokenizer, device, dtype, config.n_positions, folder)

@@ -1,0 +1,232 @@
+"""Refact-1.6B-fim (``gpt_refact``) in plain PyTorch, in the style of gpt-fast's model.py.
+
+Pre-norm blocks with LayerNorm without bias, multi-query attention (one fused ``kv`` head) with ALiBi
+in float32, SwiGLU MLP with a fused ``gate_up_proj``, top-level ``ln_f`` and an untied ``lm_head``.
+Parameter names match the official checkpoint (``transformer.h.{i}.attn.q.weight`` ...).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from refact_lsp.engine.config import GPTRefactConfig
+from refact_lsp.engine.registration import register
+
+
+def alibi_slopes(n_head: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """m_h = 2^(-8(h+1)/n_head), float32, shape ``[n_head]``."""
+    h = torch.arange(1, n_head + 1, dtype=torch.float32, device=device)
+    return torch.exp2(-8.0 * h / n_head)
+
+
+def alibi_bias(slopes: torch.Tensor, past: int, t: int) -> torch.Tensor:
+    """Float32 ``[H, T, S]`` bias ``-m_h * (i - j)`` for query i (absolute ``past + 0..T-1``), key j <= i;
+    ``-inf`` for j > i. S = past + T."""
+    i = torch.arange(past, past + t, device=slopes.device, dtype=torch.float32)
+    j = torch.arange(past + t, device=slopes.device, dtype=torch.float32)
+    rel = j[None, :] - i[:, None]  # j - i <= 0 where allowed
+    bias = slopes[:, None, None] * rel[None]
+    return bias.masked_fill(rel[None] > 0, float("-inf"))
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with a gain and no bias (biased variance), as in the checkpoint."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), self.weight, None, self.eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPTRefactConfig, layer_idx: int):
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        self.layer_idx = layer_idx
+        self.q = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.kv = nn.Linear(config.n_embd, 2 * self.head_dim, bias=False)  # rows: K then V
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, cache: Any | None) -> torch.Tensor:
+        b, t, c = x.shape
+        q = self.q(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, D]
+        k, v = self.kv(x).view(b, t, 1, 2 * self.head_dim).transpose(1, 2).split(self.head_dim, dim=-1)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)  # [B, 1, S, D]
+        # scores, ALiBi and softmax in float32; the single K/V head broadcasts over the query heads
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
+        probs = torch.softmax(scores + bias, dim=-1).to(v.dtype)
+        y = torch.matmul(probs, v).transpose(1, 2).reshape(b, t, c)
+        return self.c_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTRefactConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.n_embd, 2 * config.mlp_width, bias=False)  # rows: gate then up
+        self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.c_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTRefactConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = LayerNorm(config.n_embd, config.layer_norm_epsilon)
+        self.attn = Attention(config, layer_idx)
+        self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, cache: Any | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), bias, cache)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """The ``transformer.`` prefix of the checkpoint: embedding and blocks."""
+
+    def __init__(self, config: GPTRefactConfig):
+        super().__init__()
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+
+
+class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = GPTRefactConfig
+    base_model_prefix = "transformer"
+    main_input_name = "input_ids"
+    _no_split_modules = ["Block"]
+    _supports_cache_class = True
+
+    def __init__(self, config: GPTRefactConfig):
+        super().__init__(config)
+        self.transformer = Transformer(config)
+        self.ln_f = LayerNorm(config.n_embd, config.layer_norm_epsilon)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self._slopes: dict[torch.device, torch.Tensor] = {}
+        self.post_init()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | Path,
+        *model_args: Any,
+        config: GPTRefactConfig | None = None,
+        dtype: str | torch.dtype | None = None,
+        torch_dtype: str | torch.dtype | None = None,
+        device_map: str | torch.device | dict | None = None,
+        revision: str | None = None,
+        output_loading_info: bool = False,
+        use_safetensors: bool | None = None,
+        **kwargs: Any,
+    ):
+        """Load with the engine's strict loader instead of transformers' (which random-inits missing tensors).
+
+        Both layouts load (legacy ``k``/``v``, ``linear_1``/``linear_3`` are fused); a missing, unexpected or
+        wrongly shaped tensor raises :class:`~refact_lsp.engine.loading.ModelLoadError`. ``dtype`` ``None`` or
+        ``"auto"`` keeps the file's dtype; ``device_map`` may be one device. Other hub options are ignored.
+        """
+        from refact_lsp.engine.loading import ModelSpec, load_weights, locate_checkpoint, read_config
+
+        if model_args:
+            raise TypeError("GPTRefactForCausalLM.from_pretrained takes no extra positional arguments")
+        folder = locate_checkpoint(
+            ModelSpec(
+                str(pretrained_model_name_or_path), revision=revision, allow_pickle=use_safetensors is False
+            )
+        )
+        if not isinstance(config, GPTRefactConfig):
+            config = read_config(folder)
+        want = dtype if dtype is not None else torch_dtype
+        if want is None or want == "auto":
+            load_dtype = None
+        else:
+            load_dtype = (
+                want if isinstance(want, torch.dtype) else getattr(torch, str(want).removeprefix("torch."))
+            )
+        if isinstance(device_map, dict):
+            if set(device_map) != {""}:
+                raise ValueError(
+                    "gpt_refact loads on one device: device_map must be a device or {'': device}"
+                )
+            device_map = device_map[""]
+        device = torch.device(device_map if device_map is not None else "cpu")
+        model = load_weights(
+            folder, config, device=device, dtype=load_dtype, allow_pickle=use_safetensors is False
+        )
+        if output_loading_info:
+            info = {"missing_keys": [], "unexpected_keys": [], "mismatched_keys": [], "error_msgs": []}
+            return model, info
+        return model
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = 0.02
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, LayerNorm):
+            nn.init.ones_(module.weight)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.transformer.wte
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def slopes(self, device: torch.device) -> torch.Tensor:
+        s = self._slopes.get(device)
+        if s is None:
+            s = self._slopes[device] = alibi_slopes(self.config.n_head, device)
+        return s
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor,
+        kv_cache: Any | None = None,
+        logits_to_keep: int = 0,
+        *,
+        cache: Any | None = None,
+        past_key_values: Any | None = None,
+        attention_mask: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Logits for ``input_ids`` ``[B, T]`` following what ``kv_cache`` holds.
+
+        ``kv_cache`` is the engine's :class:`~refact_lsp.engine.kv_cache.KVCache` (batch 1; the tokens are
+        committed to it) or, for transformers' ``generate``, a transformers ``Cache`` passed as
+        ``cache`` (or the deprecated ``past_key_values``). ``logits_to_keep=n > 0`` computes the head
+        for the last n positions only.
+        """
+        hf_cache = cache if cache is not None else past_key_values
+        cache = kv_cache if kv_cache is not None else hf_cache
+        if attention_mask is not None and attention_mask.shape[-1] and not bool(attention_mask.all()):
+            raise ValueError("gpt_refact: padded batches are not supported (attention_mask has zeros)")
+        past = cache.get_seq_length() if cache is not None else 0
+        t = input_ids.shape[1]
+        x = self.transformer.wte(input_ids)
+        bias = alibi_bias(self.slopes(x.device), past, t)
+        for block in self.transformer.h:
+            x = block(x, bias, cache)
+        if kv_cache is not None and hasattr(kv_cache, "commit"):
+            kv_cache.commit(input_ids[0].tolist())
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        logits = self.lm_head(self.ln_f(x))
+        return CausalLMOutputWithPast(logits=logits, cache=hf_cache)
+
+
+register()  # completes the registration deferred if transformers was imported mid-way

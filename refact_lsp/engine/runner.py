@@ -1,0 +1,104 @@
+"""``ModelRunner``: load state, one generation at a time per device, cancellation."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from refact_lsp.engine.generate import GenerationRequest, GenerationResult, Generator
+from refact_lsp.engine.loading import (
+    LoadedModel,
+    ModelLoadError,
+    ModelSpec,
+    ProgressCallback,
+    ProgressEvent,
+    load_model,
+)
+from refact_lsp.engine.tokenizer import RefactTokenizer
+
+RunnerState = Literal["unloaded", "downloading", "loading", "ready", "error"]
+
+
+class ModelRunner:
+    """Owns the loaded model and its :class:`Generator`. ``load``/``generate`` block: call them on threads."""
+
+    def __init__(
+        self,
+        on_progress: ProgressCallback | None = None,
+        on_state: Callable[[RunnerState], None] | None = None,
+    ):
+        self._on_progress = on_progress
+        self._on_state = on_state
+        self.state: RunnerState = "unloaded"
+        self.error: str | None = None
+        self.spec: ModelSpec | None = None
+        self._loaded: LoadedModel | None = None
+        self._generator: Generator | None = None
+        self._gen_lock = threading.Lock()  # one generation at a time on the device
+        self._load_lock = threading.Lock()
+
+    @property
+    def loaded(self) -> LoadedModel | None:
+        return self._loaded
+
+    @property
+    def tokenizer(self) -> RefactTokenizer | None:
+        return self._loaded.tokenizer if self._loaded else None
+
+    @property
+    def n_ctx(self) -> int | None:
+        return self._loaded.n_ctx if self._loaded else None
+
+    def _set_state(self, state: RunnerState, error: str | None = None) -> None:
+        self.state, self.error = state, error
+        if self._on_state is not None:
+            self._on_state(state)
+
+    def _progress(self, event: ProgressEvent) -> None:
+        wanted: RunnerState = "downloading" if event.stage == "download" else "loading"
+        if self.state != wanted:
+            self._set_state(wanted)
+        if self._on_progress is not None:
+            self._on_progress(event)
+
+    def load(self, spec: ModelSpec) -> None:
+        """Load ``spec``, replacing any loaded model. Raises :class:`ModelLoadError` (``state`` "error")."""
+        with self._load_lock:
+            self.spec = spec
+            self._set_state("loading" if Path(spec.source).expanduser().is_dir() else "downloading")
+            with self._gen_lock:  # no generation while the model is swapped
+                self._loaded = self._generator = None
+                gc.collect()
+            try:
+                loaded = load_model(spec, self._progress)
+            except ModelLoadError as e:
+                self._set_state("error", str(e))
+                raise
+            except Exception as e:  # anything else is reported the same way, never lost
+                self._set_state("error", f"{type(e).__name__}: {e}")
+                raise ModelLoadError(self.error) from e
+            with self._gen_lock:
+                self._loaded, self._generator = loaded, Generator(loaded)
+            self._set_state("ready")
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        cancel: threading.Event,
+        on_token: Callable[[str], None] | None = None,
+    ) -> GenerationResult:
+        """Run one generation; waits for the device. A set ``cancel`` returns ``stop_reason="cancelled"``."""
+        while not self._gen_lock.acquire(timeout=0.005):
+            if cancel.is_set():
+                return GenerationResult(
+                    text="", stop_reason="cancelled", prompt_tokens=len(request.prompt_ids)
+                )
+        try:
+            if self._generator is None:
+                raise RuntimeError(f"model not ready (state: {self.state})")
+            return self._generator.generate(request, should_stop=cancel.is_set, on_token=on_token)
+        finally:
+            self._gen_lock.release()

@@ -1,0 +1,384 @@
+"""The language server: thin pygls handlers over :class:`~refact_lsp.service.completion.CompletionService`.
+
+Handlers only translate between lsprotocol types and the service. Importing this module does not
+import torch or transformers: ``initialize`` answers at once and the model loads in the background
+after ``initialized``.
+
+Two pygls defaults are replaced in :class:`RefactProtocol`:
+
+- document sync goes to the service's own document store (pygls' workspace copies every document,
+  clamps positions one short and costs O(document) per edit);
+- the position encoding is chosen by this server's preference (utf-8, then utf-32, else utf-16)
+  among those the client offers, not by the client's order.
+
+Requests whose parameters do not match the protocol are answered with InvalidParams instead of
+being dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from typing import Any
+
+import attrs
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol, lsp_method
+
+from refact_lsp import __version__
+from refact_lsp.service.completion import (
+    CompletionService,
+    Selection,
+    ServiceError,
+    Suggestion,
+)
+
+log = logging.getLogger(__name__)
+
+SECTION = "refact"
+PROMPT_COMMAND = "refact.prompt"
+STATS_COMMAND = "refact.stats"
+CONFIGURATION_TIMEOUT_S = 5.0
+PROGRESS_CREATE_TIMEOUT_S = 5.0
+
+ENCODING_PREFERENCE = (
+    types.PositionEncodingKind.Utf8,
+    types.PositionEncodingKind.Utf32,
+    types.PositionEncodingKind.Utf16,
+)
+
+
+def choose_position_encoding(capabilities: types.ClientCapabilities | None) -> types.PositionEncodingKind:
+    """utf-8 if the client offers it, then utf-32, else utf-16 (the LSP default)."""
+    general = capabilities.general if capabilities else None
+    offered = set(general.position_encodings or []) if general else set()
+    for encoding in ENCODING_PREFERENCE:
+        if encoding in offered:
+            return encoding
+    return types.PositionEncodingKind.Utf16
+
+
+@attrs.define
+class _InvalidRequest:
+    """A request whose params could not be read: answered with the error by ``handle_message``."""
+
+    id: int | str
+    method: str
+    error: JsonRpcException
+    jsonrpc: str = "2.0"
+
+
+class RefactProtocol(LanguageServerProtocol):
+    """pygls' protocol with the document store, encoding choice and bad-params handling of this server."""
+
+    _server: RefactLanguageServer
+
+    @lsp_method(types.INITIALIZE)
+    def lsp_initialize(self, params: types.InitializeParams):
+        encoding = choose_position_encoding(params.capabilities)
+        result = yield from super().lsp_initialize(params)
+        result.capabilities.position_encoding = encoding
+        self.server_capabilities.position_encoding = encoding
+        return result
+
+    # Document sync: the user handlers only; pygls' workspace keeps no copy.
+    @lsp_method(types.TEXT_DOCUMENT_DID_OPEN)
+    def lsp_text_document__did_open(self, params: types.DidOpenTextDocumentParams):
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_OPEN)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
+    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CHANGE)) is not None:
+            yield handler, (params,), None
+
+    @lsp_method(types.TEXT_DOCUMENT_DID_CLOSE)
+    def lsp_text_document__did_close(self, params: types.DidCloseTextDocumentParams):
+        if (handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CLOSE)) is not None:
+            yield handler, (params,), None
+
+    def structure_message(self, data: dict[str, Any]):
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            if "id" in data and isinstance(data.get("method"), str) and isinstance(data["id"], int | str):
+                return _InvalidRequest(data["id"], data["method"], exc)
+            raise
+
+    def handle_message(self, message):
+        if isinstance(message, _InvalidRequest):
+            log.warning("invalid params for %s (request %s)", message.method, message.id)
+            error = message.error
+            if not isinstance(error, JsonRpcInvalidParams):
+                error = JsonRpcInvalidParams(f"invalid params for {message.method}")
+            self._send_response(message.id, error=error.to_response_error())
+            return
+        super().handle_message(message)
+
+
+class LoadProgress:
+    """``$/progress`` for one model load: create the token, begin, report..., end, in order."""
+
+    def __init__(self, server: RefactLanguageServer, title: str, message: str):
+        self._server = server
+        self._queue: asyncio.Queue[tuple[str, str, int | None]] = asyncio.Queue()
+        self._task = asyncio.ensure_future(self._run(title, message))
+
+    def report(self, message: str, percentage: int | None) -> None:
+        self._queue.put_nowait(("report", message, percentage))
+
+    def end(self, message: str) -> None:
+        self._queue.put_nowait(("end", message, None))
+
+    async def _run(self, title: str, message: str) -> None:
+        progress = self._server.work_done_progress
+        token = f"refact-load-{uuid.uuid4()}"
+        try:
+            await asyncio.wait_for(progress.create_async(token), PROGRESS_CREATE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001 - the client refused or did not answer: no progress
+            log.info("client did not create a progress token: %s", exc)
+            return
+        progress.begin(token, types.WorkDoneProgressBegin(title=title, message=message, percentage=0))
+        while True:
+            kind, text, percentage = await self._queue.get()
+            if kind == "end":
+                progress.end(token, types.WorkDoneProgressEnd(message=text))
+                return
+            progress.report(token, types.WorkDoneProgressReport(message=text, percentage=percentage))
+
+
+class RefactLanguageServer(LanguageServer):
+    """The pygls server holding the completion service and the negotiated encoding."""
+
+    def __init__(self, cli_settings: dict[str, Any] | None = None):
+        super().__init__("refact-lsp", __version__, protocol_cls=RefactProtocol)
+        self.cli_settings = dict(cli_settings or {})
+        self._service: CompletionService | None = None
+        self._progress: LoadProgress | None = None
+
+    @property
+    def service(self) -> CompletionService:
+        if self._service is None:
+            self._service = CompletionService(
+                asyncio.get_running_loop(), events=self, base_settings=self.cli_settings
+            )
+        return self._service
+
+    def report_server_error(self, error: Exception, source) -> None:
+        """Protocol noise (a bad notification, unreadable JSON) is logged, not shown to the user."""
+        log.error("%s: %s", getattr(source, "__name__", source), error)
+
+    # Events from the service (always called on the event loop).
+    def model_loading(self, source: str) -> None:
+        if self._progress is not None:
+            self._progress.end("superseded by a new load")
+            self._progress = None
+        if self._client_supports("window.work_done_progress"):
+            self._progress = LoadProgress(self, "Refact", f"loading {source}")
+
+    def model_progress(self, stage: str, message: str, percentage: int | None) -> None:
+        if self._progress is not None:
+            self._progress.report(f"{stage}: {message}", percentage)
+
+    def model_loaded(self, source: str, error: str | None) -> None:
+        if self._progress is not None:
+            self._progress.end("failed" if error else "ready")
+            self._progress = None
+        if error:
+            self.window_show_message(
+                types.ShowMessageParams(
+                    type=types.MessageType.Error,
+                    message=f"Refact: could not load the model {source}: {error}",
+                )
+            )
+        else:
+            self.window_log_message(
+                types.LogMessageParams(type=types.MessageType.Info, message=f"Refact: model {source} ready")
+            )
+
+    def settings_error(self, message: str) -> None:
+        self.window_show_message(
+            types.ShowMessageParams(type=types.MessageType.Error, message=f"Refact settings: {message}")
+        )
+
+    def _client_supports(self, path: str) -> bool:
+        value: Any = self.client_capabilities
+        for name in path.split("."):
+            value = getattr(value, name, None)
+            if value is None:
+                return False
+        return bool(value)
+
+    async def pull_configuration(self) -> dict[str, Any] | None:
+        """``workspace/configuration`` for section ``refact``, if the client supports it."""
+        if not self._client_supports("workspace.configuration"):
+            return None
+        try:
+            answer = await asyncio.wait_for(
+                self.workspace_configuration_async(
+                    types.ConfigurationParams(items=[types.ConfigurationItem(section=SECTION)])
+                ),
+                CONFIGURATION_TIMEOUT_S,
+            )
+        except Exception as exc:  # noqa: BLE001 - a client without an answer keeps the current settings
+            log.warning("workspace/configuration failed: %s", exc)
+            return None
+        value = answer[0] if answer else None
+        return value if isinstance(value, dict) else None
+
+
+def create_server(cli_settings: dict[str, Any] | None = None) -> RefactLanguageServer:
+    """A server with every handler registered; ``cli_settings`` are the command line's settings."""
+    server = RefactLanguageServer(cli_settings)
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: RefactLanguageServer, params: types.InitializeParams) -> None:
+        encoding = choose_position_encoding(params.capabilities)
+        service = ls.service
+        service.encoding = str(encoding.value if hasattr(encoding, "value") else encoding)
+        options = params.initialization_options
+        if isinstance(options, dict):
+            apply_settings(ls, options.get(SECTION, options), reload=False)
+        log.info(
+            "initialize from %s: position encoding %s",
+            params.client_info.name if params.client_info else "unknown client",
+            service.encoding,
+        )
+
+    @server.feature(types.INITIALIZED)
+    async def initialized(ls: RefactLanguageServer, params: types.InitializedParams) -> None:
+        pulled = await ls.pull_configuration()
+        if pulled:
+            apply_settings(ls, pulled, reload=False)
+        ls.service.start()
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: RefactLanguageServer, params: None) -> None:
+        ls.service.close()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    async def did_change_configuration(
+        ls: RefactLanguageServer, params: types.DidChangeConfigurationParams
+    ) -> None:
+        settings = params.settings
+        if isinstance(settings, dict) and isinstance(settings.get(SECTION), dict):
+            apply_settings(ls, settings[SECTION], reload=True)
+            return
+        pulled = await ls.pull_configuration()  # the pull model: settings null or for other sections
+        if pulled:
+            apply_settings(ls, pulled, reload=True)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: RefactLanguageServer, params: types.DidOpenTextDocumentParams) -> None:
+        doc = params.text_document
+        ls.service.open(doc.uri, doc.language_id, doc.version, doc.text)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: RefactLanguageServer, params: types.DidChangeTextDocumentParams) -> None:
+        changes: list[tuple[tuple[int, int, int, int] | None, str]] = []
+        for change in params.content_changes:
+            if isinstance(change, types.TextDocumentContentChangePartial):
+                r = change.range
+                changes.append(((r.start.line, r.start.character, r.end.line, r.end.character), change.text))
+            else:
+                changes.append((None, change.text))
+        ls.service.change(params.text_document.uri, params.text_document.version, changes)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: RefactLanguageServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.service.close_document(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def inline_completion(
+        ls: RefactLanguageServer, params: types.InlineCompletionParams
+    ) -> types.InlineCompletionList:
+        selection = None
+        info = params.context.selected_completion_info if params.context else None
+        if info is not None:
+            selection = Selection(
+                info.range.start.line,
+                info.range.start.character,
+                info.range.end.line,
+                info.range.end.character,
+                info.text,
+            )
+        suggestion = await ls.service.complete(
+            params.text_document.uri, params.position.line, params.position.character, selection
+        )
+        if suggestion is None:
+            return types.InlineCompletionList(items=[])
+        return types.InlineCompletionList(
+            items=[types.InlineCompletionItem(insert_text=suggestion.text, range=_range(suggestion))]
+        )
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(resolve_provider=False))
+    async def completion(ls: RefactLanguageServer, params: types.CompletionParams) -> types.CompletionList:
+        suggestion = await ls.service.complete(
+            params.text_document.uri, params.position.line, params.position.character
+        )
+        items = [] if suggestion is None else [_completion_item(suggestion)]
+        return types.CompletionList(is_incomplete=True, items=items)
+
+    @server.command(PROMPT_COMMAND)
+    def prompt_command(ls: RefactLanguageServer, *args: Any) -> dict[str, Any] | None:
+        uri, line, character = _prompt_arguments(args)
+        try:
+            return ls.service.prompt_info(uri, line, character)
+        except ServiceError as exc:
+            raise JsonRpcInvalidParams(str(exc)) from exc
+
+    @server.command(STATS_COMMAND)
+    def stats_command(ls: RefactLanguageServer, *args: Any) -> dict[str, Any]:
+        return ls.service.stats_snapshot()
+
+    return server
+
+
+def apply_settings(ls: RefactLanguageServer, values: dict[str, Any], reload: bool) -> None:
+    """Merges client settings; a bad value is shown to the user and changes nothing."""
+    try:
+        ls.service.configure(values, reload=reload)
+    except ServiceError as exc:
+        log.warning("rejected settings: %s", exc)
+        ls.settings_error(str(exc))
+
+
+def _prompt_arguments(args: tuple[Any, ...]) -> tuple[str, int, int]:
+    """``[{"textDocument": {"uri"}, "position": {"line", "character"}}]`` -> (uri, line, character)."""
+    try:
+        (arg,) = args
+        uri = arg["textDocument"]["uri"]
+        line = arg["position"]["line"]
+        character = arg["position"]["character"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise JsonRpcInvalidParams(
+            f'{PROMPT_COMMAND} expects [{{"textDocument": {{"uri"}}, "position": {{"line", "character"}}}}]'
+        ) from exc
+    if not isinstance(uri, str) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (line, character)
+    ):
+        raise JsonRpcInvalidParams(f"{PROMPT_COMMAND}: uri must be a string, line and character >= 0")
+    return uri, line, character
+
+
+def _range(s: Suggestion) -> types.Range:
+    return types.Range(
+        start=types.Position(line=s.line, character=s.start),
+        end=types.Position(line=s.line, character=s.end),
+    )
+
+
+def _completion_item(s: Suggestion) -> types.CompletionItem:
+    return types.CompletionItem(
+        label=s.label or s.text,
+        kind=types.CompletionItemKind.Text,
+        detail="Refact",
+        insert_text_format=types.InsertTextFormat.PlainText,
+        filter_text=s.filter_text or None,
+        text_edit=types.TextEdit(range=_range(s), new_text=s.text),
+        sort_text="0",
+        preselect=True,
+    )

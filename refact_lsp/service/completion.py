@@ -1,0 +1,457 @@
+"""The completion service: what the protocol handlers call.
+
+It ties the pure parts together (documents, settings, prompt, post-processing, edits, the typed-ahead
+cache) with the :class:`~refact_lsp.service.scheduler.Scheduler` and the engine's ``ModelRunner``.
+Everything here runs on the server's event loop except the jobs handed to the scheduler's worker
+thread (model loading and generation). The engine is imported lazily, on the worker thread, so
+importing this module costs no torch.
+
+Positions arrive in the negotiated encoding (``self.encoding``) and answers go back in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from refact_lsp.service.documents import Document, DocumentStore
+from refact_lsp.service.edits import line_edit
+from refact_lsp.service.positions import Encoding, lsp_character
+from refact_lsp.service.postprocess import PostContext, postprocess
+from refact_lsp.service.prompt import CachedEncoder, Prompt, build_prompt, completion_mode
+from refact_lsp.service.scheduler import Scheduler, Skipped
+from refact_lsp.service.settings import Settings, SettingsError
+from refact_lsp.service.stats import RunRecord, Stats
+from refact_lsp.service.typed_ahead import TypedAheadCache
+
+log = logging.getLogger(__name__)
+
+TYPED_AHEAD_ENTRIES = 256
+MODEL_KEYS = ("model", "device", "dtype", "allowPickle")
+
+
+class ServiceError(Exception):
+    """A request the service cannot serve as asked (bad settings, bad arguments): a clear message."""
+
+
+class ServiceEvents(Protocol):
+    """What the protocol layer does with model events (always called on the event loop)."""
+
+    def model_loading(self, source: str) -> None: ...
+
+    def model_progress(self, stage: str, message: str, percentage: int | None) -> None: ...
+
+    def model_loaded(self, source: str, error: str | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The item selected in the client's completion widget (``selectedCompletionInfo``)."""
+
+    start_line: int
+    start_character: int
+    end_line: int
+    end_character: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """One answer: replace ``[start, end)`` on ``line`` (LSP units) with ``text`` (document line endings)."""
+
+    text: str
+    line: int
+    start: int
+    end: int
+    label: str = ""
+    """The first non-blank line, without indentation (a completion item's label)."""
+    filter_text: str = ""
+    """The first line of ``text``: it starts with what is typed between ``start`` and the cursor."""
+
+
+class _LinesWithOneReplaced(Sequence[str]):
+    """A view of a document's lines with one line replaced (no copy of the document)."""
+
+    def __init__(self, doc: Document, line: int, text: str):
+        self._doc, self._line, self._text = doc, line, text
+
+    def __len__(self) -> int:
+        return self._doc.line_count
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        return self._text if i == self._line else self._doc.line(i)
+
+
+@dataclass
+class _Request:
+    """Where to complete, resolved against the document (indexes are Python ``str`` indexes)."""
+
+    doc: Document
+    line: int
+    index: int
+    line_text: str
+    lines: Sequence[str]
+    selection: tuple[int, int, str] | None = None  # (start index, end index, text) on the cursor line
+
+
+class CompletionService:
+    """Documents, settings, model lifecycle and completion requests for one client."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        events: ServiceEvents,
+        base_settings: dict[str, Any] | None = None,
+        encoding: Encoding = "utf-16",
+    ):
+        self.loop = loop
+        self.events = events
+        self.encoding: Encoding = encoding
+        self.documents = DocumentStore()
+        self.stats = Stats()
+        self.scheduler = Scheduler(loop)
+        self.cache = TypedAheadCache(TYPED_AHEAD_ENTRIES)
+        try:
+            self.settings = Settings.from_lsp(dict(base_settings or {}))
+        except SettingsError as exc:
+            raise ServiceError(str(exc)) from exc
+        self._runner: Any = None  # engine.runner.ModelRunner, created on the worker thread
+        self._model_state = "unloaded"
+        self._model_error: str | None = None
+        self._loaded: tuple[Any, ...] | None = None  # MODEL_KEYS values of the loaded (or failed) model
+        self._load_generation = 0
+        self._started = False
+        self._windows: dict[str, Any] = {}
+        self._encoder: CachedEncoder | None = None  # for the loaded tokenizer
+        self._closed = False
+
+    # Settings and the model -----------------------------------------------------------------------
+
+    def configure(self, values: dict[str, Any], reload: bool = True) -> None:
+        """Merges client settings (LSP names). Changing model, device or dtype reloads in the background."""
+        try:
+            new = self.settings.merged(values)
+        except SettingsError as exc:
+            raise ServiceError(str(exc)) from exc
+        if new != self.settings:
+            self.cache.clear()  # suggestions made under other settings
+        self.settings = new
+        if reload and self._started and self._model_key() != self._loaded:
+            self._schedule_load()
+
+    def start(self) -> None:
+        """Starts loading the configured model (after ``initialized``)."""
+        if not self._started:
+            self._started = True
+            self._schedule_load()
+
+    def close(self) -> None:
+        self._closed = True
+        self.scheduler.close()
+
+    def _model_key(self) -> tuple[Any, ...]:
+        return tuple(getattr(self.settings, key) for key in MODEL_KEYS)
+
+    def _schedule_load(self) -> None:
+        self._load_generation += 1
+        asyncio.ensure_future(self._load(self._load_generation, self._model_key()))
+
+    async def _load(self, generation: int, key: tuple[Any, ...]) -> None:
+        source = str(key[0])
+        self._model_state, self._model_error = "loading", None
+        self.events.model_loading(source)
+        error: str | None
+        try:
+            error = await self.scheduler.run_exclusive(lambda _stop: self._load_blocking(generation, key))
+        except Exception as exc:  # noqa: BLE001 - reported, the server keeps running
+            log.exception("model load crashed")
+            error = f"{type(exc).__name__}: {exc}"
+        if generation != self._load_generation and error == "superseded":
+            return
+        self._loaded = key
+        if error:
+            self._model_state, self._model_error = "error", error
+            log.error("could not load %s: %s", source, error)
+        else:
+            self._model_state, self._model_error = "ready", None
+            self._windows.clear()
+            self._encoder = None
+            self.cache.clear()
+        self.events.model_loaded(source, error)
+
+    def _load_blocking(self, generation: int, key: tuple[Any, ...]) -> str | None:
+        """On the worker thread: import the engine, load the model. Returns an error message or None."""
+        if generation != self._load_generation:
+            return "superseded"
+        from refact_lsp.engine.loading import ModelLoadError, ModelSpec
+        from refact_lsp.engine.runner import ModelRunner
+
+        model, device, dtype, allow_pickle = key
+        if self._runner is None:
+            self._runner = ModelRunner(on_progress=self._on_progress, on_state=self._on_state)
+        try:
+            self._runner.load(ModelSpec(model, device=device, dtype=dtype, allow_pickle=allow_pickle))
+        except ModelLoadError as exc:
+            return str(exc)
+        if self._runner.state != "ready":
+            return self._runner.error or f"model state is {self._runner.state}"
+        return None
+
+    def _on_progress(self, event: Any) -> None:
+        self.loop.call_soon_threadsafe(
+            self.events.model_progress, event.stage, event.message, event.percentage
+        )
+
+    def _on_state(self, state: str) -> None:
+        def update() -> None:
+            if self._model_state in ("loading", "downloading") and state in ("downloading", "loading"):
+                self._model_state = state
+
+        self.loop.call_soon_threadsafe(update)
+
+    @property
+    def ready(self) -> bool:
+        return self._model_state == "ready" and self._runner is not None
+
+    # Documents -------------------------------------------------------------------------------------
+
+    def open(self, uri: str, language_id: str, version: int, text: str) -> None:
+        self.documents.open(uri, language_id, version, text)
+        log.debug("opened %s (%s, %d chars)", uri, language_id, len(text))
+
+    def change(
+        self, uri: str, version: int, changes: list[tuple[tuple[int, int, int, int] | None, str]]
+    ) -> None:
+        """Applies content changes: ``(start_line, start_char, end_line, end_char)`` or None (whole text)."""
+        if uri not in self.documents:
+            log.warning("change for a document that is not open: %s", uri)
+            return
+        self.documents.change(
+            uri,
+            version,
+            [(None if r is None else ((r[0], r[1]), (r[2], r[3])), text) for r, text in changes],
+            self.encoding,
+        )
+
+    def close_document(self, uri: str) -> None:
+        self.scheduler.cancel_key(uri)
+        self._windows.pop(uri, None)
+        self.documents.close(uri)
+
+    # Requests -------------------------------------------------------------------------------------
+
+    def _resolve(
+        self, uri: str, line: int, character: int, selection: Selection | None = None
+    ) -> _Request | None:
+        if uri not in self.documents:
+            return None
+        doc = self.documents.get(uri)
+        line, index = doc.clamp(line, character, self.encoding)
+        line_text = doc.line(line)
+        request = _Request(doc, line, index, line_text, doc.lines)
+        if selection is not None and selection.start_line == line == selection.end_line:
+            _, start = doc.clamp(line, selection.start_character, self.encoding)
+            _, end = doc.clamp(line, selection.end_character, self.encoding)
+            if start <= end:
+                virtual = line_text[:start] + selection.text + line_text[end:]
+                request.selection = (start, end, selection.text)
+                request.line_text = virtual
+                request.index = start + len(selection.text) + max(0, index - end)
+                request.lines = _LinesWithOneReplaced(doc, line, virtual)
+        return request
+
+    def _budget(self) -> int:
+        budget = self.settings.prompt_budget
+        n_ctx = self._runner.n_ctx if self._runner is not None else None
+        if n_ctx:
+            budget = min(budget, n_ctx - self.settings.maxNewTokens)
+        return max(0, budget)
+
+    def _mode(self, req: _Request) -> str | None:
+        return completion_mode(req.line_text, req.index, self.settings.multiline, self.settings.midLine)
+
+    def _build_prompt(self, req: _Request, mode: str) -> Prompt:
+        if self._encoder is None:
+            self._encoder = CachedEncoder(self._runner.tokenizer.encode_text)
+        return build_prompt(
+            req.lines,
+            req.line,
+            req.index,
+            self._encoder,
+            self._budget(),
+            mode,
+            window_hint=self._windows.get(req.doc.uri) if self.settings.kvReuse else None,
+        )
+
+    def prompt_info(self, uri: str, line: int, character: int) -> dict[str, Any] | None:
+        """``refact.prompt``: the exact prompt at a position, or None where nothing would be completed."""
+        if uri not in self.documents:
+            raise ServiceError(f"document not open: {uri}")
+        if not self.ready:
+            raise ServiceError(f"the model is not ready (state {self._model_state})")
+        req = self._resolve(uri, line, character)
+        assert req is not None
+        mode = self._mode(req)
+        if mode is None:
+            return None
+        prompt = self._build_prompt(req, mode)
+        return {"prompt": prompt.text, "tokens": len(prompt.ids), "mode": prompt.mode}
+
+    async def complete(
+        self, uri: str, line: int, character: int, selection: Selection | None = None
+    ) -> Suggestion | None:
+        """One completion request: None means no suggestion (empty answer)."""
+        started = time.perf_counter()
+        stats = self.stats
+        stats.requests += 1
+        ticket = self.scheduler.ticket(uri)  # supersedes older requests for this document
+        try:
+            suggestion = await self._complete(ticket, uri, line, character, selection)
+        except Skipped as skip:
+            if skip.reason == "dropped":
+                stats.dropped += 1
+            else:
+                stats.superseded += 1
+            suggestion = None
+        except asyncio.CancelledError:
+            stats.cancellations += 1
+            raise
+        except Exception:
+            stats.errors += 1
+            log.exception("completion failed at %s:%d:%d", uri, line, character)
+            suggestion = None
+        finally:
+            ticket.close()
+        if suggestion is None:
+            stats.empty += 1
+        else:
+            stats.completions += 1
+        stats.record_latency("total", (time.perf_counter() - started) * 1000)
+        return suggestion
+
+    async def _complete(
+        self,
+        ticket: Any,
+        uri: str,
+        line: int,
+        character: int,
+        selection: Selection | None,
+    ) -> Suggestion | None:
+        req = self._resolve(uri, line, character, selection)
+        if req is None or not self.ready or not self.settings.is_enabled(req.doc.language_id):
+            return None
+        mode = self._mode(req)
+        if mode is None:
+            return None
+
+        t_prompt = time.perf_counter()
+        prompt = self._build_prompt(req, mode)
+        self.stats.record_latency("prompt", (time.perf_counter() - t_prompt) * 1000)
+
+        completion: str | None = None
+        if self.settings.completionCache:  # a typed-ahead hit answers at once, without the debounce
+            completion = self.cache.get(prompt.prefix, prompt.suffix)
+            if completion is not None:
+                self.stats.cache_hits += 1
+        if completion is None:
+            await ticket.debounce(self.settings.debounceMs / 1000)
+            raw = await ticket.run(lambda stop: self._generate(prompt, stop))
+            if ticket.superseded:
+                raise Skipped("superseded")
+            if raw is None:
+                return None
+            if self.settings.kvReuse:
+                self._windows[uri] = prompt.window
+            completion = postprocess(raw, self._post_context(req, prompt))
+            if self.settings.completionCache and completion:
+                self.cache.put(prompt.prefix, prompt.suffix, completion)
+        if not completion:
+            return None
+        return self._suggestion(req, prompt.mode, completion)
+
+    def _generate(self, prompt: Prompt, stop: threading.Event) -> str | None:
+        """On the worker thread: one model run; its numbers go to the stats on the loop."""
+        from refact_lsp.engine.generate import GenerationRequest
+
+        runner = self._runner
+        if runner is None or runner.state != "ready":
+            return None
+        settings = self.settings
+        request = GenerationRequest(
+            prompt_ids=list(prompt.ids),
+            max_new_tokens=settings.maxNewTokens,
+            temperature=settings.temperature,
+            top_p=settings.topP,
+            stop_strings=("\n",) if prompt.mode == "single" else ("\n\n",),
+            kv_reuse=settings.kvReuse,
+        )
+        result = runner.generate(request, stop)
+        record = RunRecord(
+            stop_reason=result.stop_reason,
+            prompt_tokens=result.prompt_tokens,
+            reused_tokens=result.reused_tokens,
+            generated_tokens=len(result.token_ids),
+            max_new_tokens=settings.maxNewTokens,
+            prefill_ms=result.prefill_s * 1000,
+            decode_ms=result.decode_s * 1000,
+        )
+        self.loop.call_soon_threadsafe(self.stats.record_run, record)
+        log.debug("generated %r (%s)", result.text, result.stop_reason)
+        if result.stop_reason == "cancelled":
+            return None
+        return result.text
+
+    def _post_context(self, req: _Request, prompt: Prompt) -> PostContext:
+        return PostContext.from_lines(req.lines, req.line, req.index, prompt.mode, prompt.prefix_cut)
+
+    def _suggestion(self, req: _Request, mode: str, completion: str) -> Suggestion | None:
+        doc = req.doc
+        edit = line_edit(req.line_text, req.line, req.index, completion, mode, doc.eol)
+        if edit is None:
+            return None
+        start, end, text = edit.start_index, edit.end_index, edit.new_text
+        real_line = doc.line(req.line)
+        if req.selection is not None:
+            # Computed on the line as if the selected item were inserted: map back to the real line.
+            sel_start, sel_end, sel_text = req.selection
+            real_start = min(start, sel_start)
+            text = req.line_text[real_start:start] + text
+            inserted_end = sel_start + len(sel_text)
+            end = end - inserted_end + sel_end if end >= inserted_end else sel_end
+            start = real_start
+        label = next((part.strip() for part in completion.split("\n") if part.strip()), completion.strip())
+        return Suggestion(
+            text=text,
+            line=req.line,
+            start=lsp_character(real_line, start, self.encoding),
+            end=lsp_character(real_line, max(end, start), self.encoding),
+            label=label,
+            filter_text=text.split(doc.eol, 1)[0],
+        )
+
+    # Observability --------------------------------------------------------------------------------
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        snapshot = self.stats.snapshot()
+        runner = self._runner
+        snapshot["model"] = {
+            "state": self._model_state,
+            "error": self._model_error,
+            "source": str(self.settings.model),
+            "device": str(getattr(runner, "device", "")) if runner is not None and self.ready else None,
+            "n_ctx": getattr(runner, "n_ctx", None) if self.ready else None,
+        }
+        snapshot["model_state"] = self._model_state
+        snapshot["documents"] = len(self.documents)
+        snapshot["busy"] = self.scheduler.busy
+        snapshot["waiting"] = self.scheduler.waiting
+        return snapshot

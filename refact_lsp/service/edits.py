@@ -1,0 +1,132 @@
+"""Where a suggestion goes: the inline edit (and completion item) for a post-processed completion.
+
+The range stays on the cursor line, in Python str indices (convert with ``Edit.lsp_range``):
+- auto-closed characters right of the cursor that the completion types again are covered by the range
+  end, so nothing is doubled (``foo(|)`` + ``a, b)`` -> ``foo(a, b)``);
+- in column-0 multi-line mode the model wrote whole lines, indentation included, so the range starts at
+  column 0 and replaces the indentation already typed. VS Code shows an inline item only when its
+  insert text starts with the document text between the range start and the cursor; a model line
+  indented at least as deep as what was typed satisfies that.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+from refact_lsp.service.positions import lsp_character
+from refact_lsp.service.prompt import Mode
+
+AUTO_CLOSED = ")]}\"'`;"
+_OPENERS = {")": "(", "]": "[", "}": "{"}
+_STRING_LITERAL = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|`(?:[^`\\]|\\.)*`")
+
+
+class LineSource(Protocol):
+    """What edits need from a document (``Document`` provides it)."""
+
+    eol: str
+
+    def line(self, i: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class Edit:
+    """Replace ``line[start_index:end_index]`` with ``new_text`` (line endings already the document's)."""
+
+    start_index: int
+    end_index: int
+    new_text: str
+    line: int
+
+    def lsp_range(self, line_text: str, encoding: str) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((line, start character), (line, end character)) in the negotiated position encoding."""
+        return (
+            (self.line, lsp_character(line_text, self.start_index, encoding)),
+            (self.line, lsp_character(line_text, self.end_index, encoding)),
+        )
+
+
+@dataclass(frozen=True)
+class CompletionItemEdit:
+    """A ``textDocument/completion`` item offering the same suggestion."""
+
+    label: str
+    """The first non-blank line of the suggestion, without its indentation."""
+    filter_text: str
+    """The first line of the inserted text (it starts with what is typed between range start and cursor)."""
+    edit: Edit
+
+
+def column0(line_text: str, index: int, mode: Mode) -> bool:
+    """True when the prompt's prefix ended at column 0: multi-line, only whitespace left of the cursor."""
+    return mode == "multi" and not line_text[:index].strip()
+
+
+def _unmatched_closers(text: str) -> dict[str, int]:
+    """How many of each closing bracket in ``text`` close a bracket opened before ``text``."""
+    text = _STRING_LITERAL.sub("", text)
+    stack: list[str] = []
+    unmatched = dict.fromkeys(_OPENERS, 0)
+    for ch in text:
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in _OPENERS:
+            if stack and stack[-1] == _OPENERS[ch]:
+                stack.pop()
+            elif not stack:
+                unmatched[ch] += 1
+    return unmatched
+
+
+def covered_closers(completion: str, right: str) -> int:
+    """How many auto-closed characters at the start of ``right`` the completion already ends with.
+
+    A bracket counts only when the completion has an unmatched closer for it, a quote only when the
+    completion holds an odd number of that quote (it closes a string opened before the cursor).
+    """
+    run = len(right) - len(right.lstrip(AUTO_CLOSED))
+    if not run:
+        return 0
+    unmatched = _unmatched_closers(completion)
+    for k in range(run, 0, -1):
+        tail = right[:k]
+        if not completion.endswith(tail):
+            continue
+        if all(unmatched[ch] >= tail.count(ch) for ch in set(tail) if ch in _OPENERS) and all(
+            completion.count(q) % 2 == 1 for q in set(tail) if q in "\"'`"
+        ):
+            return k
+    return 0
+
+
+def line_edit(
+    line_text: str, line: int, index: int, completion: str, mode: Mode, eol: str = "\n"
+) -> Edit | None:
+    """The edit for ``completion`` at ``index`` in ``line_text``; None for an empty completion."""
+    if not completion:
+        return None
+    index = max(0, min(index, len(line_text)))
+    start = 0 if column0(line_text, index, mode) else index
+    end = index + covered_closers(completion, line_text[index:])
+    new_text = completion.replace("\n", eol) if eol != "\n" else completion
+    return Edit(start, end, new_text, line)
+
+
+def inline_edit(doc: LineSource, line: int, index: int, completion: str, mode: Mode) -> Edit | None:
+    """``line_edit`` for a document's line, with the document's line ending."""
+    return line_edit(doc.line(line), line, index, completion, mode, doc.eol)
+
+
+def completion_item_edit(
+    doc: LineSource, line: int, index: int, completion: str, mode: Mode
+) -> CompletionItemEdit | None:
+    """The completion item for the suggestion: same edit range, label = its first line."""
+    edit = inline_edit(doc, line, index, completion, mode)
+    if edit is None:
+        return None
+    first_lines = completion.split("\n")
+    label = next((text.strip() for text in first_lines if text.strip()), completion.strip())
+    filter_text = edit.new_text.split(doc.eol, 1)[0]
+    return CompletionItemEdit(label, filter_text, edit)

@@ -1,0 +1,110 @@
+"""Clean a raw model answer into the suggestion shown to the user ("" means no suggestion).
+
+Refact's cuts (``<|endoftext|>``, ``\\n\\n``, and ``\\n`` in single-line mode), trailing whitespace,
+suggestions that only repeat the text after the cursor or the next lines, and multi-line suggestions
+that run out of the cursor's indentation block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from refact_lsp.service.prompt import Mode
+
+STOP_TEXTS = ("<|endoftext|>", "<fim_prefix>", "<fim_suffix>", "<fim_middle>", "<fim_pad>", "<empty_output>")
+TAB_WIDTH = 4
+
+
+@dataclass(frozen=True)
+class PostContext:
+    """What post-processing needs to know about the cursor."""
+
+    mode: Mode
+    line_prefix: str
+    """Cursor-line text before the point where the completion is inserted (``""`` when the prompt's
+    prefix ended at column 0 in multi-line mode: the model then writes whole lines)."""
+    line_suffix: str
+    """Cursor-line text right of the cursor."""
+    next_lines: Sequence[str] = ()
+    """A few document lines below the cursor line."""
+
+    @classmethod
+    def from_lines(
+        cls,
+        lines: Sequence[str],
+        line: int,
+        index: int,
+        mode: Mode,
+        prefix_cut: int | None = None,
+        lookahead: int = 8,
+    ) -> PostContext:
+        """Build from document lines; ``prefix_cut`` is ``Prompt.prefix_cut`` (defaults to ``index``)."""
+        text = lines[line] if 0 <= line < len(lines) else ""
+        cut = index if prefix_cut is None else prefix_cut
+        return cls(mode, text[:cut], text[index:], list(lines[line + 1 : line + 1 + lookahead]))
+
+
+def _indent(text: str) -> int:
+    """Width of the leading whitespace, tabs counted as TAB_WIDTH columns."""
+    return len(text[: len(text) - len(text.lstrip(" \t"))].expandtabs(TAB_WIDTH))
+
+
+def postprocess(raw: str, ctx: PostContext) -> str:
+    """The suggestion to show for ``raw`` model output, or ``""``."""
+    text = raw
+    for stop in STOP_TEXTS:
+        cut = text.find(stop)
+        if cut >= 0:
+            text = text[:cut]
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    cut = text.find("\n\n")
+    if cut >= 0:
+        text = text[:cut]
+    if ctx.mode == "single":
+        text = text.split("\n", 1)[0]
+    lines = [line.rstrip() for line in text.split("\n")]
+    if ctx.mode == "multi" and not ctx.line_prefix:
+        while lines and not lines[0]:  # whole lines from column 0: start on the cursor line
+            lines.pop(0)
+    if ctx.mode == "multi":
+        lines = _keep_in_block(lines, ctx)
+        lines = _drop_repeated_tail(lines, ctx.next_lines)
+    text = "\n".join(lines).rstrip()
+    if not text.strip() or _only_repeats(text, ctx):
+        return ""
+    return text
+
+
+def _keep_in_block(lines: list[str], ctx: PostContext) -> list[str]:
+    """Stop before the first line dedented below the block the completion starts in."""
+    if ctx.line_prefix:  # the completion continues the cursor line: that line's indentation
+        block = _indent(ctx.line_prefix)
+        first = 0
+    else:  # whole lines from column 0: the first non-blank line sets the block
+        first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
+        if first == len(lines):
+            return lines
+        block = _indent(lines[first])
+    for i in range(first + 1, len(lines)):
+        if lines[i].strip() and _indent(lines[i]) < block:
+            return lines[:i]
+    return lines
+
+
+def _drop_repeated_tail(lines: list[str], next_lines: Sequence[str]) -> list[str]:
+    """Drop the last lines of a suggestion when they repeat the lines that follow the cursor line."""
+    following = [line.strip() for line in next_lines if line.strip()]
+    for k in range(min(len(lines) - 1, len(following)), 0, -1):
+        if [line.strip() for line in lines[-k:]] == following[:k]:
+            return lines[:-k]
+    return lines
+
+
+def _only_repeats(text: str, ctx: PostContext) -> bool:
+    """True when the suggestion adds nothing: it is the text after the cursor or the next line(s)."""
+    if text.strip() == ctx.line_suffix.strip():
+        return True
+    completed = [line.strip() for line in (ctx.line_prefix + text).split("\n") if line.strip()]
+    following = [line.strip() for line in ctx.next_lines if line.strip()]
+    return bool(following) and completed == following[: len(completed)]

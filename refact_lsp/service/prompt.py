@@ -1,0 +1,323 @@
+"""Refact's fill-in-the-middle prompt: SPM order, a token budget, single- and multi-line modes.
+
+``ids = [FIM_SUFFIX] + encode(suffix) + [FIM_PREFIX] + encode(prefix) + [FIM_MIDDLE]`` (no BOS).
+Whole lines are added alternately above and below the cursor, counted in tokens, until the next one
+does not fit. Only the lines of the window are ever tokenized. ``encode`` is injected so this module
+stays free of the engine; wrap it in a ``CachedEncoder`` (one per tokenizer) to reuse work between
+keystrokes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Mode = Literal["single", "multi"]
+Window = tuple[int, int]
+"""(first_line, last_line), inclusive: the document lines that the prompt draws on."""
+
+FIM_PREFIX_ID = 1
+FIM_MIDDLE_ID = 2
+FIM_SUFFIX_ID = 3
+SPECIAL_TOKENS = 3
+
+CLOSING_CHARS = frozenset(")]}>\"'`;,:.")
+"""Characters that may follow the cursor for a mid-line completion in ``midLine: "auto"``."""
+
+WINDOW_HEADROOM = 16
+"""A fresh window leaves budget/16 tokens free, so typing keeps it fitting (and its suffix reusable)."""
+
+MAX_CHARS_PER_TOKEN = 8
+"""A line longer than this many characters per remaining token is taken as not fitting, untokenized."""
+
+# Safe points to split a text for encoding: between a printable non-space character and "\n". With a
+# GPT-2 style byte-level pre-tokenizer no pre-token crosses such a point, so
+# encode(a + b) == encode(a) + encode(b) there (tested against the real tokenizer).
+_SAFE_SPLIT = re.compile(r"(?<=[!-~\w])\n")
+
+
+class CachedEncoder:
+    """``encode`` with a bounded cache of line-sized pieces, shared by all documents of one tokenizer.
+
+    ``encoder(text)`` equals ``encode(text)``: the text is cut at safe points and each piece's ids are
+    cached, so an unchanged line costs a dict lookup instead of a tokenizer call.
+    """
+
+    def __init__(self, encode: Callable[[str], list[int]], max_entries: int = 100_000):
+        self._encode = encode
+        self._max_entries = max_entries
+        self._pieces: dict[str, list[int]] = {}
+
+    def _piece(self, piece: str) -> list[int]:
+        ids = self._pieces.get(piece)
+        if ids is None:
+            ids = self._encode(piece)
+            if len(self._pieces) >= self._max_entries:  # drop the oldest quarter
+                for key in list(self._pieces)[: max(1, self._max_entries // 4)]:
+                    del self._pieces[key]
+            self._pieces[piece] = ids
+        return ids
+
+    def __call__(self, text: str) -> list[int]:
+        ids: list[int] = []
+        start = 0
+        for match in _SAFE_SPLIT.finditer(text):
+            if match.start() > start:
+                ids.extend(self._piece(text[start : match.start()]))
+            start = match.start()
+        if start < len(text):
+            ids.extend(self._piece(text[start:]))
+        return ids
+
+    def count_line(self, line: str) -> int:
+        """Tokens that ``line`` adds after a line break (its "\\n" joined to it, as in context)."""
+        return len(self._piece("\n" + line))
+
+    def clear(self) -> None:
+        self._pieces.clear()
+
+
+@dataclass(frozen=True)
+class Prompt:
+    ids: list[int]
+    text: str
+    """The exact prompt with the special tokens written out."""
+    mode: Mode
+    prefix: str
+    suffix: str
+    window: Window
+    """Keep it per document and pass it back as ``window_hint`` (KV-cache reuse)."""
+    prefix_cut: int
+    """Index in the cursor line where the prefix ends: the cursor, or 0 in column-0 multi-line mode."""
+
+
+def completion_mode(
+    line_text: str, index: int, multiline: str = "auto", mid_line: str = "auto"
+) -> Mode | None:
+    """Which completion to run at ``index`` in ``line_text``; None means no completion here.
+
+    Mid-line (non-whitespace right of the cursor): ``mid_line`` "never" -> None, "auto" -> only when
+    that text is closing punctuation (Refact's rule), "always" -> allowed. Then ``multiline``: "always"
+    -> "multi", "never" -> "single", "auto" -> "multi" when only whitespace is left of the cursor and
+    the cursor is not mid-line, else "single".
+    """
+    index = max(0, min(index, len(line_text)))
+    right = line_text[index:]
+    mid = bool(right.strip())
+    if mid:
+        if mid_line == "never":
+            return None
+        if mid_line == "auto" and not all(ch in CLOSING_CHARS or ch.isspace() for ch in right):
+            return None
+    if multiline == "always":
+        return "multi"
+    if multiline == "never":
+        return "single"
+    return "multi" if not mid and not line_text[:index].strip() else "single"
+
+
+def _resolve_mode(mode_setting: str, line_text: str, index: int) -> Mode:
+    if mode_setting in ("single", "multi"):
+        return mode_setting  # type: ignore[return-value]
+    if mode_setting in ("auto", "always", "never"):
+        mode = completion_mode(line_text, index, mode_setting, "always")
+        assert mode is not None
+        return mode
+    raise ValueError(f"mode must be single|multi or a multiline setting, not {mode_setting!r}")
+
+
+def _fit_tail(text: str, max_tokens: int, encode: Callable[[str], list[int]]) -> str:
+    """The longest tail of ``text`` that encodes to at most ``max_tokens`` tokens."""
+    if max_tokens <= 0:
+        return ""
+    text = text[-max_tokens * MAX_CHARS_PER_TOKEN :]
+    if len(encode(text)) <= max_tokens:
+        return text
+    lo, hi = 0, len(text)  # keep text[hi:]... search the smallest cut that fits
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(encode(text[mid:])) <= max_tokens:
+            hi = mid
+        else:
+            lo = mid + 1
+    return text[lo:]
+
+
+def _fit_head(text: str, max_tokens: int, encode: Callable[[str], list[int]]) -> str:
+    """The longest head of ``text`` that encodes to at most ``max_tokens`` tokens."""
+    if max_tokens <= 0:
+        return ""
+    text = text[: max_tokens * MAX_CHARS_PER_TOKEN]
+    if len(encode(text)) <= max_tokens:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(encode(text[:mid])) <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
+
+
+class _Window:
+    """Lines chosen around the cursor and the strings they make."""
+
+    def __init__(self, doc_lines: Sequence[str], line: int, left: str, right: str, mode: Mode):
+        self.doc_lines = doc_lines
+        self.line = line
+        self.left = left  # cursor-line text that ends the prefix
+        self.right = right  # cursor-line text that starts the suffix (multi-line mode only)
+        self.mode = mode
+        self.first = line
+        self.last = line
+
+    def prefix(self) -> str:
+        above = self.doc_lines[self.first : self.line]
+        return "".join(f"{text}\n" for text in above) + self.left
+
+    def suffix(self) -> str:
+        n = len(self.doc_lines)
+        parts = [(self.right, self.line)] if self.mode == "multi" else []
+        parts += [(self.doc_lines[i], i) for i in range(self.line + 1, self.last + 1)]
+        # each document line but the last is followed by a line break
+        return "".join(f"{text}\n" if i < n - 1 else text for text, i in parts)
+
+
+def build_prompt(
+    doc_lines: Sequence[str],
+    line: int,
+    index: int,
+    encode: Callable[[str], list[int]],
+    budget_tokens: int,
+    mode_setting: str,
+    window_hint: Window | None = None,
+) -> Prompt:
+    """The Refact SPM prompt for the cursor at (``line``, ``index``) (a Python index in the line).
+
+    ``mode_setting`` is the mode from ``completion_mode`` ("single"/"multi"), or a ``multiline`` setting
+    value resolved here with mid-line allowed. ``budget_tokens`` counts all prompt ids, the three
+    special tokens included (context tokens minus max new tokens). ``window_hint`` is the previous
+    ``Prompt.window`` for this document: while the cursor stays inside it, it still fits and leaves
+    context on both sides, its boundaries are kept so the suffix (first in SPM) stays identical. A
+    fresh window fills the budget minus 1/16 headroom, so that typing does not push it out at once.
+    """
+    if not doc_lines:
+        doc_lines = [""]
+    line = max(0, min(line, len(doc_lines) - 1))
+    line_text = doc_lines[line]
+    index = max(0, min(index, len(line_text)))
+    mode = _resolve_mode(mode_setting, line_text, index)
+    encoder = encode if isinstance(encode, CachedEncoder) else CachedEncoder(encode)
+    budget = budget_tokens - SPECIAL_TOKENS
+    n = len(doc_lines)
+
+    # cursor line: single-line mode leaves the rest of the line out; column-0 multi-line mode puts the
+    # whole line in the suffix (Refact's clients send column 0 when only whitespace is left of the cursor)
+    cut = 0 if mode == "multi" and not line_text[:index].strip() else index
+    left = line_text[:cut]
+    right = line_text[cut:] if mode == "multi" else ""
+    cap = max(budget, 0) * MAX_CHARS_PER_TOKEN  # never tokenize more of a huge line than could fit
+    left, right = left[len(left) - cap :] if len(left) > cap else left, right[:cap]
+    left_tokens = len(encoder(left)) if left else 0
+    right_tokens = len(encoder(right)) if right else 0
+    if left_tokens + right_tokens > budget:  # a huge cursor line: keep its parts next to the cursor
+        right_share = min(right_tokens, budget // 4)
+        left = _fit_tail(left, budget - right_share, encoder)
+        right = _fit_head(right, budget - len(encoder(left)), encoder)
+        left_tokens, right_tokens = len(encoder(left)), len(encoder(right))
+    used = left_tokens + right_tokens
+
+    win = _Window(doc_lines, line, left, right, mode)
+    counts: dict[int, int] = {}
+
+    def count(i: int, remaining: int) -> int | None:
+        """Tokens of line ``i``, or None when it certainly does not fit in ``remaining``."""
+        if i not in counts:
+            text = doc_lines[i]
+            if len(text) > max(remaining, 0) * MAX_CHARS_PER_TOKEN:
+                return None
+            counts[i] = encoder.count_line(text)
+        return counts[i]
+
+    hinted = _hinted_window(window_hint, line, n, used, budget, count)
+    if hinted is not None:
+        win.first, win.last = hinted
+    else:
+        _grow_alternately(win, n, used, budget - budget // WINDOW_HEADROOM, count)
+
+    while True:
+        prefix, suffix = win.prefix(), win.suffix()
+        prefix_ids, suffix_ids = encoder(prefix), encoder(suffix)
+        total = len(prefix_ids) + len(suffix_ids)
+        if total <= budget or (win.first == line and win.last == line):
+            break
+        # the BPE of the joined text differs from the sum of the lines: drop the outermost line
+        if line - win.first >= win.last - line:
+            win.first += 1
+        else:
+            win.last -= 1
+
+    ids = [FIM_SUFFIX_ID, *suffix_ids, FIM_PREFIX_ID, *prefix_ids, FIM_MIDDLE_ID]
+    text = f"<fim_suffix>{suffix}<fim_prefix>{prefix}<fim_middle>"
+    return Prompt(ids, text, mode, prefix, suffix, (win.first, win.last), cut)
+
+
+def _grow_alternately(
+    win: _Window, n: int, used: int, budget: int, count: Callable[[int, int], int | None]
+) -> None:
+    """Add whole lines above, then below, alternately, until the next one does not fit."""
+    above, below = win.line - 1, win.line + 1
+    while above >= 0 or below < n:
+        if above >= 0:
+            tokens = count(above, budget - used)
+            if tokens is None or used + tokens > budget:
+                return
+            used += tokens
+            win.first = above
+            above -= 1
+        if below < n:
+            tokens = count(below, budget - used)
+            if tokens is None or used + tokens > budget:
+                return
+            used += tokens
+            win.last = below
+            below += 1
+
+
+def _hinted_window(
+    hint: Window | None,
+    line: int,
+    n: int,
+    used: int,
+    budget: int,
+    count: Callable[[int, int], int | None],
+) -> Window | None:
+    """The previous window if it still suits the cursor, else None (choose a fresh one)."""
+    if hint is None:
+        return None
+    first, last = hint[0], min(hint[1], n - 1)
+    if not 0 <= first <= line <= last:
+        return None
+    above = below = 0
+    for i in range(first, last + 1):
+        if i == line:
+            continue
+        tokens = count(i, budget - used - above - below)
+        if tokens is None:
+            return None
+        if i < line:
+            above += tokens
+        else:
+            below += tokens
+    total = used + above + below
+    if total > budget:
+        return None
+    margin = budget // 8
+    if (first > 0 and above < margin) or (last < n - 1 and below < margin):
+        return None  # the cursor came close to an edge that has more lines beyond it
+    if (first > 0 or last < n - 1) and total < budget * 3 // 4:
+        return None  # the document changed and a fresh window would hold much more
+    return first, last

@@ -1,0 +1,245 @@
+"""Scheduling of model work: per-document debounce, supersede, cancellation, one job at a time.
+
+A completion request takes a :class:`Ticket` for its document. A newer ticket for the same
+document supersedes the older one at once (eglot never sends ``$/cancelRequest``): a debouncing
+or waiting ticket wakes up with :class:`Skipped`, a running one has its stop event set, which the
+engine checks between decode steps. Jobs run one at a time on a single daemon worker thread, off
+the event loop. At most ``max_waiting`` tickets wait for the worker; when a burst over many
+documents exceeds that, the oldest waiting ticket is dropped (the newest is the one the user sees).
+
+Cancellation of the awaiting asyncio task (pygls does this on ``$/cancelRequest``) sets the
+ticket's stop event; the worker is released only when the job really returned, so there is never
+more than one generation in flight.
+
+Usage::
+
+    ticket = scheduler.ticket(uri)
+    try:
+        await ticket.debounce(0.025)
+        result = await ticket.run(lambda stop: generate(..., should_stop=stop.is_set))
+    except Skipped:
+        ...  # superseded or dropped: answer empty
+    finally:
+        ticket.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+SkipReason = Literal["superseded", "dropped", "closed"]
+
+DEFAULT_MAX_WAITING = 4
+
+
+class Skipped(Exception):
+    """The ticket will not run: a newer request superseded it, or the waiting queue dropped it."""
+
+    def __init__(self, reason: SkipReason):
+        super().__init__(reason)
+        self.reason: SkipReason = reason
+
+
+class Worker:
+    """One daemon thread running submitted callables in order.
+
+    ``ThreadPoolExecutor`` threads are joined at interpreter exit, so a model download or a long
+    generation would hold up the server's exit; a daemon thread does not.
+    """
+
+    def __init__(self, name: str = "refact-engine"):
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        return future
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def _loop(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
+                future.set_exception(exc)
+
+
+class Ticket:
+    """One request's place in the scheduler (see the module docstring)."""
+
+    def __init__(self, scheduler: Scheduler, key: str | None, droppable: bool):
+        self.key = key
+        self.droppable = droppable
+        self.stop = threading.Event()
+        """Set when the job should stop: superseded, cancelled or the server is closing."""
+        self.skipped: SkipReason | None = None
+        self.running = False
+        self._scheduler = scheduler
+        self._wake: asyncio.Future[None] = scheduler.loop.create_future()
+        self._turn: asyncio.Future[None] | None = None
+
+    @property
+    def superseded(self) -> bool:
+        return self.skipped == "superseded"
+
+    def skip(self, reason: SkipReason) -> None:
+        """Stops this ticket: a waiting one wakes with :class:`Skipped`, a running one is told to stop."""
+        if self.skipped is None:
+            self.skipped = reason
+        self.stop.set()
+        if not self._wake.done():
+            self._wake.set_result(None)
+        if self._turn is not None and not self._turn.done():
+            self._turn.set_exception(Skipped(reason))
+            self._scheduler._forget_waiting(self)
+
+    async def debounce(self, seconds: float) -> None:
+        """Waits ``seconds``; raises :class:`Skipped` as soon as the ticket is superseded."""
+        if seconds > 0 and self.skipped is None:
+            await asyncio.wait([self._wake], timeout=seconds)
+        if self.skipped is not None:
+            raise Skipped(self.skipped)
+
+    async def run(self, work: Callable[[threading.Event], T]) -> T:
+        """Waits for the worker, then runs ``work(stop_event)`` on it and returns its result.
+
+        Raises :class:`Skipped` if the ticket was skipped before it started. A ticket superseded
+        while running still returns the job's result (check :attr:`superseded`).
+        """
+        if self.skipped is not None:
+            raise Skipped(self.skipped)
+        await self._scheduler._acquire(self)
+        if self.skipped is not None:  # superseded right as the turn came
+            self._scheduler._release()
+            raise Skipped(self.skipped)
+        self.running = True
+        scheduler = self._scheduler
+        job = scheduler.worker.submit(lambda: work(self.stop))
+        job.add_done_callback(lambda _: scheduler.loop.call_soon_threadsafe(scheduler._release))
+        try:
+            return await asyncio.wrap_future(job)
+        except asyncio.CancelledError:
+            self.stop.set()
+            raise
+        finally:
+            self.running = False
+
+    def close(self) -> None:
+        """Forgets the ticket (call in ``finally``); a still-waiting one is stopped."""
+        if self._turn is not None and not self._turn.done():
+            self.skip("closed")
+        self.stop.set()
+        self._scheduler._forget(self)
+
+
+class Scheduler:
+    """Hands out :class:`Ticket`s and runs their jobs one at a time on a :class:`Worker`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_waiting: int = DEFAULT_MAX_WAITING):
+        self.loop = loop
+        self.max_waiting = max(1, max_waiting)
+        self.worker = Worker()
+        self._latest: dict[str, Ticket] = {}
+        self._waiting: deque[Ticket] = deque()
+        self._busy = False
+        self.superseded_count = 0
+        self.dropped_count = 0
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is on the worker now."""
+        return self._busy
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def ticket(self, key: str | None, droppable: bool = True) -> Ticket:
+        """A new ticket; an older one for the same ``key`` is superseded."""
+        ticket = Ticket(self, key, droppable)
+        if key is not None:
+            older = self._latest.get(key)
+            if older is not None and older.skipped is None:
+                older.skip("superseded")
+                self.superseded_count += 1
+            self._latest[key] = ticket
+        return ticket
+
+    def cancel_key(self, key: str) -> None:
+        """Stops whatever is pending or running for ``key`` (e.g. the document was closed)."""
+        ticket = self._latest.pop(key, None)
+        if ticket is not None:
+            ticket.skip("closed")
+
+    async def run_exclusive(self, work: Callable[[threading.Event], T]) -> T:
+        """Runs ``work`` on the worker in turn with the tickets (never dropped, never superseded)."""
+        ticket = self.ticket(None, droppable=False)
+        try:
+            return await ticket.run(work)
+        finally:
+            ticket.close()
+
+    def close(self) -> None:
+        """Stops every ticket and lets the worker thread end."""
+        for ticket in list(self._latest.values()) + list(self._waiting):
+            ticket.skip("closed")
+        self.worker.close()
+
+    async def _acquire(self, ticket: Ticket) -> None:
+        if not self._busy and not self._waiting:
+            self._busy = True
+            return
+        ticket._turn = self.loop.create_future()
+        self._waiting.append(ticket)
+        droppable = [t for t in self._waiting if t.droppable]
+        while len(self._waiting) > self.max_waiting and droppable:
+            oldest = droppable.pop(0)
+            self.dropped_count += 1
+            log.debug("queue full: dropping the oldest waiting request (%s)", oldest.key)
+            oldest.skip("dropped")
+        try:
+            await ticket._turn
+        except asyncio.CancelledError:
+            ticket.stop.set()
+            if ticket._turn.done() and not ticket._turn.cancelled() and ticket._turn.exception() is None:
+                self._release()  # the turn was handed over just as the task was cancelled
+            self._forget_waiting(ticket)
+            raise
+
+    def _release(self) -> None:
+        """The worker is free: hand it to the oldest waiting ticket."""
+        while self._waiting:
+            nxt = self._waiting.popleft()
+            if nxt._turn is not None and not nxt._turn.done():
+                nxt._turn.set_result(None)
+                return
+        self._busy = False
+
+    def _forget_waiting(self, ticket: Ticket) -> None:
+        with contextlib.suppress(ValueError):
+            self._waiting.remove(ticket)
+
+    def _forget(self, ticket: Ticket) -> None:
+        self._forget_waiting(ticket)
+        if ticket.key is not None and self._latest.get(ticket.key) is ticket:
+            del self._latest[ticket.key]

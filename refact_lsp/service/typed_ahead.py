@@ -1,0 +1,111 @@
+"""Typed-ahead cache: answer with the rest of a shown suggestion while the user types it.
+
+Entries are keyed on prefix AND suffix (a prefix-only key serves stale suggestions after the text
+after the cursor changed). Use cursor-relative keys (``cursor_keys``): ``prefix`` = the text before
+the cursor, ``suffix`` = the text after the cursor line that typing at the cursor does not change,
+and ``completion`` = the text inserted at the cursor (``cursor_relative``; ``prompt_relative`` turns a
+hit back into what ``edits`` expects). A lookup finds the candidates by the suffix (one dict lookup)
+and compares each candidate's prefix with one ``startswith`` (a memcmp); a bucket holds at most
+``per_suffix`` entries.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from refact_lsp.service.prompt import Prompt
+
+
+def cursor_keys(prompt: Prompt, line_text: str, index: int) -> tuple[str, str]:
+    """Cursor-relative cache keys for a prompt built at ``index`` in ``line_text``.
+
+    prefix = the window's text before the cursor; suffix = the window's lines after the cursor line.
+    They are the same in both modes, so typing the first character of a column-0 multi-line suggestion
+    (which switches to single-line mode) still hits.
+    """
+    prefix = prompt.prefix + line_text[prompt.prefix_cut : index]
+    suffix = prompt.suffix if prompt.mode == "single" else prompt.suffix.partition("\n")[2]
+    return prefix, suffix
+
+
+def cursor_relative(completion: str, line_text: str, index: int, prefix_cut: int) -> str | None:
+    """The part of a post-processed completion that goes after the cursor (None if it retypes
+    differently what is between the prompt's prefix end and the cursor, e.g. other indentation)."""
+    typed = line_text[prefix_cut:index]
+    return completion[len(typed) :] if completion.startswith(typed) else None
+
+
+def prompt_relative(rest: str, line_text: str, index: int, prefix_cut: int) -> str:
+    """A cached cursor-relative completion in the form ``edits`` expects for the current prompt."""
+    return line_text[prefix_cut:index] + rest
+
+
+class TypedAheadCache:
+    """Bounded (LRU) map of (prefix, suffix) -> completion, with typed-ahead lookups."""
+
+    def __init__(self, max_entries: int = 256, per_suffix: int = 16):
+        if max_entries < 1 or per_suffix < 1:
+            raise ValueError("max_entries and per_suffix must be at least 1")
+        self.max_entries = max_entries
+        self.per_suffix = per_suffix
+        self._entries: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._by_suffix: dict[str, list[str]] = {}  # suffix -> prefixes, most recent last
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._by_suffix.clear()
+
+    def put(self, prefix: str, suffix: str, completion: str) -> None:
+        """Remember ``completion`` for the cursor between ``prefix`` and ``suffix`` (not an empty one)."""
+        if not completion:
+            return
+        key = (prefix, suffix)
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self._entries[key] = completion
+            bucket = self._by_suffix[suffix]
+            bucket.remove(prefix)
+            bucket.append(prefix)
+            return
+        self._entries[key] = completion
+        bucket = self._by_suffix.setdefault(suffix, [])
+        bucket.append(prefix)
+        if len(bucket) > self.per_suffix:
+            self._forget(bucket[0], suffix)
+        while len(self._entries) > self.max_entries:
+            old_prefix, old_suffix = next(iter(self._entries))
+            self._forget(old_prefix, old_suffix)
+
+    def _forget(self, prefix: str, suffix: str) -> None:
+        del self._entries[(prefix, suffix)]
+        bucket = self._by_suffix[suffix]
+        bucket.remove(prefix)
+        if not bucket:
+            del self._by_suffix[suffix]
+
+    def get(self, prefix: str, suffix: str) -> str | None:
+        """The rest of a cached suggestion, or None.
+
+        Hits when ``prefix`` = a cached prefix + typed text, the typed text starts the cached completion
+        (and leaves some of it), and ``suffix`` is unchanged. The longest matching cached prefix wins.
+        """
+        bucket = self._by_suffix.get(suffix)
+        if not bucket:
+            return None
+        best: tuple[str, str] | None = None
+        for cached_prefix in bucket:
+            if len(cached_prefix) > len(prefix) or (best is not None and len(cached_prefix) <= len(best[0])):
+                continue
+            if not prefix.startswith(cached_prefix):
+                continue
+            completion = self._entries[(cached_prefix, suffix)]
+            typed_len = len(prefix) - len(cached_prefix)
+            if len(completion) > typed_len and completion.startswith(prefix[len(cached_prefix) :]):
+                best = (cached_prefix, completion[typed_len:])
+        if best is None:
+            return None
+        self._entries.move_to_end((best[0], suffix))
+        return best[1]

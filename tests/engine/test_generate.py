@@ -1,0 +1,222 @@
+"""The generation engine: scripted checkpoints make every stop rule observable."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+from refact_lsp.engine.generate import GenerationRequest, Generator, TextStream
+from refact_lsp.engine.loading import ModelSpec, load_model
+from refact_lsp.engine.runner import ModelRunner
+from refact_lsp.engine.tokenizer import FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
+
+
+def fim(tok, prefix: str, suffix: str) -> list[int]:
+    return [FIM_SUFFIX_ID, *tok.encode_text(suffix), FIM_PREFIX_ID, *tok.encode_text(prefix), FIM_MIDDLE_ID]
+
+
+def greedy(prompt: list[int], **kw) -> GenerationRequest:
+    kw.setdefault("stop_strings", ())
+    return GenerationRequest(prompt, temperature=0.0, **kw)
+
+
+@pytest.fixture(scope="module")
+def scripted(scripted_ckpt) -> Generator:
+    return Generator(load_model(ModelSpec(str(scripted_ckpt))))
+
+
+def test_scripted_checkpoint_spells_its_text(scripted, tokenizer, script_text) -> None:
+    chunks: list[str] = []
+    res = scripted.generate(
+        greedy(fim(tokenizer, "x = 1\n", "\nfoo()"), max_new_tokens=100), on_token=chunks.append
+    )
+    assert res.text == script_text
+    assert res.stop_reason == "eot"
+    assert "".join(chunks) == script_text
+    assert res.token_ids == tokenizer.encode_text(script_text)
+    assert res.steps == len(res.token_ids) + 1
+
+
+def test_streaming_is_utf8_safe(scripted, tokenizer) -> None:
+    """🙂 is split across byte-level tokens: no replacement character is ever streamed."""
+    assert any(len(tokenizer.token_bytes(i)) < 4 for i in tokenizer.encode_text("🙂"))
+    chunks: list[str] = []
+    scripted.generate(greedy(fim(tokenizer, "a", "b"), max_new_tokens=100), on_token=chunks.append)
+    assert "\ufffd" not in "".join(chunks)
+    assert "🙂" in "".join(chunks)
+
+
+def test_stop_string_cuts_text_and_stream(scripted, tokenizer) -> None:
+    chunks: list[str] = []
+    res = scripted.generate(
+        greedy(fim(tokenizer, "a", "b"), stop_strings=("\n\t\n",), max_new_tokens=100), on_token=chunks.append
+    )
+    assert res.stop_reason == "stop_string"
+    assert res.text == "def hello():\n    return 42"
+    assert "".join(chunks) == res.text  # the held-back "\n\t" was never streamed
+    single = scripted.generate(greedy(fim(tokenizer, "a", "b"), stop_strings=("\n",)))
+    assert (single.text, single.stop_reason) == ("def hello():", "stop_string")
+
+
+def test_max_new_tokens(scripted, tokenizer) -> None:
+    res = scripted.generate(greedy(fim(tokenizer, "a", "b"), max_new_tokens=3))
+    assert res.stop_reason == "max_tokens"
+    assert res.text == "def hello():"
+    assert len(res.token_ids) == 3
+
+
+def test_time_budget(scripted, tokenizer) -> None:
+    res = scripted.generate(greedy(fim(tokenizer, "a", "b"), max_new_tokens=100, time_budget_s=0.0))
+    assert res.stop_reason == "time_budget"
+    assert len(res.token_ids) == 1
+
+
+def test_should_stop_is_checked_between_decode_steps(scripted, tokenizer) -> None:
+    calls = []
+
+    def stop_after_three_tokens() -> bool:
+        calls.append(1)
+        return len(calls) > 3  # call 1 is before prefill, then one call after each token
+
+    res = scripted.generate(
+        greedy(fim(tokenizer, "a", "b"), max_new_tokens=100), should_stop=stop_after_three_tokens
+    )
+    assert res.stop_reason == "cancelled"
+    assert len(res.token_ids) == 3
+    before = scripted.generate(greedy(fim(tokenizer, "a", "b")), should_stop=lambda: True)
+    assert (before.stop_reason, before.text, before.steps) == ("cancelled", "", 0)
+
+
+def test_immediate_eot_is_an_empty_answer(tmp_path: Path, tokenizer) -> None:
+    gen = Generator(load_model(ModelSpec(str(write_scripted_checkpoint(tmp_path, "")))))
+    res = gen.generate(GenerationRequest(fim(tokenizer, "a", "b")))
+    assert (res.text, res.stop_reason, res.steps, res.token_ids) == ("", "eot", 1, [])
+
+
+def test_kv_reuse_gives_identical_results(scripted, random_ckpt, tokenizer) -> None:
+    gen = Generator(load_model(ModelSpec(str(random_ckpt))))
+    prefix = "def add(a, b):\n    return a"
+    prompts = [fim(tokenizer, prefix[:n], "\n\nprint(add(1, 2))\n") for n in (10, 14, 15, 20, 26, 12)]
+    outputs = {}
+    for reuse in (True, False):
+        gen.reset_cache()
+        outputs[reuse] = [
+            gen.generate(GenerationRequest(p, max_new_tokens=8, temperature=0.8, seed=i, kv_reuse=reuse))
+            for i, p in enumerate(prompts)
+        ]
+    assert [r.token_ids for r in outputs[True]] == [r.token_ids for r in outputs[False]]
+    assert all(r.reused_tokens == 0 for r in outputs[False])
+    assert sum(r.reused_tokens for r in outputs[True]) > 5 * 20
+    # the same prompt again: everything but the last prompt token comes from the cache
+    again = gen.generate(GenerationRequest(prompts[-1], max_new_tokens=8, temperature=0.8, seed=5))
+    assert again.reused_tokens == len(prompts[-1]) - 1
+    assert again.token_ids == outputs[False][-1].token_ids
+
+
+def test_seeded_sampling_is_reproducible_and_top_p_tiny_is_greedy(random_ckpt, tokenizer) -> None:
+    gen = Generator(load_model(ModelSpec(str(random_ckpt))))
+    prompt = fim(tokenizer, "import os\n", "")
+    a = gen.generate(GenerationRequest(prompt, max_new_tokens=6, temperature=1.0, seed=3, stop_strings=()))
+    b = gen.generate(GenerationRequest(prompt, max_new_tokens=6, temperature=1.0, seed=3, stop_strings=()))
+    assert a.token_ids == b.token_ids
+    g = gen.generate(greedy(prompt, max_new_tokens=6))
+    nucleus = gen.generate(
+        GenerationRequest(prompt, max_new_tokens=6, temperature=1.0, top_p=1e-6, stop_strings=())
+    )
+    assert nucleus.token_ids == g.token_ids
+
+
+def test_padding_ids_are_never_produced(tmp_path: Path, tokenizer) -> None:
+    folder = write_scripted_checkpoint(tmp_path, "abc = 1")
+    tensors = load_file(str(folder / "model.safetensors"))
+    head = tensors["lm_head.weight"]
+    n_embd = head.shape[1]
+    for d in range(n_embd):  # a padding row beats every real successor: 20 > 10
+        head[FIRST_PADDING_ID + d, d] = 20.0
+    save_file(tensors, str(folder / "model.safetensors"))
+    loaded = load_model(ModelSpec(str(folder)))
+    prompt = fim(tokenizer, "x", "y")
+    with torch.no_grad():
+        raw = loaded.model(torch.tensor([prompt])).logits[0, -1]
+    assert int(raw.argmax()) >= FIRST_PADDING_ID  # unmasked, the model would pick padding
+    gen = Generator(loaded)
+    assert gen.generate(greedy(prompt)).text == "abc = 1"
+    for seed in range(5):
+        res = gen.generate(GenerationRequest(prompt, temperature=1.5, seed=seed, max_new_tokens=10))
+        assert all(t < FIRST_PADDING_ID for t in res.token_ids)
+
+
+def test_prompt_validation(scripted) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        scripted.generate(GenerationRequest([]))
+    with pytest.raises(ValueError, match="context"):
+        scripted.generate(GenerationRequest([5] * 4096))
+    with pytest.raises(ValueError, match="outside"):
+        scripted.generate(GenerationRequest([5, 60000]))
+
+
+def test_runner_states_and_cancellation(tmp_path: Path, tokenizer) -> None:
+    states: list[str] = []
+    runner = ModelRunner(on_state=states.append)
+    assert runner.state == "unloaded" and runner.tokenizer is None
+    runner.load(ModelSpec(str(write_scripted_checkpoint(tmp_path, "while True: pass", loop=True))))
+    assert states == ["loading", "ready"] and runner.n_ctx == 4096
+    prompt = fim(runner.tokenizer, "a", "b")
+
+    cancel = threading.Event()
+    seen: list[str] = []
+
+    def on_token(text: str) -> None:
+        seen.append(text)
+        if len(seen) == 2:
+            cancel.set()
+
+    res = runner.generate(greedy(prompt, max_new_tokens=1000), cancel, on_token=on_token)
+    assert res.stop_reason == "cancelled" and len(res.token_ids) == 2
+
+    # a generation waiting for the device gives up at once when cancelled
+    long_cancel = threading.Event()
+    results = []
+    worker = threading.Thread(
+        target=lambda: results.append(runner.generate(greedy(prompt, max_new_tokens=3000), long_cancel))
+    )
+    worker.start()
+    while not runner._gen_lock.locked():
+        time.sleep(0.001)
+    waiting = threading.Event()
+    waiting.set()
+    queued = runner.generate(greedy(prompt), waiting)
+    assert queued.stop_reason == "cancelled" and queued.steps == 0
+    assert worker.is_alive()
+    long_cancel.set()
+    worker.join(timeout=10)
+    assert results[0].stop_reason == "cancelled"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=st.text(alphabet=st.sampled_from(list("ab\n\t é🙂")), max_size=30),
+    stops=st.lists(st.sampled_from(["\n", "\n\n", "b\t", "🙂"]), max_size=2),
+)
+def test_text_stream_matches_one_shot_decode(tokenizer, text: str, stops: list[str]) -> None:
+    chunks: list[str] = []
+    stream = TextStream(tokenizer.token_bytes, tuple(stops), chunks.append)
+    stopped = False
+    for tok in tokenizer.encode_text(text):
+        if stream.push(tok):
+            stopped = True
+            break
+    if not stopped:
+        stream.finish()
+    cut = min([text.find(s) for s in stops if s in text], default=len(text))
+    assert stream.text == text[:cut]
+    assert stopped == (cut < len(text))
+    assert "".join(chunks) == stream.text

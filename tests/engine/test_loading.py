@@ -1,0 +1,150 @@
+"""Loading: strict tensor checks with named errors, pickle opt-in, Auto classes, device/dtype choice."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import refact_lsp  # noqa: F401 - registers gpt_refact with transformers' Auto classes
+from refact_lsp.engine.config import GPTRefactConfig
+from refact_lsp.engine.loading import (
+    ModelLoadError,
+    ModelSpec,
+    _progress_tqdm,
+    load_model,
+    resolve_device,
+    resolve_dtype,
+)
+from refact_lsp.engine.model import GPTRefactForCausalLM
+from refact_lsp.engine.runner import ModelRunner
+
+
+@pytest.fixture
+def ckpt(random_ckpt: Path, tmp_path: Path) -> Path:
+    """A private copy of the random checkpoint to damage."""
+    return Path(shutil.copytree(random_ckpt, tmp_path / "ckpt"))
+
+
+def edit_tensors(folder: Path, edit) -> None:
+    tensors = load_file(str(folder / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(folder / "model.safetensors"))
+
+
+def test_config_reads_hub_fields(random_ckpt: Path) -> None:
+    raw = json.loads((random_ckpt / "config.json").read_text())
+    assert raw["auto_map"]["AutoModelForCausalLM"].startswith("modeling_gpt_refact")
+    cfg = GPTRefactConfig(**raw)
+    assert (cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.vocab_size, cfg.n_positions) == (64, 4, 2, 49216, 4096)
+    assert cfg.mlp_width == 256 and GPTRefactConfig().mlp_width == 5632
+    assert cfg.bos_token_id is None and cfg.eos_token_id == 0 and not cfg.tie_word_embeddings
+
+
+def test_auto_classes_give_our_classes_despite_auto_map(random_ckpt: Path, legacy_ckpt: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    assert type(AutoConfig.from_pretrained(random_ckpt)) is GPTRefactConfig
+    model = AutoModelForCausalLM.from_pretrained(random_ckpt)
+    legacy = AutoModelForCausalLM.from_pretrained(legacy_ckpt)
+    assert type(model) is GPTRefactForCausalLM
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, legacy(ids).logits)
+
+
+@pytest.mark.parametrize("via", ["load_model", "auto"])
+def test_missing_tensor_is_named(ckpt: Path, via: str) -> None:
+    edit_tensors(ckpt, lambda t: t.pop("transformer.h.1.attn.q.weight"))
+    with pytest.raises(ModelLoadError, match=r"missing tensors: transformer\.h\.1\.attn\.q\.weight"):
+        if via == "auto":
+            from transformers import AutoModelForCausalLM
+
+            AutoModelForCausalLM.from_pretrained(ckpt)
+        else:
+            load_model(ModelSpec(str(ckpt)))
+
+
+def test_wrong_shape_is_named(ckpt: Path) -> None:
+    edit_tensors(ckpt, lambda t: t.update({"ln_f.weight": torch.ones(65)}))
+    with pytest.raises(
+        ModelLoadError, match=r"wrong shapes: ln_f\.weight \[65\] \(config\.json implies \[64\]\)"
+    ):
+        load_model(ModelSpec(str(ckpt)))
+
+
+def test_unexpected_and_half_legacy_tensors_are_named(ckpt: Path) -> None:
+    def edit(t):
+        t["transformer.h.0.attn.k.weight"] = t["transformer.h.0.attn.kv.weight"][:16].clone()
+        t["transformer.extra.weight"] = torch.zeros(3)
+
+    edit_tensors(ckpt, edit)
+    with pytest.raises(
+        ModelLoadError, match=r"unexpected tensors: transformer\.extra\.weight, transformer\.h\.0\.attn\.k"
+    ):
+        load_model(ModelSpec(str(ckpt)))
+
+
+def test_pickle_only_folder_is_refused_unless_allowed(ckpt: Path) -> None:
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    torch.save(tensors, ckpt / "pytorch_model.bin")
+    (ckpt / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="only pickle weights"):
+        load_model(ModelSpec(str(ckpt)))
+    loaded = load_model(ModelSpec(str(ckpt), allow_pickle=True))
+    torch.testing.assert_close(loaded.model.lm_head.weight, tensors["lm_head.weight"])
+
+
+def test_missing_tokenizer_config_or_folder(ckpt: Path, tmp_path: Path) -> None:
+    (ckpt / "tokenizer.json").unlink()
+    with pytest.raises(ModelLoadError, match="no tokenizer.json"):
+        load_model(ModelSpec(str(ckpt)))
+    (ckpt / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match="no config.json"):
+        load_model(ModelSpec(str(ckpt)))
+    with pytest.raises(ModelLoadError, match="not found"):
+        load_model(ModelSpec(str(tmp_path / "nowhere" / "at all")))
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ModelLoadError, match="expected 'gpt_refact'"):
+        load_model(ModelSpec(str(tmp_path / "empty")))
+
+
+def test_runner_reports_load_errors(ckpt: Path) -> None:
+    (ckpt / "model.safetensors").unlink()
+    runner = ModelRunner()
+    with pytest.raises(ModelLoadError):
+        runner.load(ModelSpec(str(ckpt)))
+    assert runner.state == "error" and "no model weights" in runner.error
+
+
+def test_device_and_dtype_resolution() -> None:
+    cpu = torch.device("cpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+        with pytest.raises(ModelLoadError, match="CUDA is not available"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == cpu
+    assert resolve_dtype("auto", cpu) == torch.float32
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(ModelLoadError, match="int8"):
+        resolve_dtype("int8", cpu)
+    with pytest.raises(ModelLoadError, match="unknown dtype"):
+        resolve_dtype("float8", cpu)
+    with pytest.raises(ModelLoadError, match="unknown device"):
+        resolve_device("tpu!")
+
+
+def test_download_progress_is_forwarded() -> None:
+    events = []
+    bar = _progress_tqdm(events.append)(total=4_000_000, unit="B", desc="Downloading")
+    bar.update(1_000_000)
+    bar.update(1)  # same percentage: not repeated
+    bar.update(2_999_999)
+    bar.close()
+    assert [(e.stage, e.percentage) for e in events] == [("download", 25), ("download", 100)]
+    assert events[0].message == "Downloading: 1/4 MB"

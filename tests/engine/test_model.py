@@ -1,0 +1,121 @@
+"""The model against an independent reference computed from the raw safetensors tensors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from refact_lsp.engine.kv_cache import KVCache
+from refact_lsp.engine.loading import ModelSpec, load_model
+
+IDS = [3, 1234, 56, 789, 1, 4321, 99, 17, 2, 5000, 6001, 42]
+
+
+def reference_logits(folder: Path, ids: list[int], n_head: int, n_layer: int) -> torch.Tensor:
+    """refact-model.md's forward pass written out in float64 with explicit loops over heads and positions."""
+    w = {k: v.double() for k, v in load_file(str(folder / "model.safetensors")).items()}
+
+    def norm(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(-1, keepdim=True)
+        var = ((x - mean) ** 2).mean(-1, keepdim=True)
+        return (x - mean) / torch.sqrt(var + 1e-5) * gain
+
+    x = w["transformer.wte.weight"][ids]  # [T, C]
+    t, c = x.shape
+    d = c // n_head
+    for layer in range(n_layer):
+        p = f"transformer.h.{layer}."
+        h = norm(x, w[p + "ln_1.weight"])
+        q = h @ w[p + "attn.q.weight"].T
+        kv = h @ w[p + "attn.kv.weight"].T
+        k, v = kv[:, :d], kv[:, d:]
+        out = torch.zeros(t, c, dtype=torch.float64)
+        for head in range(n_head):
+            slope = 2.0 ** (-8.0 * (head + 1) / n_head)
+            qh = q[:, head * d : (head + 1) * d]
+            for i in range(t):
+                scores = torch.tensor(
+                    [float(qh[i] @ k[j]) / math.sqrt(d) - slope * (i - j) for j in range(i + 1)],
+                    dtype=torch.float64,
+                )
+                probs = torch.softmax(scores, dim=0)
+                out[i, head * d : (head + 1) * d] = probs @ v[: i + 1]
+        x = x + out @ w[p + "attn.c_proj.weight"].T
+        h = norm(x, w[p + "ln_2.weight"])
+        gate_up = h @ w[p + "mlp.gate_up_proj.weight"].T
+        gate, up = gate_up.chunk(2, dim=-1)
+        x = x + (torch.nn.functional.silu(gate) * up) @ w[p + "mlp.c_proj.weight"].T
+    return norm(x, w["ln_f.weight"]) @ w["lm_head.weight"].T
+
+
+@pytest.fixture(scope="module")
+def fused(random_ckpt):
+    return load_model(ModelSpec(str(random_ckpt)))
+
+
+def test_logits_match_reference(fused, random_ckpt) -> None:
+    ref = reference_logits(random_ckpt, IDS, n_head=4, n_layer=2)
+    with torch.no_grad():
+        logits = fused.model(torch.tensor([IDS])).logits[0].double()
+    assert logits.shape == (len(IDS), 49216)
+    assert ref.abs().max() > 1.0  # the check is not vacuous
+    torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
+
+
+def test_legacy_layout_gives_identical_logits(fused, legacy_ckpt) -> None:
+    legacy = load_model(ModelSpec(str(legacy_ckpt)))
+    assert "transformer.h.0.attn.k.weight" in load_file(str(legacy_ckpt / "model.safetensors"))
+    with torch.no_grad():
+        a = fused.model(torch.tensor([IDS])).logits
+        b = legacy.model(torch.tensor([IDS])).logits
+    assert torch.equal(a, b)
+
+
+def test_logits_to_keep_computes_the_last_positions(fused) -> None:
+    with torch.no_grad():
+        full = fused.model(torch.tensor([IDS])).logits
+        last = fused.model(torch.tensor([IDS]), logits_to_keep=1).logits
+    assert last.shape == (1, 1, 49216)
+    torch.testing.assert_close(last[0, 0], full[0, -1], atol=1e-5, rtol=0)
+
+
+def test_cached_decode_equals_full_recomputation(fused) -> None:
+    model = fused.model
+    cfg = model.config
+    cache = KVCache(cfg.n_layer, cfg.head_dim, 64)
+    with torch.no_grad():
+        full = model(torch.tensor([IDS])).logits[0]
+        steps = [model(torch.tensor([IDS[:5]]), kv_cache=cache).logits[0]]
+        for tok in IDS[5:]:
+            steps.append(model(torch.tensor([[tok]]), kv_cache=cache, logits_to_keep=1).logits[0])
+    assert cache.tokens == IDS
+    torch.testing.assert_close(torch.cat(steps), full, atol=1e-5, rtol=0)
+
+
+def test_cache_truncate_and_continue_matches_fresh_prefill(fused) -> None:
+    """ALiBi: keys cached for a prefix stay valid whatever followed them before."""
+    model = fused.model
+    cfg = model.config
+    cache = KVCache(cfg.n_layer, cfg.head_dim, 64)
+    other = [7, 8, 9, 10, 11]
+    with torch.no_grad():
+        model(torch.tensor([IDS[:6] + other]), kv_cache=cache)
+        assert cache.common_prefix_len(IDS) == 6
+        cache.truncate(6)
+        cont = model(torch.tensor([IDS[6:]]), kv_cache=cache).logits[0]
+        full = model(torch.tensor([IDS])).logits[0, 6:]
+    torch.testing.assert_close(cont, full, atol=1e-5, rtol=0)
+
+
+def test_bfloat16_forward_is_close_to_float32(random_ckpt, fused) -> None:
+    bf16 = load_model(ModelSpec(str(random_ckpt), dtype="bfloat16"))
+    assert bf16.model.lm_head.weight.dtype == torch.bfloat16
+    with torch.no_grad():
+        a = fused.model(torch.tensor([IDS])).logits[0]
+        b = bf16.model(torch.tensor([IDS])).logits[0].float()
+    assert (a - b).abs().max() < 0.25
+    assert (a.argmax(-1) == b.argmax(-1)).float().mean() >= 0.75

@@ -1,0 +1,91 @@
+"""Inline edits: auto-closed characters, column-0 multi-line placement, line endings, completion items."""
+
+import pytest
+
+from refact_lsp.service.documents import Document
+from refact_lsp.service.edits import Edit, completion_item_edit, covered_closers, inline_edit, line_edit
+
+
+def apply(line_text: str, edit: Edit) -> str:
+    return line_text[: edit.start_index] + edit.new_text + line_text[edit.end_index :]
+
+
+@pytest.mark.parametrize(
+    ("line_text", "index", "completion", "result"),
+    [
+        ("foo()", 4, "a, b)", "foo(a, b)"),  # the ")" typed again covers the auto-closed one
+        ("foo()", 4, "a, b", "foo(a, b)"),  # not typed again: kept
+        ("print()", 6, "f(x)", "print(f(x))"),  # balanced inside the completion: not covered
+        ("print()", 6, "f(x))", "print(f(x))"),
+        ("x = [];", 5, "1, 2];", "x = [1, 2];"),
+        ("x = [];", 5, "1, 2]", "x = [1, 2];"),
+        ('s = ""', 5, 'hello"', 's = "hello"'),
+        ('s = ""', 5, "hello", 's = "hello"'),
+        ('s = ""', 5, 'a" + "b"', 's = "a" + "b"'),  # odd quotes: the last one closes the string
+        ("f(g())", 4, "x))", "f(g(x))"),
+        ("f(g())", 4, "x)", "f(g(x))"),
+        ("call(})", 5, "a}", "call(a})"),  # "}" without an unmatched "{" before: not covered
+        ("f()", 2, 'a, ")")', 'f(a, ")")'),  # a ")" inside a string literal is not a closer
+        ("x = ", 4, "1", "x = 1"),
+        ("if x {}", 6, "return 1; }", "if x {return 1; }"),
+    ],
+)
+def test_single_line_edits(line_text, index, completion, result):
+    edit = line_edit(line_text, 3, index, completion, "single")
+    assert edit.line == 3
+    assert edit.start_index == index
+    assert apply(line_text, edit) == result
+
+
+def test_column0_multi_line_replaces_typed_indentation():
+    doc = Document("u", "python", 1, "def f():\n    \nx = 1\n")
+    edit = inline_edit(doc, 1, 4, "    a = 1\n    return a", "multi")
+    assert (edit.start_index, edit.end_index) == (0, 4)
+    assert edit.new_text.startswith(doc.line(1)[:4])  # VS Code filters on the typed text
+    assert apply(doc.line(1), edit) == "    a = 1\n    return a"
+
+
+def test_column0_with_empty_line():
+    edit = line_edit("", 0, 0, "x = 1\ny = 2", "multi")
+    assert (edit.start_index, edit.end_index, edit.new_text) == (0, 0, "x = 1\ny = 2")
+
+
+def test_multi_line_text_uses_the_document_line_ending():
+    doc = Document("u", "c", 1, "int f() {\r\n    \r\n}\r\n")
+    edit = inline_edit(doc, 1, 4, "    int a = 1;\n    return a;", "multi")
+    assert edit.new_text == "    int a = 1;\r\n    return a;"
+
+
+def test_multi_mode_continuing_a_line_covers_closers():
+    edit = line_edit("foo()", 0, 4, "\n    a,\n    b)", "multi")
+    assert (edit.start_index, edit.end_index) == (4, 5)
+
+
+def test_empty_completion_has_no_edit():
+    assert line_edit("x", 0, 1, "", "single") is None
+
+
+def test_lsp_range_converts_indices():
+    line_text = "s = '😀'"
+    edit = line_edit(line_text, 2, 6, "x'", "single")
+    assert apply(line_text, edit) == "s = '😀x'"
+    assert edit.lsp_range(line_text, "utf-16") == ((2, 7), (2, 8))
+    assert edit.lsp_range(line_text, "utf-8") == ((2, 9), (2, 10))
+    assert edit.lsp_range(line_text, "utf-32") == ((2, 6), (2, 7))
+
+
+def test_covered_closers_only_counts_leading_auto_closed_run():
+    assert covered_closers("a)", " )") == 0
+    assert covered_closers("a);", ");") == 2
+    assert covered_closers("a", "") == 0
+
+
+def test_completion_item_edit():
+    doc = Document("u", "python", 1, "def f():\n    \n")
+    item = completion_item_edit(doc, 1, 4, "    total = 0\n    return total", "multi")
+    assert item.label == "total = 0"
+    assert item.filter_text == "    total = 0"
+    assert item.edit == inline_edit(doc, 1, 4, "    total = 0\n    return total", "multi")
+    single = completion_item_edit(Document("u", "python", 1, "foo()"), 0, 4, "a, b)", "single")
+    assert (single.label, single.edit.start_index, single.edit.end_index) == ("a, b)", 4, 5)
+    assert completion_item_edit(doc, 1, 4, "", "multi") is None
