@@ -1,31 +1,73 @@
-"""Engine speed: prefill tokens/s and decode ms/token, with random weights, on the current device.
+"""Engine benchmarks with random weights (nothing downloaded), through the real ``Generator``.
 
-    PYTHONPATH=. python bench/engine.py                     # tiny and real 1.6B shapes (from the repo root)
-    PYTHONPATH=. python bench/engine.py --shapes tiny,mid,real --prompt-len 64 --steps 4 --hf-generate
+    PYTHONPATH=. python bench/engine.py --report speed --shapes tiny,mid --prompt-len 64 --steps 8
+    PYTHONPATH=. python bench/engine.py --report gpu      # CUDA: 1.6B bf16 fast path, ~2k-token prompt
+    PYTHONPATH=. python bench/engine.py --report int8 --shapes mid,real --prompt-len 64 --steps 8   # CPU
+
+Reports (default: ``gpu`` on CUDA, ``speed`` elsewhere):
+
+- ``speed``: prefill tokens/s (time to first token) and decode ms/token per shape, float32 (and bf16 on
+  CUDA, fast path on), against the memory-bandwidth floor; ``--hf-generate`` adds transformers' ``generate``.
+- ``gpu``: the 1.6B shape in float32 as the reference, then the same weights in bf16 with the fast path
+  (SDPA prefill, static-shape decode replayed as a CUDA graph): logit drift and top-1 agreement of the
+  prefill and of the graph-replayed decode, prefill tokens/s, decode ms/token with and without CUDA graphs,
+  one keystroke with KV reuse, and transformers' ``generate`` on the same model. Each section catches its
+  own errors and the run goes on; a summary closes it.
+- ``int8``: CPU dynamic int8 (Linear weights) against float32 on the same weights: logit drift, top-1
+  agreement, prefill tokens/s and decode ms/token.
 
 Shapes: tiny (64 x 2 layers), mid (512 x 8), real (2048 x 32 = Refact-1.6B, float32 needs 6.3 GB).
-float32 everywhere; on CUDA also bf16, and bf16-vs-float32 logits on the same random 1.6B weights.
-Numbers go through the real ``Generator`` (prefill = time to first token). ``--hf-generate`` also times
-transformers' ``generate`` (greedy, same model, same prompt) as a baseline in the same run.
+The token ``<|endoftext|>`` is given a zero head row so that random weights never stop a run early.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
+import statistics
+import sys
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
 from refact_lsp.dev.checkpoints import fixture_tokenizer_path, random_model
 from refact_lsp.engine.generate import GenerationRequest, Generator
 from refact_lsp.engine.loading import LoadedModel, resolve_device
+from refact_lsp.engine.quantize import quantize_int8
 from refact_lsp.engine.tokenizer import FIRST_PADDING_ID, RefactTokenizer
+
+REAL = slice(0, FIRST_PADDING_ID)  # the tokenizer's ids; the rest is padding, never sampled
+SUMMARY: list[str] = []
+
+
+@contextmanager
+def section(title: str) -> Iterator[None]:
+    """Print a header; report (and survive) any error inside; print the time the section took."""
+    print(f"\n== {title}")
+    t = time.perf_counter()
+    try:
+        yield
+    except Exception as e:
+        print(f"   FAILED: {type(e).__name__}: {e}")
+        traceback.print_exc(limit=4, file=sys.stdout)
+        SUMMARY.append(f"{title}: FAILED ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    finally:
+        print(f"   ({time.perf_counter() - t:.1f} s)")
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
+
+
+def free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def memory_bandwidth_gbs(device: torch.device) -> float:
@@ -44,18 +86,25 @@ def memory_bandwidth_gbs(device: torch.device) -> float:
 def make_loaded(shape: str, dtype: torch.dtype, device: torch.device, tok: RefactTokenizer) -> LoadedModel:
     model = random_model(shape, dtype=dtype, device=device)
     with torch.no_grad():
-        model.lm_head.weight[
-            0
-        ].zero_()  # random logits ~N(0,1): <|endoftext|> at 0 never wins, runs go full length
+        model.lm_head.weight[0].zero_()  # logits ~N(0,1): <|endoftext|> at 0 never wins, runs go full length
     return LoadedModel(model, tok, device, dtype, model.config.n_positions, fixture_tokenizer_path().parent)
 
 
+def decode_floor_ms(loaded: LoadedModel, bandwidth_gbs: float) -> tuple[float, float]:
+    """(GB read per decode step, ms at ``bandwidth_gbs``): every weight once except the embedding."""
+    model = loaded.model
+    n_read = sum(p.numel() for p in model.parameters()) - model.transformer.wte.weight.numel()
+    gb = n_read * model.transformer.wte.weight.element_size() / 1e9
+    return gb, 1000 * gb / bandwidth_gbs
+
+
 def bench_generator(
-    loaded: LoadedModel, prompt: list[int], steps: int, repeats: int
+    loaded: LoadedModel, prompt: list[int], steps: int, repeats: int, **generator_options: bool
 ) -> tuple[float, float, list[int]]:
-    gen = Generator(loaded)
+    """(prefill tokens/s, decode ms/token, greedy tokens): best of ``repeats``, no KV reuse."""
+    gen = Generator(loaded, **generator_options)
     req = GenerationRequest(prompt, max_new_tokens=steps, temperature=0.0, stop_strings=(), kv_reuse=False)
-    gen.generate(GenerationRequest(prompt[:8], max_new_tokens=2, temperature=0.0, kv_reuse=False))  # warm-up
+    gen.generate(GenerationRequest(prompt[:8], max_new_tokens=3, temperature=0.0, kv_reuse=False))  # warm-up
     prefill, decode, tokens = [], [], []
     for _ in range(repeats):
         r = gen.generate(req)
@@ -63,10 +112,13 @@ def bench_generator(
         if r.steps > 1:
             decode.append(r.decode_s / (r.steps - 1))
         tokens = r.token_ids
+    del gen
+    free(loaded.device)
     return len(prompt) / min(prefill), 1000 * min(decode) if decode else float("nan"), tokens
 
 
 def bench_hf_generate(model, prompt: list[int], steps: int, device: torch.device) -> tuple[float, list[int]]:
+    """Seconds for transformers' greedy ``generate`` of ``steps`` tokens after ``prompt``, and its tokens."""
     ids = torch.tensor([prompt], device=device)
     kw = dict(
         do_sample=False,
@@ -83,76 +135,247 @@ def bench_hf_generate(model, prompt: list[int], steps: int, device: torch.device
     return time.perf_counter() - t, out[0, len(prompt) :].tolist()
 
 
+@torch.inference_mode()
+def all_logits(model, ids: list[int], device: torch.device, sdpa: bool = False) -> torch.Tensor:
+    """Float32 ``[T, n_real_tokens]`` logits of every position, one forward pass without cache."""
+    return model(torch.tensor([ids], device=device), sdpa=sdpa).logits[0, :, REAL].float()
+
+
+def drift(ref: torch.Tensor, other: torch.Tensor) -> tuple[float, float, float, float]:
+    """(max abs diff, mean abs diff, top-1 agreement %, % of other's top-1 in ref's top 5), ``[T, V]`` logits.
+
+    Random weights give flat logits (many near ties), so top-1 agreement understates how close they are."""
+    diff = (ref - other).abs()
+    top1 = other.argmax(-1, keepdim=True)
+    agree = (ref.argmax(-1, keepdim=True) == top1).float().mean().item()
+    in_top5 = (ref.topk(5, dim=-1).indices == top1).any(-1).float().mean().item()
+    return diff.max().item(), diff.mean().item(), 100 * agree, 100 * in_top5
+
+
+def same_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two greedy runs share (after a divergence the rest differs by construction)."""
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def random_prompt(n: int) -> list[int]:
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(19, FIRST_PADDING_ID, (n,), generator=g).tolist()
+
+
+# --- reports ------------------------------------------------------------------------------------
+
+
+def speed_report(args: argparse.Namespace, device: torch.device, tok: RefactTokenizer) -> None:
+    prompt = random_prompt(args.prompt_len)
+    dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
+    bw = memory_bandwidth_gbs(device)
+    print(f"measured read bandwidth {bw:.1f} GB/s")
+    for shape in args.shapes.split(","):
+        for dtype in dtypes:
+            with section(f"{shape} {str(dtype).removeprefix('torch.')}"):
+                loaded = make_loaded(shape, dtype, device, tok)
+                gb, floor = decode_floor_ms(loaded, bw)
+                pf, dec, ours = bench_generator(loaded, prompt, args.steps, args.repeats)
+                print(
+                    f"   prefill {pf:9.1f} tok/s  decode {dec:8.2f} ms/token  "
+                    f"(reads {gb:.2f} GB/token: bandwidth floor {floor:.2f} ms/token, x{dec / floor:.2f})"
+                )
+                SUMMARY.append(f"{shape} {dtype}: prefill {pf:.1f} tok/s, decode {dec:.2f} ms/token")
+                if args.hf_generate:
+                    gen_s, theirs = bench_hf_generate(loaded.model, prompt, args.steps, device)
+                    ours_total = args.prompt_len / pf + (args.steps - 1) * dec / 1000
+                    print(
+                        f"   transformers generate: {gen_s * 1000:.1f} ms for prefill + {args.steps} tokens "
+                        f"vs ours {ours_total * 1000:.1f} ms (x{gen_s / ours_total:.2f}); "
+                        f"greedy tokens agree: {theirs == ours}"
+                    )
+                del loaded
+                free(device)
+
+
+def gpu_report(
+    args: argparse.Namespace, device: torch.device, tok: RefactTokenizer, shape: str = "real"
+) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False  # a true float32 reference
+    torch.backends.cudnn.allow_tf32 = False
+    prompt = random_prompt(args.prompt_len)
+    n, steps, repeats = len(prompt), args.steps, args.repeats
+    bw = memory_bandwidth_gbs(device)
+    print(f"measured read bandwidth {bw:.0f} GB/s; prompt {n} tokens, {steps} steps, best of {repeats}")
+    st: dict = {}
+
+    with section(f"float32 reference: {shape} shape (real = 1.6B), random weights, matmul attention"):
+        loaded = make_loaded(shape, torch.float32, device, tok)
+        pf, dec, tokens = bench_generator(loaded, prompt, steps, repeats, fast_path=False)
+        st["ref_tokens"] = tokens
+        st["ref"] = all_logits(loaded.model, prompt + tokens, device)  # [n + steps, V] on the GPU
+        _, floor32 = decode_floor_ms(loaded, bw)
+        print(f"   prefill {pf:.0f} tok/s, decode {dec:.2f} ms/token (floor {floor32:.2f})")
+        SUMMARY.append(f"float32 reference (no fast path): prefill {pf:.0f} tok/s, decode {dec:.2f} ms/token")
+
+    with section("bf16 weights (same random weights, converted in place)"):
+        loaded.model.to(torch.bfloat16)
+        loaded = dataclasses.replace(loaded, dtype=torch.bfloat16)
+        free(device)
+        gb, floor = decode_floor_ms(loaded, bw)
+        st["floor"] = floor
+        print(f"   a decode step reads {gb:.2f} GB: bandwidth floor {floor:.2f} ms/token at {bw:.0f} GB/s")
+
+    with section("bf16 vs float32 logits: prefill of the whole prompt"):
+        ref = st["ref"]
+        for label, sdpa in (("SDPA, bf16 mask (fast path)", True), ("matmul, float32 scores", False)):
+            mx, mean, agree, top5 = drift(ref[:n], all_logits(loaded.model, prompt, device, sdpa=sdpa))
+            line = (
+                f"prefill {label}: max abs diff {mx:.4f}, mean {mean:.5f}, top-1 agreement {agree:.1f}% "
+                f"(in fp32 top-5: {top5:.1f}%)"
+            )
+            print(f"   {line} over {n} positions (logit std {ref[:n].std().item():.3f})")
+            SUMMARY.append(f"bf16 vs fp32 {line} ({n} positions)")
+            free(device)
+
+    with section("bf16 vs float32 logits: decode steps, teacher-forced with the float32 tokens"):
+        ref, ref_tokens = st["ref"], st["ref_tokens"]
+        per_mode = {}
+        for label, graphs in (("CUDA graph", True), ("static eager", False)):
+            gen = Generator(loaded, cuda_graphs=graphs)
+            with torch.inference_mode():
+                for start in range(0, n, 512):
+                    gen._forward(prompt[start : start + 512])
+                got = [gen._decode(t).float()[REAL].clone() for t in ref_tokens[:-1]]
+            per_mode[label] = torch.stack(got)
+            captured = gen._graph is not None
+            if graphs:
+                print(f"   CUDA graph captured: {captured} (False: not CUDA or capture failed, see log)")
+                SUMMARY.append(f"CUDA graph captured: {captured}")
+            mx, mean, agree, top5 = drift(ref[n : n + len(got)], per_mode[label])
+            line = (
+                f"decode {label}: max abs diff {mx:.4f}, mean {mean:.5f}, top-1 agreement {agree:.1f}% "
+                f"(in fp32 top-5: {top5:.1f}%)"
+            )
+            print(f"   {line} over {len(got)} steps")
+            SUMMARY.append(f"bf16 vs fp32 {line} ({len(got)} steps)")
+            del gen
+            free(device)
+        same = (per_mode["CUDA graph"] - per_mode["static eager"]).abs().max().item()
+        print(f"   graph replay vs eager static step: max abs diff {same:.6f}")
+        SUMMARY.append(f"graph replay vs eager static decode: max abs diff {same:.6f}")
+
+    with section("bf16 speed: prefill and decode, with and without the fast path"):
+        floor = st.get("floor", float("nan"))
+        modes = (
+            ("fast path: SDPA prefill, CUDA-graph decode", {}),
+            ("fast path without CUDA graphs (static eager decode)", {"cuda_graphs": False}),
+            ("no fast path: matmul prefill, dynamic eager decode", {"fast_path": False}),
+        )
+        for label, options in modes:
+            pf, dec, tokens = bench_generator(loaded, prompt, steps, repeats, **options)
+            st.setdefault("fast", (pf, dec, tokens))
+            line = f"prefill {pf:8.0f} tok/s, decode {dec:6.2f} ms/token (x{dec / floor:.2f} the floor)"
+            print(f"   {label}: {line}")
+            SUMMARY.append(f"bf16 {label}: {line}")
+        same = same_prefix(st["fast"][2], st.get("ref_tokens", []))
+        print(f"   same greedy tokens as float32 for the first {same}/{steps} (random weights: near ties)")
+
+    with section(f"one keystroke: the {n}-token prompt grown by one token, KV reuse, 16 new tokens"):
+        gen = Generator(loaded)
+        grown = list(prompt)
+        gen.generate(GenerationRequest(grown, max_new_tokens=16, temperature=0.0, stop_strings=()))
+        times, reused = [], []
+        for i in range(10):
+            grown = grown + [1000 + i]  # typing: the prompt gains a token, the cached prefix stays valid
+            r = gen.generate(GenerationRequest(grown, max_new_tokens=16, temperature=0.0, stop_strings=()))
+            times.append(1000 * (r.prefill_s + r.decode_s))
+            reused.append(r.reused_tokens)
+        line = f"p50 {statistics.median(times):.1f} ms, max {max(times):.1f} ms, {min(reused)}+ tokens reused"
+        print(f"   {line}")
+        SUMMARY.append(f"keystroke (kv reuse, 16 tokens, {n}-token context): {line}")
+        del gen
+        free(device)
+
+    with section("transformers generate on the same bf16 model (greedy, same prompt)"):
+        gen_s, theirs = bench_hf_generate(loaded.model, prompt, steps, device)
+        if "fast" in st:
+            pf, dec, ours = st["fast"]
+            ours_s = n / pf + (steps - 1) * dec / 1000
+            line = (
+                f"transformers {gen_s * 1000:.1f} ms for prefill + {steps} tokens vs ours "
+                f"{ours_s * 1000:.1f} ms (x{gen_s / ours_s:.2f}); same greedy tokens for the first "
+                f"{same_prefix(theirs, ours)}/{steps}"
+            )
+        else:
+            line = f"transformers {gen_s * 1000:.1f} ms for prefill + {steps} tokens"
+        print(f"   {line}")
+        SUMMARY.append(line)
+
+
+def int8_report(args: argparse.Namespace, device: torch.device, tok: RefactTokenizer) -> None:
+    prompt = random_prompt(args.prompt_len)
+    for shape in args.shapes.split(","):
+        with section(f"int8 vs float32, {shape} shape, same random weights"):
+            loaded = make_loaded(shape, torch.float32, device, tok)
+            ref = all_logits(loaded.model, prompt, device)
+            pf32, dec32, tok32 = bench_generator(loaded, prompt, args.steps, args.repeats)
+            quantize_int8(loaded.model)  # in place: the float32 Linear weights are freed
+            loaded = dataclasses.replace(loaded, quantization="int8")
+            mx, mean, agree, top5 = drift(ref, all_logits(loaded.model, prompt, device))
+            pf8, dec8, tok8 = bench_generator(loaded, prompt, args.steps, args.repeats)
+            same = same_prefix(tok32, tok8)
+            lines = [
+                f"float32: prefill {pf32:.1f} tok/s, decode {dec32:.2f} ms/token",
+                f"int8:    prefill {pf8:.1f} tok/s, decode {dec8:.2f} ms/token "
+                f"(decode x{dec32 / dec8:.2f} faster, prefill x{pf8 / pf32:.2f})",
+                f"logits over {len(prompt)} positions: max abs diff {mx:.4f}, mean {mean:.5f} "
+                f"(logit std {ref.std().item():.3f}), top-1 agreement {agree:.1f}% "
+                f"(in fp32 top-5: {top5:.1f}%); "
+                f"same greedy tokens for the first {same}/{args.steps}",
+            ]
+            for line in lines:
+                print(f"   {line}")
+                SUMMARY.append(f"{shape} {line}")
+            del loaded, ref
+            free(device)
+
+
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shapes", default="tiny,real")
+    ap.add_argument("--report", choices=("speed", "gpu", "int8"), default=None)
+    ap.add_argument("--shapes", default=None, help="speed: tiny,real; int8: mid")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--prompt-len", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=32, help="decode steps per run")
+    ap.add_argument("--prompt-len", type=int, default=None, help="gpu: 2000; others: 256")
+    ap.add_argument("--steps", type=int, default=None, help="decode steps per run (gpu: 64; others: 32)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--hf-generate", action="store_true", help="also time transformers' generate")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--hf-generate", action="store_true", help="speed: also time transformers' generate")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = resolve_device(args.device)
-    tok = RefactTokenizer.from_file(fixture_tokenizer_path())
-    g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(19, FIRST_PADDING_ID, (args.prompt_len,), generator=g).tolist()
-    dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
+    report = args.report or ("gpu" if device.type == "cuda" else "speed")
+    if report == "gpu" and device.type != "cuda":
+        raise SystemExit("--report gpu needs a CUDA device")
+    if report == "int8" and device.type != "cpu":
+        raise SystemExit("--report int8 runs on the CPU (--device cpu)")
+    args.shapes = args.shapes or {"speed": "tiny,real", "int8": "mid", "gpu": "real"}[report]
+    args.prompt_len = args.prompt_len or (2000 if report == "gpu" else 256)
+    args.steps = args.steps or (64 if report == "gpu" else 32)
     name = (
         torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     )
-    bw = memory_bandwidth_gbs(device)
-    print(f"device {device} ({name}); torch {torch.__version__}; measured read bandwidth {bw:.1f} GB/s")
+    print(f"report {report}; device {device} ({name}); torch {torch.__version__}")
     print(f"prompt {args.prompt_len} tokens, {args.steps} decode steps, best of {args.repeats}")
-
-    for shape in args.shapes.split(","):
-        for dtype in dtypes:
-            loaded = make_loaded(shape, dtype, device, tok)
-            n_params = sum(p.numel() for p in loaded.model.parameters())
-            # a decode step reads every weight once, except the embedding (one row)
-            n_read = n_params - loaded.model.transformer.wte.weight.numel()
-            weight_gb = n_read * loaded.model.lm_head.weight.element_size() / 1e9
-            pf, dec, ours = bench_generator(loaded, prompt, args.steps, args.repeats)
-            floor_ms = 1000 * weight_gb / bw
-            print(
-                f"{shape:5s} {str(dtype).removeprefix('torch.'):8s} params {n_params / 1e6:8.1f}M  "
-                f"prefill {pf:9.1f} tok/s  decode {dec:8.2f} ms/token  "
-                f"(reads {weight_gb:.2f} GB/token: bandwidth floor {floor_ms:.2f} ms/token, "
-                f"x{dec / floor_ms:.2f})"
-            )
-            if args.hf_generate:
-                gen_s, theirs = bench_hf_generate(loaded.model, prompt, args.steps, device)
-                ours_total = args.prompt_len / pf + (args.steps - 1) * dec / 1000
-                print(
-                    f"      transformers generate: {gen_s * 1000:.1f} ms for prefill + {args.steps} tokens "
-                    f"vs "
-                    f"ours {ours_total * 1000:.1f} ms (x{gen_s / ours_total:.2f}); "
-                    f"greedy tokens agree: {theirs == ours}"
-                )
-            if shape == "real" and dtype == torch.float32 and device.type == "cuda":
-                compare_bf16(loaded.model, prompt, device)
-            del loaded
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-
-
-@torch.inference_mode()
-def compare_bf16(model, prompt: list[int], device: torch.device) -> None:
-    ids = torch.tensor([prompt], device=device)
-    ref = model(ids).logits[0].float()
-    ref[:, FIRST_PADDING_ID:] = float("-inf")
-    half = model.to(torch.bfloat16)  # in place: the float32 weights are gone afterwards
-    low = half(ids).logits[0].float()
-    low[:, FIRST_PADDING_ID:] = float("-inf")
-    real = slice(0, FIRST_PADDING_ID)
-    diff = (ref[:, real] - low[:, real]).abs()
-    agree = (ref.argmax(-1) == low.argmax(-1)).float().mean().item()
-    print(
-        f"      bf16 vs float32 logits (same random 1.6B weights, {len(prompt)} positions): "
-        f"max abs diff {diff.max().item():.4f}, mean {diff.mean().item():.5f}, "
-        f"logit std {ref[:, real].std().item():.3f}, argmax agreement {100 * agree:.1f}%"
-    )
+    tok = RefactTokenizer.from_file(fixture_tokenizer_path())
+    t = time.perf_counter()
+    {"speed": speed_report, "gpu": gpu_report, "int8": int8_report}[report](args, device, tok)
+    print(f"\n== summary ({report}, {name}, torch {torch.__version__}, {time.perf_counter() - t:.0f} s)")
+    for line in SUMMARY:
+        print(f" - {line}")
+    if report == "gpu":
+        print(" - goals (issue 5, H100): decode <= 1.5 ms/token, keystroke p50 <= 25 ms")
 
 
 if __name__ == "__main__":

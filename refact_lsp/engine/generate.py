@@ -3,11 +3,18 @@
 The :class:`Generator` keeps the last request's cache (prompt and generated tokens). With
 ``kv_reuse`` a new prompt that shares a token prefix with it only prefills the rest: ALiBi puts
 positions in the attention bias, so cached keys/values stay valid whatever follows them.
+
+On CUDA the fast path is on by default: prefill with ``scaled_dot_product_attention``, decode with static
+shapes over the same preallocated cache (:meth:`GPTRefactForCausalLM.decode_step`) replayed as a CUDA
+graph. Sampling and stop rules stay on the host, one step at a time. Running out of device memory raises
+:class:`GenerationOutOfMemory` after dropping the cache, so a caller can retry with a shorter prompt.
 """
 
 from __future__ import annotations
 
 import codecs
+import gc
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,12 +22,20 @@ from typing import Literal
 
 import torch
 
+from refact_lsp.dev.faults import maybe_inject
+from refact_lsp.engine.cuda_graph import DecodeGraph
 from refact_lsp.engine.kv_cache import KVCache
 from refact_lsp.engine.loading import LoadedModel
 from refact_lsp.engine.tokenizer import EOT_ID, FIRST_PADDING_ID
 
 StopReason = Literal["eot", "stop_string", "max_tokens", "time_budget", "cancelled"]
 PREFILL_CHUNK = 512  # bounds the float32 attention scores of a long prefill: n_head x 512 x n_ctx
+log = logging.getLogger(__name__)
+
+
+class GenerationOutOfMemory(Exception):
+    """The device ran out of memory during a generation. The KV cache was dropped and memory released;
+    the generator stays usable, and a shorter prompt may fit."""
 
 
 @dataclass(frozen=True)
@@ -115,15 +130,27 @@ class TextStream:
 
 
 class Generator:
-    """Runs requests on one loaded model; keeps the last request's KV cache. One caller at a time."""
+    """Runs requests on one loaded model; keeps the last request's KV cache. One caller at a time.
 
-    def __init__(self, loaded: LoadedModel):
+    ``fast_path`` (default: on for CUDA) prefills with SDPA and decodes with static shapes; ``cuda_graphs``
+    (default: with the fast path on CUDA) replays that decode step as a CUDA graph.
+    """
+
+    def __init__(
+        self, loaded: LoadedModel, *, fast_path: bool | None = None, cuda_graphs: bool | None = None
+    ):
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = loaded.device
         self.n_ctx = loaded.n_ctx
+        on_cuda = self.device.type == "cuda"
+        self.fast_path = on_cuda if fast_path is None else fast_path
+        self.cuda_graphs = self.fast_path and on_cuda and (cuda_graphs is None or cuda_graphs)
         self._cache: KVCache | None = None
+        self._graph: DecodeGraph | None = None
+        self._step_token: torch.Tensor | None = None  # eager static decode: inputs reused in place
+        self._step_pos: torch.Tensor | None = None
 
     @property
     def cache(self) -> KVCache:
@@ -134,7 +161,7 @@ class Generator:
                 cfg.head_dim,
                 self.n_ctx,
                 device=self.device,
-                dtype=self.model.lm_head.weight.dtype,
+                dtype=self.model.transformer.wte.weight.dtype,  # int8 keeps float32 embeddings/activations
             )
         return self._cache
 
@@ -142,9 +169,51 @@ class Generator:
         if self._cache is not None:
             self._cache.reset()
 
+    def release_memory(self) -> None:
+        """Drop the KV cache and the decode graph (rebuilt on the next request) and free device memory."""
+        self._cache = self._graph = self._step_token = self._step_pos = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     def _forward(self, ids: list[int]) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        return self.model(x, kv_cache=self.cache, logits_to_keep=1).logits[0, -1]
+        return self.model(x, kv_cache=self.cache, logits_to_keep=1, sdpa=self.fast_path).logits[0, -1]
+
+    def _decode(self, token: int) -> torch.Tensor:
+        """Logits after ``token``, which is appended to the cache."""
+        if not self.fast_path:
+            return self._forward([token])
+        cache = self.cache
+        pos = cache.length
+        if pos >= cache.capacity:
+            raise ValueError(f"KV cache overflow: position {pos} >= capacity {cache.capacity}")
+        if self.cuda_graphs:
+            if self._graph is None or self._graph.cache is not cache:
+                self._graph = self._capture(token, pos)
+            if self._graph is not None:
+                logits = self._graph.run(token, pos)
+                cache.commit([token])
+                return logits
+        if self._step_token is None or self._step_pos is None:
+            self._step_token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+            self._step_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
+        self._step_token.fill_(token)
+        self._step_pos.fill_(pos)
+        logits = self.model.decode_step(self._step_token, self._step_pos, cache)
+        cache.commit([token])
+        return logits
+
+    def _capture(self, token: int, pos: int) -> DecodeGraph | None:
+        """Capture the decode step; on failure log a warning and decode eagerly from now on."""
+        try:
+            return DecodeGraph(self.model, self.cache, token, pos)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as e:  # capture is best effort: the eager step computes the same thing
+            log.warning("CUDA graph capture failed, decoding without graphs: %s: %s", type(e).__name__, e)
+            self.cuda_graphs = False
+            return None
 
     @torch.inference_mode()
     def generate(
@@ -153,7 +222,27 @@ class Generator:
         should_stop: Callable[[], bool] | None = None,
         on_token: Callable[[str], None] | None = None,
     ) -> GenerationResult:
-        """Generate a completion for ``request.prompt_ids`` (blocking)."""
+        """Generate a completion for ``request.prompt_ids`` (blocking).
+
+        Raises ``ValueError`` for a bad prompt and :class:`GenerationOutOfMemory` when the device runs out of
+        memory (the generator stays usable).
+        """
+        try:
+            return self._generate(request, should_stop, on_token)
+        except torch.OutOfMemoryError as e:
+            reason = str(e).splitlines()[0] if str(e) else "out of memory"
+        # outside the except block: the failed call's frames (and their tensors) are gone before freeing
+        self.release_memory()
+        raise GenerationOutOfMemory(
+            f"out of memory on {self.device} for a prompt of {len(request.prompt_ids)} tokens: {reason}"
+        )
+
+    def _generate(
+        self,
+        request: GenerationRequest,
+        should_stop: Callable[[], bool] | None,
+        on_token: Callable[[str], None] | None,
+    ) -> GenerationResult:
         t0 = time.perf_counter()
         prompt = list(request.prompt_ids)
         self._validate(prompt)
@@ -185,6 +274,8 @@ class Generator:
         stream = TextStream(self.tokenizer.token_bytes, tuple(request.stop_strings), on_token)
         t_first = None
         reason: StopReason | None = "max_tokens" if max_new <= 0 else None
+        if reason is None:
+            maybe_inject("decode")
         while reason is None:
             token = sample_next(logits, request.temperature, request.top_p, gen)
             result.steps += 1
@@ -203,7 +294,7 @@ class Generator:
             elif stop():
                 reason = "cancelled"
             else:
-                logits = self._forward([token])
+                logits = self._decode(token)
         if reason != "stop_string":
             stream.finish()
         t_end = time.perf_counter()

@@ -3,6 +3,10 @@
 ALiBi adds its position bias to the attention scores, never to the keys, so a cached key/value does
 not depend on its absolute position: a later prompt sharing a token prefix keeps those entries and
 only the rest is prefilled (``common_prefix_len`` + ``truncate``).
+
+The buffers never move or change shape, so the decode step can also run with static shapes
+(:meth:`KVCache.slot`: write one position in place, attend over every slot with a mask), which is what
+CUDA graphs need. Both ways share the same buffers and ``tokens``, so prefix reuse works for both.
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ class KVCache:
         self.v[layer_idx, :, :, start:end] = value
         return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
 
+    def slot(self, pos: torch.Tensor) -> _Slot:
+        """A cache view for one decode step at position ``pos`` (``[1]`` long device tensor)."""
+        return _Slot(self, pos)
+
     def commit(self, token_ids: list[int]) -> None:
         """Record the tokens whose entries the last forward pass stored."""
         if self.length + len(token_ids) > self.capacity:
@@ -74,3 +82,19 @@ class KVCache:
 
     def reset(self) -> None:
         self.tokens.clear()
+
+
+class _Slot:
+    """Static-shape ``update``: writes the step's key/value at ``pos``, returns the layer's whole buffers."""
+
+    def __init__(self, cache: KVCache, pos: torch.Tensor):
+        self.cache = cache
+        self.pos = pos
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = self.cache.k[layer_idx], self.cache.v[layer_idx]
+        k.index_copy_(2, self.pos, key)
+        v.index_copy_(2, self.pos, value)
+        return k, v

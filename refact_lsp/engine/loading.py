@@ -5,6 +5,7 @@ Tensors are matched by name against the model built from config.json: a missing,
 wrongly shaped tensor is a :class:`ModelLoadError` naming it, never a silent random init. The older
 layout (``attn.k``/``attn.v``, ``mlp.linear_1``/``mlp.linear_3``) is fused at load time. Pickle
 checkpoints (``pytorch_model.bin``) load only with ``allow_pickle=True``. Remote code never runs.
+dtype ``int8`` (CPU only) loads float32 and quantizes the Linear layers (:mod:`refact_lsp.engine.quantize`).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class LoadedModel:
     dtype: torch.dtype
     n_ctx: int
     source_dir: Path
+    quantization: str | None = None  # "int8": Linear weights int8, activations ``dtype`` (float32)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -92,8 +94,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def is_int8(name: str) -> bool:
+    return (name or "").strip().lower() == "int8"
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA (fp16 where bf16 is unsupported), fp16 on MPS, float32 on CPU."""
+    """``auto``: bf16 on CUDA (fp16 where bf16 is unsupported), fp16 on MPS, float32 on CPU.
+
+    ``int8`` (CPU only) computes in float32: the answer is the activations' dtype."""
     name = (name or "auto").strip().lower()
     if name == "auto":
         if device.type == "cuda":
@@ -102,11 +110,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
             return torch.float16
         return torch.float32
     if name == "int8":
-        raise ModelLoadError(
-            "dtype 'int8' is not available yet (planned for CPU); use auto, float32 or bfloat16"
-        )
+        if device.type != "cpu":
+            raise ModelLoadError(
+                f"dtype 'int8' is for the CPU only (device is {device}); on a GPU use auto or bfloat16"
+            )
+        return torch.float32
     if name not in _DTYPES:
-        raise ModelLoadError(f"unknown dtype {name!r} (use auto, float32, bfloat16 or float16)")
+        raise ModelLoadError(f"unknown dtype {name!r} (use auto, float32, bfloat16, float16 or int8)")
     return _DTYPES[name]
 
 
@@ -305,9 +315,8 @@ def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     folder = locate_checkpoint(spec, report)
-    report(
-        ProgressEvent("load", f"loading {folder.name} on {device} ({str(dtype).removeprefix('torch.')})", 0)
-    )
+    label = "int8" if is_int8(spec.dtype) else str(dtype).removeprefix("torch.")
+    report(ProgressEvent("load", f"loading {folder.name} on {device} ({label})", 0))
     config = read_config(folder)
     tok_path = folder / "tokenizer.json"
     if not tok_path.is_file():
@@ -316,11 +325,17 @@ def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> 
         tokenizer = RefactTokenizer.from_file(tok_path)
     except Exception as e:
         raise ModelLoadError(f"cannot read {tok_path}: {e}") from e
+    quantization = "int8" if is_int8(spec.dtype) else None
     try:
         model = load_weights(folder, config, device=device, dtype=dtype, allow_pickle=spec.allow_pickle)
+        if quantization:
+            from refact_lsp.engine.quantize import quantize_int8
+
+            report(ProgressEvent("load", "quantizing the Linear layers to int8", 50))
+            quantize_int8(model)
     except ModelLoadError:
         raise
     except (RuntimeError, OSError, ValueError) as e:  # out of memory, unreadable file ...
         raise ModelLoadError(f"cannot load {folder} on {device}: {e}") from e
     report(ProgressEvent("load", "model ready", 100))
-    return LoadedModel(model, tokenizer, device, dtype, config.n_positions, folder)
+    return LoadedModel(model, tokenizer, device, dtype, config.n_positions, folder, quantization)

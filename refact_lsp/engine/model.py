@@ -20,6 +20,11 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from refact_lsp.engine.config import GPTRefactConfig
 from refact_lsp.engine.registration import register
 
+# transformers renamed the output's cache field from ``past_key_values`` to ``cache`` (5.2x).
+_OUTPUT_CACHE_FIELD = (
+    "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+)
+
 
 def alibi_slopes(n_head: int, device: torch.device | str | None = None) -> torch.Tensor:
     """m_h = 2^(-8(h+1)/n_head), float32, shape ``[n_head]``."""
@@ -35,6 +40,14 @@ def alibi_bias(slopes: torch.Tensor, past: int, t: int) -> torch.Tensor:
     rel = j[None, :] - i[:, None]  # j - i <= 0 where allowed
     bias = slopes[:, None, None] * rel[None]
     return bias.masked_fill(rel[None] > 0, float("-inf"))
+
+
+def alibi_bias_at(slopes: torch.Tensor, pos: torch.Tensor, capacity: int) -> torch.Tensor:
+    """Float32 ``[H, 1, capacity]`` bias of one query at position ``pos`` (a ``[1]`` device tensor) over
+    every cache slot: ``-m_h * (pos - j)`` for j <= pos, ``-inf`` after. Static shape, no host sync."""
+    rel = torch.arange(capacity, device=slopes.device, dtype=torch.float32) - pos.to(torch.float32)
+    bias = slopes[:, None, None] * rel[None, None, :]
+    return bias.masked_fill(rel[None, None, :] > 0, float("-inf"))
 
 
 class LayerNorm(nn.Module):
@@ -59,16 +72,32 @@ class Attention(nn.Module):
         self.kv = nn.Linear(config.n_embd, 2 * self.head_dim, bias=False)  # rows: K then V
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, cache: Any | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor, cache: Any | None, sdpa: bool = False
+    ) -> torch.Tensor:
         b, t, c = x.shape
         q = self.q(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, D]
         k, v = self.kv(x).view(b, t, 1, 2 * self.head_dim).transpose(1, 2).split(self.head_dim, dim=-1)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)  # [B, 1, S, D]
-        # scores, ALiBi and softmax in float32; the single K/V head broadcasts over the query heads
-        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
-        probs = torch.softmax(scores + bias, dim=-1).to(v.dtype)
-        y = torch.matmul(probs, v).transpose(1, 2).reshape(b, t, c)
+        # multi-query: the H query heads of each position are folded into one head of H*T queries, so the
+        # single K/V head is read once (no broadcast copy of K per head)
+        hq = self.n_head * t
+        scale = 1.0 / math.sqrt(self.head_dim)
+        if sdpa:  # fused kernel; the ALiBi + causal bias goes in as a float mask in the compute dtype
+            y = F.scaled_dot_product_attention(
+                q.reshape(b, 1, hq, self.head_dim),
+                k,
+                v,
+                attn_mask=bias.reshape(1, 1, hq, -1).to(q.dtype),
+                scale=scale,
+            )
+        else:  # scores, ALiBi and softmax in float32
+            scores = torch.matmul(q.float().reshape(b, 1, hq, self.head_dim), k.float().transpose(-1, -2))
+            scores = scores.view(b, self.n_head, t, -1) * scale
+            probs = torch.softmax(scores + bias, dim=-1).to(v.dtype)
+            y = torch.matmul(probs.view(b, 1, hq, -1), v)
+        y = y.view(b, self.n_head, t, self.head_dim).transpose(1, 2).reshape(b, t, c)
         return self.c_proj(y)
 
 
@@ -91,8 +120,10 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, cache: Any | None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), bias, cache)
+    def forward(
+        self, x: torch.Tensor, bias: torch.Tensor, cache: Any | None, sdpa: bool = False
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), bias, cache, sdpa)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -198,6 +229,7 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
         kv_cache: Any | None = None,
         logits_to_keep: int = 0,
         *,
+        sdpa: bool = False,
         cache: Any | None = None,
         past_key_values: Any | None = None,
         attention_mask: torch.Tensor | None = None,
@@ -209,7 +241,7 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
         ``kv_cache`` is the engine's :class:`~refact_lsp.engine.kv_cache.KVCache` (batch 1; the tokens are
         committed to it) or, for transformers' ``generate``, a transformers ``Cache`` passed as
         ``cache`` (or the deprecated ``past_key_values``). ``logits_to_keep=n > 0`` computes the head
-        for the last n positions only.
+        for the last n positions only. ``sdpa`` uses ``scaled_dot_product_attention`` (the GPU prefill).
         """
         hf_cache = cache if cache is not None else past_key_values
         cache = kv_cache if kv_cache is not None else hf_cache
@@ -219,14 +251,30 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
         t = input_ids.shape[1]
         x = self.transformer.wte(input_ids)
         bias = alibi_bias(self.slopes(x.device), past, t)
+        if sdpa:
+            bias = bias.to(x.dtype)  # once, not per layer
         for block in self.transformer.h:
-            x = block(x, bias, cache)
+            x = block(x, bias, cache, sdpa)
         if kv_cache is not None and hasattr(kv_cache, "commit"):
             kv_cache.commit(input_ids[0].tolist())
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         logits = self.lm_head(self.ln_f(x))
-        return CausalLMOutputWithPast(logits=logits, cache=hf_cache)
+        return CausalLMOutputWithPast(logits=logits, **{_OUTPUT_CACHE_FIELD: hf_cache})
+
+    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
+        """Logits ``[vocab]`` of one token ``[1, 1]`` at position ``pos`` (``[1]`` long), both on the device.
+
+        Static shapes, no host sync (CUDA-graph capturable): keys/values are written into slot ``pos`` of
+        the engine's preallocated cache and attention runs over all its slots, masked after ``pos``. The
+        caller checks bounds and records the token (``kv_cache.commit``).
+        """
+        x = self.transformer.wte(token)
+        bias = alibi_bias_at(self.slopes(x.device), pos, kv_cache.capacity)
+        slot = kv_cache.slot(pos)
+        for block in self.transformer.h:
+            x = block(x, bias, slot)
+        return self.lm_head(self.ln_f(x))[0, -1]
 
 
 register()  # completes the registration deferred if transformers was imported mid-way

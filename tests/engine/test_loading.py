@@ -131,8 +131,9 @@ def test_device_and_dtype_resolution() -> None:
     assert resolve_device("cpu") == cpu
     assert resolve_dtype("auto", cpu) == torch.float32
     assert resolve_dtype("bf16", cpu) == torch.bfloat16
-    with pytest.raises(ModelLoadError, match="int8"):
-        resolve_dtype("int8", cpu)
+    assert resolve_dtype("int8", cpu) == torch.float32  # int8 weights, float32 activations
+    with pytest.raises(ModelLoadError, match="int8.*CPU only"):
+        resolve_dtype("int8", torch.device("cuda"))
     with pytest.raises(ModelLoadError, match="unknown dtype"):
         resolve_dtype("float8", cpu)
     with pytest.raises(ModelLoadError, match="unknown device"):

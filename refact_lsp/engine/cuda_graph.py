@@ -1,0 +1,48 @@
+"""The decode step captured once as a CUDA graph (gpt-fast style, raw ``torch.cuda.CUDAGraph``).
+
+A decode step of a 1.6B model launches a few hundred small kernels; replaying them as one graph removes
+the per-kernel launch cost that otherwise dominates on a fast GPU. The graph records fixed addresses: the
+token and position go in through static buffers filled in place, the KV cache buffers must never be
+reallocated (drop the graph with the cache), and the logits come back in a static output tensor that the
+next replay overwrites.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from refact_lsp.engine.kv_cache import KVCache
+
+WARMUP_STEPS = 2  # on a side stream before capture, as PyTorch's CUDA-graph docs ask
+
+
+class DecodeGraph:
+    """``model.decode_step`` for ``cache``, captured on CUDA. Build it at the next position to be written:
+    the warm-up steps write that slot, which the real step then overwrites."""
+
+    def __init__(self, model: torch.nn.Module, cache: KVCache, token: int, pos: int):
+        device = cache.k.device
+        if device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
+        self.cache = cache
+        self.token = torch.full((1, 1), token, dtype=torch.long, device=device)
+        self.pos = torch.full((1,), pos, dtype=torch.long, device=device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(WARMUP_STEPS):
+                model.decode_step(self.token, self.pos, cache)
+        torch.cuda.current_stream(device).wait_stream(side)
+        torch.cuda.synchronize(device)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads of the server may use CUDA while this one captures
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            self.logits = model.decode_step(self.token, self.pos, cache)
+        torch.cuda.synchronize(device)
+
+    def run(self, token: int, pos: int) -> torch.Tensor:
+        """Logits ``[vocab]`` for ``token`` at ``pos`` (valid until the next ``run``)."""
+        self.token.fill_(token)
+        self.pos.fill_(pos)
+        self.graph.replay()
+        return self.logits
