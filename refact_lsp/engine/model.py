@@ -21,9 +21,7 @@ from refact_lsp.engine.config import GPTRefactConfig
 from refact_lsp.engine.registration import register
 
 # transformers renamed the output's cache field from ``past_key_values`` to ``cache`` (5.2x).
-_OUTPUT_CACHE_FIELD = (
-    "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
-)
+_OUTPUT_CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def alibi_slopes(n_head: int, device: torch.device | str | None = None) -> torch.Tensor:
