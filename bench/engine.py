@@ -268,6 +268,7 @@ def gpu_report(
         modes = (
             ("fast path: SDPA prefill, CUDA-graph decode", {}),
             ("fast path without CUDA graphs (static eager decode)", {"cuda_graphs": False}),
+            ("fast path, decode step through torch.compile, then a CUDA graph", {"compile_decode": True}),
             ("no fast path: matmul prefill, dynamic eager decode", {"fast_path": False}),
         )
         for label, options in modes:

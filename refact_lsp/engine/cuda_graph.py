@@ -9,6 +9,8 @@ next replay overwrites.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from refact_lsp.engine.kv_cache import KVCache
@@ -20,7 +22,16 @@ class DecodeGraph:
     """``model.decode_step`` for ``cache``, captured on CUDA. Build it at the next position to be written:
     the warm-up steps write that slot, which the real step then overwrites."""
 
-    def __init__(self, model: torch.nn.Module, cache: KVCache, token: int, pos: int):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cache: KVCache,
+        token: int,
+        pos: int,
+        step: Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor] | None = None,
+    ):
+        """``step`` defaults to ``model.decode_step`` (a ``torch.compile``'d one fuses its small kernels)."""
+        step = step or model.decode_step
         device = cache.k.device
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
@@ -31,13 +42,13 @@ class DecodeGraph:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):
-                model.decode_step(self.token, self.pos, cache)
+                step(self.token, self.pos, cache)
         torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: other threads of the server may use CUDA while this one captures
         with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.logits = model.decode_step(self.token, self.pos, cache)
+            self.logits = step(self.token, self.pos, cache)
         torch.cuda.synchronize(device)
 
     def run(self, token: int, pos: int) -> torch.Tensor:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from refact_lsp.dev.faults import maybe_inject
 from refact_lsp.engine.cuda_graph import DecodeGraph
@@ -29,6 +30,9 @@ from refact_lsp.engine.loading import LoadedModel
 from refact_lsp.engine.tokenizer import EOT_ID, FIRST_PADDING_ID
 
 StopReason = Literal["eot", "stop_string", "max_tokens", "time_budget", "cancelled"]
+SHORT_TAIL = 8
+"""With the fast path, a prompt tail of up to this many new tokens goes through the decode step."""
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 PREFILL_CHUNK = 512  # bounds the float32 attention scores of a long prefill: n_head x 512 x n_ctx
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,9 @@ class GenerationRequest:
     stop_strings: tuple[str, ...] = ("\n\n",)
     time_budget_s: float | None = None
     kv_reuse: bool = True
+    prefill_chunk: int | None = None
+    """Tokens per prefill forward pass (default ``PREFILL_CHUNK``); the stop event is checked between
+    them, so a small chunk makes a low-priority (speculative) run stop within about one decode step."""
 
 
 @dataclass
@@ -137,7 +144,12 @@ class Generator:
     """
 
     def __init__(
-        self, loaded: LoadedModel, *, fast_path: bool | None = None, cuda_graphs: bool | None = None
+        self,
+        loaded: LoadedModel,
+        *,
+        fast_path: bool | None = None,
+        cuda_graphs: bool | None = None,
+        compile_decode: bool = False,
     ):
         self.loaded = loaded
         self.model = loaded.model
@@ -147,6 +159,10 @@ class Generator:
         on_cuda = self.device.type == "cuda"
         self.fast_path = on_cuda if fast_path is None else fast_path
         self.cuda_graphs = self.fast_path and on_cuda and (cuda_graphs is None or cuda_graphs)
+        self.compile_decode = compile_decode and self.cuda_graphs
+        """Compile the decode step with ``torch.compile`` before capturing it (CUDA graphs only)."""
+        self.sdpa_prefill = True
+        """Prefill with ``scaled_dot_product_attention`` (on every device: same logits, less memory)."""
         self._cache: KVCache | None = None
         self._graph: DecodeGraph | None = None
         self._step_token: torch.Tensor | None = None  # eager static decode: inputs reused in place
@@ -178,7 +194,8 @@ class Generator:
 
     def _forward(self, ids: list[int]) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
-        return self.model(x, kv_cache=self.cache, logits_to_keep=1, sdpa=self.fast_path).logits[0, -1]
+        sdpa = self.sdpa_prefill and len(ids) > 1  # one query row: plain matmuls are faster
+        return self.model(x, kv_cache=self.cache, logits_to_keep=1, sdpa=sdpa).logits[0, -1]
 
     def _decode(self, token: int) -> torch.Tensor:
         """Logits after ``token``, which is appended to the cache."""
@@ -204,10 +221,16 @@ class Generator:
         cache.commit([token])
         return logits
 
+    def _compiled_step(self) -> Callable[..., torch.Tensor] | None:
+        """``decode_step`` through ``torch.compile`` (fused kernels) when ``compile_decode`` is on."""
+        if not self.compile_decode:
+            return None
+        return torch.compile(self.model.decode_step, fullgraph=True, dynamic=False)
+
     def _capture(self, token: int, pos: int) -> DecodeGraph | None:
         """Capture the decode step; on failure log a warning and decode eagerly from now on."""
         try:
-            return DecodeGraph(self.model, self.cache, token, pos)
+            return DecodeGraph(self.model, self.cache, token, pos, step=self._compiled_step())
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # capture is best effort: the eager step computes the same thing
@@ -228,7 +251,10 @@ class Generator:
         memory (the generator stays usable).
         """
         try:
-            return self._generate(request, should_stop, on_token)
+            # cuDNN's attention builds a plan per new sequence length (about a second on an H100) and every
+            # prompt length is new: only the attention kernels without per-shape setup are allowed
+            with sdpa_kernel(SDPA_BACKENDS):
+                return self._generate(request, should_stop, on_token)
         except torch.OutOfMemoryError as e:
             reason = str(e).splitlines()[0] if str(e) else "out of memory"
         # outside the except block: the failed call's frames (and their tensors) are gone before freeing
@@ -257,12 +283,18 @@ class Generator:
         reused = min(reused, len(prompt) - 1)  # always recompute the last prompt token for its logits
         cache.truncate(reused)
         result.reused_tokens = reused
-        for start in range(reused, len(prompt), PREFILL_CHUNK):
+        chunk = max(1, min(request.prefill_chunk or PREFILL_CHUNK, PREFILL_CHUNK))
+        for start in range(reused, len(prompt), chunk):
             if start > reused and stop():
                 result.stop_reason = "cancelled"
                 result.prefill_s = time.perf_counter() - t0
                 return result
-            logits = self._forward(prompt[start : start + PREFILL_CHUNK])
+            tail = prompt[start : start + chunk]
+            if self.fast_path and len(tail) <= SHORT_TAIL:
+                for token in tail:  # a keystroke's few new tokens: decode steps (a CUDA graph each)
+                    logits = self._decode(token)
+            else:
+                logits = self._forward(tail)
 
         gen = None
         if request.temperature > 0:

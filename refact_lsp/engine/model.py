@@ -263,6 +263,9 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
     def decode_step(self, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
         """Logits ``[vocab]`` of one token ``[1, 1]`` at position ``pos`` (``[1]`` long), both on the device.
 
+        Attention here is plain matmuls: SDPA's kernels parallelise over heads and queries, and the 32
+        folded queries of one token in one K/V head made them ~3x slower than the step itself on an H100.
+
         Static shapes, no host sync (CUDA-graph capturable): keys/values are written into slot ``pos`` of
         the engine's preallocated cache and attention runs over all its slots, masked after ``pos``. The
         caller checks bounds and records the token (``kv_cache.commit``).
