@@ -26,12 +26,17 @@ from refact_lsp.service.postprocess import PostContext, postprocess
 from refact_lsp.service.prompt import CachedEncoder, Prompt, build_prompt, completion_mode
 from refact_lsp.service.scheduler import Scheduler, Skipped
 from refact_lsp.service.settings import Settings, SettingsError
+from refact_lsp.service.speculative import SPECULATIVE_TAG, accept, common_prefix_len
 from refact_lsp.service.stats import RunRecord, Stats
-from refact_lsp.service.typed_ahead import TypedAheadCache
+from refact_lsp.service.typed_ahead import TypedAheadCache, cursor_keys, cursor_relative, prompt_relative
 
 log = logging.getLogger(__name__)
 
 TYPED_AHEAD_ENTRIES = 256
+SPECULATIVE_PREFILL_CHUNK = 16
+"""Prompt tokens per forward pass of a speculative run: it checks its stop event about every decode step."""
+SPECULATIVE_MAX_PREFILL = 256
+"""A speculation that would prefill more new tokens than this (the window moved) is not worth it."""
 MODEL_KEYS = ("model", "device", "dtype", "allowPickle")
 
 
@@ -133,6 +138,8 @@ class CompletionService:
         self._windows: dict[str, Any] = {}
         self._encoder: CachedEncoder | None = None  # for the loaded tokenizer
         self._closed = False
+        self._engine_ids: list[int] = []  # what the engine's KV cache holds after the last run (about)
+        self._speculation: asyncio.Future[None] | None = None
 
     # Settings and the model -----------------------------------------------------------------------
 
@@ -156,6 +163,8 @@ class CompletionService:
 
     def close(self) -> None:
         self._closed = True
+        if self._speculation is not None:
+            self._speculation.cancel()
         self.scheduler.close()
 
     def _model_key(self) -> tuple[Any, ...]:
@@ -232,6 +241,8 @@ class CompletionService:
         self, uri: str, version: int, changes: list[tuple[tuple[int, int, int, int] | None, str]]
     ) -> None:
         """Applies content changes: ``(start_line, start_char, end_line, end_char)`` or None (whole text)."""
+        started = time.perf_counter()
+        self.scheduler.preempt_idle(uri)  # a speculation for the old text is worthless
         if uri not in self.documents:
             log.warning("change for a document that is not open: %s", uri)
             return
@@ -241,8 +252,10 @@ class CompletionService:
             [(None if r is None else ((r[0], r[1]), (r[2], r[3])), text) for r, text in changes],
             self.encoding,
         )
+        self.stats.record_latency("change", (time.perf_counter() - started) * 1000)
 
     def close_document(self, uri: str) -> None:
+        self.scheduler.preempt_idle(uri)
         self.scheduler.cancel_key(uri)
         self._windows.pop(uri, None)
         self.documents.close(uri)
@@ -289,7 +302,9 @@ class CompletionService:
             self._encoder,
             self._budget(),
             mode,
-            window_hint=self._windows.get(req.doc.uri) if self.settings.kvReuse else None,
+            # the window is kept while it suits the cursor (whatever the settings, so that they never
+            # change the prompt): the suffix, first in SPM order, then stays the same and reusable
+            window_hint=self._windows.get(req.doc.uri),
         )
 
     def prompt_info(self, uri: str, line: int, character: int) -> dict[str, Any] | None:
@@ -355,13 +370,18 @@ class CompletionService:
 
         t_prompt = time.perf_counter()
         prompt = self._build_prompt(req, mode)
+        self._windows[uri] = prompt.window
         self.stats.record_latency("prompt", (time.perf_counter() - t_prompt) * 1000)
 
         completion: str | None = None
+        keys = cursor_keys(prompt, req.line_text, req.index)
         if self.settings.completionCache:  # a typed-ahead hit answers at once, without the debounce
-            completion = self.cache.get(prompt.prefix, prompt.suffix)
-            if completion is not None:
+            hit = self.cache.lookup(*keys)
+            if hit is not None:
+                completion = prompt_relative(hit.rest, req.line_text, req.index, prompt.prefix_cut)
                 self.stats.cache_hits += 1
+                if hit.tag == SPECULATIVE_TAG:
+                    self.stats.speculative_hits += 1
         if completion is None:
             await ticket.debounce(self.settings.debounceMs / 1000)
             raw = await ticket.run(lambda stop: self._generate(prompt, stop))
@@ -369,16 +389,71 @@ class CompletionService:
                 raise Skipped("superseded")
             if raw is None:
                 return None
-            if self.settings.kvReuse:
-                self._windows[uri] = prompt.window
             completion = postprocess(raw, self._post_context(req, prompt))
-            if self.settings.completionCache and completion:
-                self.cache.put(prompt.prefix, prompt.suffix, completion)
+            rest = cursor_relative(completion, req.line_text, req.index, prompt.prefix_cut)
+            if self.settings.completionCache and rest:
+                self.cache.put(*keys, rest)
+        else:
+            self.stats.record_latency("hit", (time.perf_counter() - t_prompt) * 1000)
         if not completion:
             return None
-        return self._suggestion(req, prompt.mode, completion)
+        suggestion = self._suggestion(req, prompt.mode, completion)
+        if suggestion is not None and req.selection is None:
+            self._start_speculation(req, prompt.mode, completion)
+        return suggestion
 
-    def _generate(self, prompt: Prompt, stop: threading.Event) -> str | None:
+    # Speculation ----------------------------------------------------------------------------------
+
+    def _start_speculation(self, req: _Request, mode: str, completion: str) -> None:
+        """After answering ``completion``: compute the next one as if it were accepted (in the background)."""
+        settings = self.settings
+        if not (settings.speculative and settings.completionCache and settings.kvReuse) or self._closed:
+            return
+        if self._speculation is not None and not self._speculation.done():
+            self._speculation.cancel()
+        self._speculation = asyncio.ensure_future(self._speculate(req, mode, completion))
+
+    async def _speculate(self, req: _Request, mode: str, completion: str) -> None:
+        """Runs on an idle worker only; any request or change preempts it (see ``Scheduler.idle_ticket``)."""
+        doc, version, settings, generation = req.doc, req.doc.version, self.settings, self._load_generation
+        await asyncio.sleep(0)  # let the answer go out first
+        uri = doc.uri
+        current = self.documents.get(uri) if uri in self.documents else None
+        if current is not doc or doc.version != version or self.settings is not settings or not self.ready:
+            return
+        edit = line_edit(req.line_text, req.line, req.index, completion, mode)  # type: ignore[arg-type]
+        if edit is None:
+            return
+        after = accept(req.lines, req.line, edit.start_index, edit.end_index, edit.new_text)
+        spec = _Request(doc, after.line, after.index, after.line_text, after.lines)
+        spec_mode = self._mode(spec)
+        if spec_mode is None:
+            return
+        prompt = self._build_prompt(spec, spec_mode)  # the same window as the request after accepting
+        keys = cursor_keys(prompt, spec.line_text, spec.index)
+        if self.cache.lookup(*keys) is not None:
+            return  # already known (e.g. typed ahead)
+        if len(prompt.ids) - common_prefix_len(prompt.ids, self._engine_ids) > SPECULATIVE_MAX_PREFILL:
+            return
+        post = self._post_context(spec, prompt)  # read now: the document may change during the run
+        ticket = self.scheduler.idle_ticket(uri)
+        try:
+            raw = await ticket.run(lambda stop: self._generate(prompt, stop, speculative=True))
+        except Skipped:
+            raw = None
+        finally:
+            ticket.close()
+        if raw is None:
+            self.stats.speculative_cancelled += 1
+            return
+        self.stats.speculative_runs += 1
+        if self.settings is not settings or self._load_generation != generation:
+            return  # the cache was cleared meanwhile: this answer belongs to other settings
+        rest = cursor_relative(postprocess(raw, post), spec.line_text, spec.index, prompt.prefix_cut)
+        if rest:
+            self.cache.put(*keys, rest, tag=SPECULATIVE_TAG)
+
+    def _generate(self, prompt: Prompt, stop: threading.Event, speculative: bool = False) -> str | None:
         """On the worker thread: one model run; its numbers go to the stats on the loop."""
         from refact_lsp.engine.generate import GenerationRequest
 
@@ -393,8 +468,10 @@ class CompletionService:
             top_p=settings.topP,
             stop_strings=("\n",) if prompt.mode == "single" else ("\n\n",),
             kv_reuse=settings.kvReuse,
+            prefill_chunk=SPECULATIVE_PREFILL_CHUNK if speculative else None,
         )
         result = runner.generate(request, stop)
+        self._engine_ids = [*prompt.ids, *result.token_ids]
         record = RunRecord(
             stop_reason=result.stop_reason,
             prompt_tokens=result.prompt_tokens,
@@ -403,6 +480,7 @@ class CompletionService:
             max_new_tokens=settings.maxNewTokens,
             prefill_ms=result.prefill_s * 1000,
             decode_ms=result.decode_s * 1000,
+            speculative=speculative,
         )
         self.loop.call_soon_threadsafe(self.stats.record_run, record)
         log.debug("generated %r (%s)", result.text, result.stop_reason)
@@ -453,5 +531,6 @@ class CompletionService:
         snapshot["model_state"] = self._model_state
         snapshot["documents"] = len(self.documents)
         snapshot["busy"] = self.scheduler.busy
+        snapshot["speculating"] = self.scheduler.speculating
         snapshot["waiting"] = self.scheduler.waiting
         return snapshot

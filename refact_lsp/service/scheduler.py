@@ -11,6 +11,11 @@ Cancellation of the awaiting asyncio task (pygls does this on ``$/cancelRequest`
 ticket's stop event; the worker is released only when the job really returned, so there is never
 more than one generation in flight.
 
+An *idle* ticket (:meth:`Scheduler.idle_ticket`, for speculative work) has the lowest priority: it
+starts only when the worker is free and nothing waits, never queues, and any new ticket (or
+:meth:`Scheduler.preempt_idle`) stops it at once, so real work waits at most for the job's next
+check of its stop event (one decode step).
+
 Usage::
 
     ticket = scheduler.ticket(uri)
@@ -38,7 +43,7 @@ from typing import Any, Literal, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-SkipReason = Literal["superseded", "dropped", "closed"]
+SkipReason = Literal["superseded", "dropped", "closed", "preempted"]
 
 DEFAULT_MAX_WAITING = 4
 
@@ -87,9 +92,11 @@ class Worker:
 class Ticket:
     """One request's place in the scheduler (see the module docstring)."""
 
-    def __init__(self, scheduler: Scheduler, key: str | None, droppable: bool):
+    def __init__(self, scheduler: Scheduler, key: str | None, droppable: bool, idle: bool = False):
         self.key = key
         self.droppable = droppable
+        self.idle = idle
+        """Lowest priority: runs only on an idle worker, preempted by any other ticket."""
         self.stop = threading.Event()
         """Set when the job should stop: superseded, cancelled or the server is closing."""
         self.skipped: SkipReason | None = None
@@ -162,20 +169,27 @@ class Scheduler:
         self._latest: dict[str, Ticket] = {}
         self._waiting: deque[Ticket] = deque()
         self._busy = False
+        self._idle: Ticket | None = None  # the idle ticket, waiting to start or running
         self.superseded_count = 0
         self.dropped_count = 0
 
     @property
     def busy(self) -> bool:
-        """Whether a job is on the worker now."""
-        return self._busy
+        """Whether a job other than an idle (speculative) one is on the worker now."""
+        return self._busy and not (self._idle is not None and self._idle.running)
+
+    @property
+    def speculating(self) -> bool:
+        """Whether an idle ticket's job is on the worker now."""
+        return self._idle is not None and self._idle.running
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
     def ticket(self, key: str | None, droppable: bool = True) -> Ticket:
-        """A new ticket; an older one for the same ``key`` is superseded."""
+        """A new ticket; an older one for the same ``key`` is superseded, an idle one preempted."""
+        self.preempt_idle()
         ticket = Ticket(self, key, droppable)
         if key is not None:
             older = self._latest.get(key)
@@ -184,6 +198,24 @@ class Scheduler:
                 self.superseded_count += 1
             self._latest[key] = ticket
         return ticket
+
+    def idle_ticket(self, key: str | None = None) -> Ticket:
+        """A lowest-priority ticket (see the module docstring); it replaces an older idle ticket.
+
+        Its ``run`` raises :class:`Skipped` ("preempted") unless the worker is free and nothing waits.
+        """
+        self.preempt_idle()
+        ticket = Ticket(self, key, droppable=True, idle=True)
+        self._idle = ticket
+        return ticket
+
+    def preempt_idle(self, key: str | None = None) -> bool:
+        """Stops the idle ticket (only if it is for ``key``, when given); True if one was stopped."""
+        ticket = self._idle
+        if ticket is None or ticket.skipped is not None or (key is not None and ticket.key != key):
+            return False
+        ticket.skip("preempted")
+        return True
 
     def cancel_key(self, key: str) -> None:
         """Stops whatever is pending or running for ``key`` (e.g. the document was closed)."""
@@ -203,12 +235,16 @@ class Scheduler:
         """Stops every ticket and lets the worker thread end."""
         for ticket in list(self._latest.values()) + list(self._waiting):
             ticket.skip("closed")
+        if self._idle is not None:
+            self._idle.skip("closed")
         self.worker.close()
 
     async def _acquire(self, ticket: Ticket) -> None:
         if not self._busy and not self._waiting:
             self._busy = True
             return
+        if ticket.idle:
+            raise Skipped("preempted")
         ticket._turn = self.loop.create_future()
         self._waiting.append(ticket)
         droppable = [t for t in self._waiting if t.droppable]
@@ -241,5 +277,7 @@ class Scheduler:
 
     def _forget(self, ticket: Ticket) -> None:
         self._forget_waiting(ticket)
+        if self._idle is ticket:
+            self._idle = None
         if ticket.key is not None and self._latest.get(ticket.key) is ticket:
             del self._latest[ticket.key]

@@ -43,6 +43,8 @@ class Settings:
     contextTokens: int = 4096
     kvReuse: bool = True
     completionCache: bool = True
+    speculative: bool = True
+    """After a suggestion, compute the next one as if it were accepted (needs ``completionCache``)."""
     languages: dict[str, bool] = field(default_factory=lambda: {"*": True})
     midLine: str = "auto"
     allowPickle: bool = False
@@ -159,7 +161,7 @@ def _check(key: str, value: Any) -> Any:
         return _float(key, value, 0.0, 1.0, low_open=True)
     if key in ("multiline", "midLine"):
         return _choice(key, value, CHOICES)
-    if key in ("kvReuse", "completionCache", "allowPickle"):
+    if key in ("kvReuse", "completionCache", "speculative", "allowPickle"):
         return _bool(key, value)
     if key == "languages":
         if not isinstance(value, Mapping):

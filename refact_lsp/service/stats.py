@@ -36,6 +36,8 @@ class RunRecord:
     max_new_tokens: int
     prefill_ms: float
     decode_ms: float
+    speculative: bool = False
+    """A speculative run (the completion after the shown one, as if accepted): counted apart."""
 
 
 @dataclass
@@ -54,6 +56,14 @@ class Stats:
     prompt_tokens: int = 0
     reused_tokens: int = 0
     generated_tokens: int = 0
+    speculative_runs: int = 0
+    """Speculative runs that finished (their non-empty results went into the cache)."""
+    speculative_cancelled: int = 0
+    """Speculative runs stopped by real work (or skipped because the model was busy)."""
+    speculative_hits: int = 0
+    """Requests answered from a speculative entry (also counted in ``cache_hits``)."""
+    speculative_prompt_tokens: int = 0
+    speculative_reused_tokens: int = 0
     stop_reasons: Counter[str] = field(default_factory=Counter)
     last_run: RunRecord | None = None
     last_latency_ms: float | None = None
@@ -69,7 +79,11 @@ class Stats:
             self.last_latency_ms = ms
 
     def record_run(self, run: RunRecord) -> None:
-        """Counts one finished model run (whatever its stop reason)."""
+        """Counts one finished model run (whatever its stop reason); speculative runs apart."""
+        if run.speculative:
+            self.speculative_prompt_tokens += run.prompt_tokens
+            self.speculative_reused_tokens += run.reused_tokens
+            return
         self.model_runs += 1
         self.prompt_tokens += run.prompt_tokens
         self.reused_tokens += run.reused_tokens
@@ -120,6 +134,13 @@ class Stats:
             "prompt_tokens": self.prompt_tokens,
             "reused_tokens": self.reused_tokens,
             "generated_tokens": self.generated_tokens,
+            "speculative": {
+                "runs": self.speculative_runs,
+                "cancelled": self.speculative_cancelled,
+                "hits": self.speculative_hits,
+                "prompt_tokens": self.speculative_prompt_tokens,
+                "reused_tokens": self.speculative_reused_tokens,
+            },
             "stop_reasons": dict(self.stop_reasons),
             "last_run": last_run,
             "last_latency_ms": _round(self.last_latency_ms),

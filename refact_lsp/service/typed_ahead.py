@@ -12,6 +12,7 @@ and compares each candidate's prefix with one ``startswith`` (a memcmp); a bucke
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import NamedTuple
 
 from refact_lsp.service.prompt import Prompt
 
@@ -40,6 +41,13 @@ def prompt_relative(rest: str, line_text: str, index: int, prefix_cut: int) -> s
     return line_text[prefix_cut:index] + rest
 
 
+class Hit(NamedTuple):
+    rest: str
+    """What is left of the cached completion after the typed text."""
+    tag: str
+    """The tag the entry was put with (e.g. "speculative")."""
+
+
 class TypedAheadCache:
     """Bounded (LRU) map of (prefix, suffix) -> completion, with typed-ahead lookups."""
 
@@ -48,7 +56,7 @@ class TypedAheadCache:
             raise ValueError("max_entries and per_suffix must be at least 1")
         self.max_entries = max_entries
         self.per_suffix = per_suffix
-        self._entries: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._entries: OrderedDict[tuple[str, str], tuple[str, str]] = OrderedDict()  # -> (completion, tag)
         self._by_suffix: dict[str, list[str]] = {}  # suffix -> prefixes, most recent last
 
     def __len__(self) -> int:
@@ -58,19 +66,19 @@ class TypedAheadCache:
         self._entries.clear()
         self._by_suffix.clear()
 
-    def put(self, prefix: str, suffix: str, completion: str) -> None:
+    def put(self, prefix: str, suffix: str, completion: str, tag: str = "") -> None:
         """Remember ``completion`` for the cursor between ``prefix`` and ``suffix`` (not an empty one)."""
         if not completion:
             return
         key = (prefix, suffix)
         if key in self._entries:
             self._entries.move_to_end(key)
-            self._entries[key] = completion
+            self._entries[key] = (completion, tag)
             bucket = self._by_suffix[suffix]
             bucket.remove(prefix)
             bucket.append(prefix)
             return
-        self._entries[key] = completion
+        self._entries[key] = (completion, tag)
         bucket = self._by_suffix.setdefault(suffix, [])
         bucket.append(prefix)
         if len(bucket) > self.per_suffix:
@@ -87,7 +95,12 @@ class TypedAheadCache:
             del self._by_suffix[suffix]
 
     def get(self, prefix: str, suffix: str) -> str | None:
-        """The rest of a cached suggestion, or None.
+        """The rest of a cached suggestion, or None (see :meth:`lookup`)."""
+        hit = self.lookup(prefix, suffix)
+        return None if hit is None else hit.rest
+
+    def lookup(self, prefix: str, suffix: str) -> Hit | None:
+        """The rest of a cached suggestion and its entry's tag, or None.
 
         Hits when ``prefix`` = a cached prefix + typed text, the typed text starts the cached completion
         (and leaves some of it), and ``suffix`` is unchanged. The longest matching cached prefix wins.
@@ -95,16 +108,16 @@ class TypedAheadCache:
         bucket = self._by_suffix.get(suffix)
         if not bucket:
             return None
-        best: tuple[str, str] | None = None
+        best: tuple[str, Hit] | None = None
         for cached_prefix in bucket:
             if len(cached_prefix) > len(prefix) or (best is not None and len(cached_prefix) <= len(best[0])):
                 continue
             if not prefix.startswith(cached_prefix):
                 continue
-            completion = self._entries[(cached_prefix, suffix)]
+            completion, tag = self._entries[(cached_prefix, suffix)]
             typed_len = len(prefix) - len(cached_prefix)
             if len(completion) > typed_len and completion.startswith(prefix[len(cached_prefix) :]):
-                best = (cached_prefix, completion[typed_len:])
+                best = (cached_prefix, Hit(completion[typed_len:], tag))
         if best is None:
             return None
         self._entries.move_to_end((best[0], suffix))

@@ -164,3 +164,50 @@ async def test_closing_a_document_stops_its_request(scheduler: Scheduler) -> Non
     scheduler.cancel_key("doc")
     assert await task == "doc:stopped"
     assert engine.steps_done["doc"] < 50
+
+
+async def speculate(scheduler: Scheduler, work, key: str | None = "doc"):
+    """What the service does with an idle ticket: the result, or the skip reason."""
+    ticket = scheduler.idle_ticket(key)
+    try:
+        return await ticket.run(work)
+    except Skipped as skip:
+        return skip.reason
+    finally:
+        ticket.close()
+
+
+async def test_a_request_preempts_an_idle_job_within_a_step(scheduler: Scheduler) -> None:
+    engine = Engine()
+    idle = asyncio.create_task(speculate(scheduler, engine.job("idle", steps=500)))
+    while "idle" not in engine.steps_done:
+        await asyncio.sleep(0.005)
+    assert scheduler.speculating and not scheduler.busy
+    real = asyncio.create_task(complete(scheduler, "other", engine.job("real", steps=2)))
+    assert await real == "real:done"
+    assert await idle == "idle:stopped"
+    assert engine.steps_done["idle"] < 50
+    assert engine.max_active == 1
+
+
+async def test_an_idle_job_never_waits_for_the_worker(scheduler: Scheduler) -> None:
+    engine = Engine()
+    busy = asyncio.create_task(complete(scheduler, "doc", engine.job("busy", steps=5)))
+    await asyncio.sleep(0.01)
+    assert await speculate(scheduler, engine.job("idle")) == "preempted"
+    assert await busy == "busy:done"
+    assert await speculate(scheduler, engine.job("idle")) == "idle:done"
+    assert engine.calls == ["busy", "idle"]
+
+
+async def test_preempting_by_key_leaves_other_documents_idle_jobs(scheduler: Scheduler) -> None:
+    engine = Engine()
+    idle = asyncio.create_task(speculate(scheduler, engine.job("idle", steps=3), key="a"))
+    await asyncio.sleep(0)
+    assert not scheduler.preempt_idle("b")
+    assert await idle == "idle:done"
+    idle = asyncio.create_task(speculate(scheduler, engine.job("idle2", steps=500), key="a"))
+    while "idle2" not in engine.steps_done:
+        await asyncio.sleep(0.005)
+    assert scheduler.preempt_idle("a")
+    assert await idle == "idle2:stopped"
