@@ -86,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class RedactPygls(logging.Filter):
+    """pygls logs whole messages (document text included) in warnings and errors, e.g. ``Unknown message
+    "%s"`` or a failed request's params in a traceback: above debug level only its message template is
+    kept, without arguments or traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("pygls") and record.levelno > logging.DEBUG:
+            template = str(record.msg).splitlines()[0] if record.msg else ""
+            record.msg = f"{template} [details at debug level]"
+            record.args = ()
+            record.exc_info = record.exc_text = None
+            record.stack_info = None
+        return True
+
+
 def setup_logging(level_name: str, log_file: str | None) -> None:
     level = getattr(logging, level_name.upper())
     handler: logging.Handler
@@ -94,6 +109,8 @@ def setup_logging(level_name: str, log_file: str | None) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if level > logging.DEBUG:
+        handler.addFilter(RedactPygls())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -126,10 +143,25 @@ def main(argv: Sequence[str] | None = None) -> None:
                 host,
             )
         log.info("refact-lsp %s serving on tcp %s:%d", __version__, host, port)
-        server.start_tcp(host, port)
     else:
         log.info("refact-lsp %s serving on stdio", __version__)
-        server.start_io()
+    try:
+        server.start_tcp(host, port) if args.tcp is not None else server.start_io()
+    finally:
+        _exit_cleanly(server)
+
+
+def _exit_cleanly(server) -> None:
+    """The client went away (or said exit): stop the engine thread before the interpreter shuts down.
+
+    A daemon thread still inside torch while Python finalizes aborts the process (SIGABRT); a model load
+    cannot be interrupted, so when the thread does not end in time the process leaves without finalizing.
+    """
+    if server.stop_engine():
+        return
+    log.warning("the engine thread did not stop in time; exiting without waiting for it")
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":

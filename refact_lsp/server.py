@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import uuid
 from typing import Any
 
@@ -37,6 +38,8 @@ from refact_lsp.service.completion import (
 )
 
 log = logging.getLogger(__name__)
+EXIT_WAIT_S = 5.0
+"""At exit, how long the engine thread may take to stop (a generation stops within one decode step)."""
 
 SECTION = "refact"
 PROMPT_COMMAND = "refact.prompt"
@@ -158,6 +161,13 @@ class RefactLanguageServer(LanguageServer):
         self.cli_settings = dict(cli_settings or {})
         self._service: CompletionService | None = None
         self._progress: LoadProgress | None = None
+        self._shown_generation_problem = False
+
+    def stop_engine(self, timeout: float = EXIT_WAIT_S) -> bool:
+        """After the transport closed: stops generation and waits for the engine thread (True: ended)."""
+        if self._service is None:
+            return True
+        return self._service.scheduler.stop_and_join(timeout)
 
     @property
     def service(self) -> CompletionService:
@@ -168,7 +178,19 @@ class RefactLanguageServer(LanguageServer):
         return self._service
 
     def report_server_error(self, error: Exception, source) -> None:
-        """Protocol noise (a bad notification, unreadable JSON) is logged, not shown to the user."""
+        """Protocol noise (a bad notification, unreadable JSON) is logged, not shown to the user.
+
+        A frame that is not JSON gets JSON-RPC's parse error, one that is JSON but no message gets an
+        invalid-request error (both with a null id: there is no id to answer).
+        """
+        if source is JsonRpcException and isinstance(error, ValueError | AttributeError | TypeError):
+            parse_error = isinstance(error, ValueError)  # JSONDecodeError, UnicodeDecodeError
+            code, what = (-32700, "Parse error") if parse_error else (-32600, "Invalid Request")
+            log.warning("%s: a frame that is not a JSON-RPC message (%s)", what, type(error).__name__)
+            self.protocol._send_data(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": f"{what}: {error}"[:200]}}
+            )
+            return
         log.error("%s: %s", getattr(source, "__name__", source), error)
 
     # Events from the service (always called on the event loop).
@@ -198,6 +220,14 @@ class RefactLanguageServer(LanguageServer):
             self.window_log_message(
                 types.LogMessageParams(type=types.MessageType.Info, message=f"Refact: model {source} ready")
             )
+
+    def generation_problem(self, message: str) -> None:
+        """Shown once per session (an out-of-memory tends to repeat), logged every time."""
+        kind = types.MessageType.Warning
+        if not self._shown_generation_problem:
+            self._shown_generation_problem = True
+            self.window_show_message(types.ShowMessageParams(type=kind, message=f"Refact: {message}"))
+        self.window_log_message(types.LogMessageParams(type=kind, message=f"Refact: {message}"))
 
     def settings_error(self, message: str) -> None:
         self.window_show_message(
@@ -332,9 +362,24 @@ def create_server(cli_settings: dict[str, Any] | None = None) -> RefactLanguageS
 
     @server.command(STATS_COMMAND)
     def stats_command(ls: RefactLanguageServer, *args: Any) -> dict[str, Any]:
-        return ls.service.stats_snapshot()
+        return {**ls.service.stats_snapshot(), "process": process_snapshot()}
 
     return server
+
+
+def process_snapshot() -> dict[str, Any]:
+    """The server process's health: live asyncio tasks, threads and resident memory."""
+    rss_kb = None
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            rss_kb = next((int(line.split()[1]) for line in status if line.startswith("VmRSS:")), None)
+    except OSError:  # not Linux
+        pass
+    return {
+        "tasks": len(asyncio.all_tasks()),
+        "threads": threading.active_count(),
+        "rss_mb": None if rss_kb is None else round(rss_kb / 1024, 1),
+    }
 
 
 def apply_settings(ls: RefactLanguageServer, values: dict[str, Any], reload: bool) -> None:

@@ -49,6 +49,10 @@ class ModelRunner:
         return self._loaded.tokenizer if self._loaded else None
 
     @property
+    def device(self) -> str | None:
+        return str(self._loaded.device) if self._loaded else None
+
+    @property
     def n_ctx(self) -> int | None:
         return self._loaded.n_ctx if self._loaded else None
 

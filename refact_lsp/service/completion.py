@@ -12,6 +12,7 @@ Positions arrive in the negotiated encoding (``self.encoding``) and answers go b
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -23,7 +24,13 @@ from refact_lsp.service.documents import Document, DocumentStore
 from refact_lsp.service.edits import line_edit
 from refact_lsp.service.positions import Encoding, lsp_character
 from refact_lsp.service.postprocess import PostContext, postprocess
-from refact_lsp.service.prompt import CachedEncoder, Prompt, build_prompt, completion_mode
+from refact_lsp.service.prompt import (
+    CachedEncoder,
+    Prompt,
+    build_prompt,
+    completion_mode,
+    shorter_prompt_ids,
+)
 from refact_lsp.service.scheduler import Scheduler, Skipped
 from refact_lsp.service.settings import Settings, SettingsError
 from refact_lsp.service.speculative import SPECULATIVE_TAG, accept, common_prefix_len
@@ -52,6 +59,8 @@ class ServiceEvents(Protocol):
     def model_progress(self, stage: str, message: str, percentage: int | None) -> None: ...
 
     def model_loaded(self, source: str, error: str | None) -> None: ...
+
+    def generation_problem(self, message: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -455,7 +464,7 @@ class CompletionService:
 
     def _generate(self, prompt: Prompt, stop: threading.Event, speculative: bool = False) -> str | None:
         """On the worker thread: one model run; its numbers go to the stats on the loop."""
-        from refact_lsp.engine.generate import GenerationRequest
+        from refact_lsp.engine.generate import GenerationOutOfMemory, GenerationRequest
 
         runner = self._runner
         if runner is None or runner.state != "ready":
@@ -470,8 +479,18 @@ class CompletionService:
             kv_reuse=settings.kvReuse,
             prefill_chunk=SPECULATIVE_PREFILL_CHUNK if speculative else None,
         )
-        result = runner.generate(request, stop)
-        self._engine_ids = [*prompt.ids, *result.token_ids]
+        try:
+            result = runner.generate(request, stop)
+        except GenerationOutOfMemory as exc:  # the engine freed its memory: once more with half the prompt
+            ids = shorter_prompt_ids(request.prompt_ids)
+            self._report(f"{exc}; retrying with {len(ids)} tokens of context")
+            request = dataclasses.replace(request, prompt_ids=ids)
+            try:
+                result = runner.generate(request, stop)
+            except GenerationOutOfMemory as again:
+                self._report(f"{again}; no completion this time")
+                return None
+        self._engine_ids = [*request.prompt_ids, *result.token_ids]
         record = RunRecord(
             stop_reason=result.stop_reason,
             prompt_tokens=result.prompt_tokens,
@@ -487,6 +506,11 @@ class CompletionService:
         if result.stop_reason == "cancelled":
             return None
         return result.text
+
+    def _report(self, message: str) -> None:
+        """A generation problem for the user (from the worker thread)."""
+        log.warning("%s", message)
+        self.loop.call_soon_threadsafe(self.events.generation_problem, message)
 
     def _post_context(self, req: _Request, prompt: Prompt) -> PostContext:
         return PostContext.from_lines(req.lines, req.line, req.index, prompt.mode, prompt.prefix_cut)

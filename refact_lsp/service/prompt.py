@@ -321,3 +321,13 @@ def _hinted_window(
     if (first > 0 or last < n - 1) and total < budget * 3 // 4:
         return None  # the document changed and a fresh window would hold much more
     return first, last
+
+
+def shorter_prompt_ids(ids: Sequence[int]) -> list[int]:
+    """The same FIM prompt with half the suffix and half the prefix, keeping the tokens nearest the cursor
+    (the retry after the device ran out of memory)."""
+    ids = list(ids)
+    split = ids.index(FIM_PREFIX_ID)
+    suffix, prefix = ids[1:split], ids[split + 1 : -1]
+    kept_suffix, kept_prefix = suffix[: len(suffix) // 2], prefix[len(prefix) // 2 :]
+    return [FIM_SUFFIX_ID, *kept_suffix, FIM_PREFIX_ID, *kept_prefix, FIM_MIDDLE_ID]

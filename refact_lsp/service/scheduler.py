@@ -78,6 +78,11 @@ class Worker:
     def close(self) -> None:
         self._jobs.put(None)
 
+    def join(self, timeout: float) -> bool:
+        """Waits for the thread to end (after :meth:`close`); True if it did."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
             fn, future = job
@@ -238,6 +243,16 @@ class Scheduler:
         if self._idle is not None:
             self._idle.skip("closed")
         self.worker.close()
+
+    def stop_and_join(self, timeout: float) -> bool:
+        """At process exit, once the event loop is gone: stops every job and waits for the worker thread.
+
+        Only thread-safe things are touched (the tickets' stop events). True if the worker ended in time.
+        """
+        for ticket in [*self._latest.values(), *self._waiting, *([self._idle] if self._idle else [])]:
+            ticket.stop.set()
+        self.worker.close()
+        return self.worker.join(timeout)
 
     async def _acquire(self, ticket: Ticket) -> None:
         if not self._busy and not self._waiting:

@@ -1,0 +1,1 @@
+"""Robustness: fuzzing, document-sync properties and load against the real server process."""

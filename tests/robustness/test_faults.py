@@ -1,0 +1,164 @@
+"""Faults over the real server's stdio: broken checkpoints, out of memory mid-generation, a vanished client.
+
+Each is reported to the user (window/showMessage), the server keeps serving, and it recovers once the
+setting is fixed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .fuzz_cases import SANITY_POSITION, SANITY_TEXT, SANITY_URI, SCRIPTED_TEXT, SETTINGS
+from .rpc import RawServer
+
+
+def _copy(checkpoint: Path, folder: Path) -> Path:
+    shutil.copytree(checkpoint, folder)
+    return folder
+
+
+def broken_checkpoints(good: Path, root: Path) -> dict[str, tuple[Path, str]]:
+    """name -> (folder, a word the error message must contain)."""
+    cases: dict[str, tuple[Path, str]] = {"missing folder": (root / "nowhere", "nowhere")}
+
+    truncated = _copy(good, root / "truncated")
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    cases["truncated weights"] = (truncated, "model.safetensors")
+
+    garbage = _copy(good, root / "garbage")
+    (garbage / "model.safetensors").write_bytes(b"\x00garbage" * 100)
+    cases["garbage weights"] = (garbage, "model.safetensors")
+
+    bad_json = _copy(good, root / "bad-json")
+    (bad_json / "config.json").write_text("{ not json")
+    cases["config not JSON"] = (bad_json, "config.json")
+
+    wrong_type = _copy(good, root / "wrong-type")
+    config = json.loads((wrong_type / "config.json").read_text())
+    (wrong_type / "config.json").write_text(json.dumps({**config, "model_type": "llama"}))
+    cases["wrong model_type"] = (wrong_type, "llama")
+
+    wrong_shape = _copy(good, root / "wrong-shape")
+    (wrong_shape / "config.json").write_text(json.dumps({**config, "n_embd": config["n_embd"] * 2}))
+    cases["config shapes differ from the tensors"] = (wrong_shape, "shape")
+
+    no_tokenizer = _copy(good, root / "no-tokenizer")
+    (no_tokenizer / "tokenizer.json").unlink()
+    cases["missing tokenizer"] = (no_tokenizer, "tokenizer")
+    return cases
+
+
+def shown_messages(server: RawServer, since: int = 0) -> list[str]:
+    return [
+        n["params"]["message"] for n in server.notifications[since:] if n["method"] == "window/showMessage"
+    ]
+
+
+def configure(server: RawServer, **settings: object) -> None:
+    server.notify("workspace/didChangeConfiguration", {"settings": {"refact": {**SETTINGS, **settings}}})
+
+
+def wait_state(server: RawServer, model: Path, timeout: float = 60.0) -> dict:
+    """Waits until the model setting ``model`` has loaded or failed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = server.stats()["model"]
+        if stats["source"] == str(model) and stats["state"] in ("ready", "error"):
+            return stats
+        assert time.monotonic() < deadline, f"no end to loading {model}: {stats}"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def server(scripted_checkpoint: Path) -> Iterator[RawServer]:
+    server = RawServer("--model", str(scripted_checkpoint))
+    server.initialize(SETTINGS)
+    assert server.wait_model()["model"]["state"] == "ready"
+    server.open(SANITY_URI, SANITY_TEXT)
+    yield server
+    server.stop()
+
+
+def test_broken_checkpoints_are_reported_and_fixing_the_setting_recovers(
+    server: RawServer, scripted_checkpoint: Path, tmp_path: Path
+) -> None:
+    for name, (folder, word) in broken_checkpoints(scripted_checkpoint, tmp_path).items():
+        seen = len(server.notifications)
+        configure(server, model=str(folder))
+        state = wait_state(server, folder)
+        assert state["state"] == "error", name
+        assert word.lower() in state["error"].lower(), (name, state["error"])
+        messages = shown_messages(server, seen)
+        assert any("could not load" in m and str(folder) in m for m in messages), (name, messages)
+        # still serving: requests are answered (empty while there is no model), nothing crashed
+        assert server.inline(SANITY_URI, *SANITY_POSITION) == [], name
+        assert server.alive(), name
+    configure(server, model=str(scripted_checkpoint))
+    assert wait_state(server, scripted_checkpoint)["state"] == "ready"
+    assert server.inline(SANITY_URI, *SANITY_POSITION) == [SCRIPTED_TEXT]
+
+
+def test_out_of_memory_mid_generation_is_reported_and_retried_shorter(scripted_checkpoint: Path) -> None:
+    """``REFACT_LSP_FAULT=oom-once``: the first generation runs out of memory inside the decode loop."""
+    server = RawServer("--model", str(scripted_checkpoint), env={"REFACT_LSP_FAULT": "oom-once"})
+    try:
+        server.initialize(SETTINGS)
+        assert server.wait_model()["model"]["state"] == "ready"
+        server.open(SANITY_URI, "# a comment line\n" * 20 + SANITY_TEXT)
+        assert server.inline(SANITY_URI, 21, SANITY_POSITION[1]) == [SCRIPTED_TEXT]
+        messages = shown_messages(server)
+        assert any("out of memory" in m and "retrying with" in m for m in messages), messages
+        stats = server.stats()
+        assert stats["model"]["state"] == "ready"
+        assert stats["last_run"]["prompt_tokens"] < 0.6 * server.prompt(SANITY_URI, 21, 11)["tokens"]
+        assert server.inline(SANITY_URI, 21, SANITY_POSITION[1]) == [SCRIPTED_TEXT]  # and again, normally
+    finally:
+        server.stop()
+
+
+def test_a_client_that_closes_the_pipe_while_loading_ends_the_server(scripted_checkpoint: Path) -> None:
+    server = RawServer("--model", str(scripted_checkpoint))
+    server.initialize(SETTINGS)  # the model starts loading in the background
+    assert server.process.stdin is not None
+    server.process.stdin.close()
+    started = time.monotonic()
+    code = server.process.wait(20)
+    assert time.monotonic() - started < 15
+    assert code == 0
+    server.stop()
+
+
+def test_a_client_that_vanishes_mid_generation_stops_the_model(tmp_path: Path) -> None:
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    looping = write_scripted_checkpoint(tmp_path / "looping", "spam eggs ", loop=True)
+    server = RawServer("--model", str(looping))
+    server.initialize({**SETTINGS, "maxNewTokens": 4000, "multiline": "always"})
+    assert server.wait_model()["model"]["state"] == "ready"
+    server.open(SANITY_URI, SANITY_TEXT)
+    server.request(
+        "textDocument/inlineCompletion",
+        {
+            "textDocument": {"uri": SANITY_URI},
+            "position": {"line": 2, "character": 0},
+            "context": {"triggerKind": 1},
+        },
+    )
+    deadline = time.monotonic() + 30
+    while not server.stats()["busy"]:
+        assert time.monotonic() < deadline, "the generation never started"
+        time.sleep(0.02)
+    assert server.process.stdin is not None
+    server.process.stdin.close()  # the editor died: its end of both pipes goes away
+    started = time.monotonic()
+    code = server.process.wait(30)
+    assert time.monotonic() - started < 10, "the server kept generating for a client that is gone"
+    assert code == 0
+    server.stop()
