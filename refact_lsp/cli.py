@@ -21,6 +21,7 @@ log = logging.getLogger("refact_lsp")
 
 ENV_PREFIX = "REFACT_LSP_"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+PRIVATE_ENVIRONMENT = {"HF_HUB_DISABLE_TELEMETRY": "1"}
 
 
 def _env(name: str) -> str | None:
@@ -127,7 +128,17 @@ def cli_settings(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
+def keep_private() -> None:
+    """No usage telemetry from the hub libraries (a user's own value wins). huggingface_hub reads the
+    variable when it is imported, so this runs before anything imports it; the only traffic left is the
+    model download, and none at all with a local model folder."""
+    for name, value in PRIVATE_ENVIRONMENT.items():
+        if not os.environ.get(name):  # unset or empty
+            os.environ[name] = value
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    keep_private()
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level, args.log_file)
 

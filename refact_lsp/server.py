@@ -13,6 +13,8 @@ Two pygls defaults are replaced in :class:`RefactProtocol`:
 
 Requests whose parameters do not match the protocol are answered with InvalidParams instead of
 being dropped.
+Objects that are no JSON-RPC message get InvalidRequest; the reader loop is this server's own
+(:mod:`refact_lsp.transport`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from refact_lsp.service.completion import (
     ServiceError,
     Suggestion,
 )
+from refact_lsp.transport import serve_stdio, serve_tcp
 
 log = logging.getLogger(__name__)
 EXIT_WAIT_S = 5.0
@@ -78,6 +81,20 @@ class RefactProtocol(LanguageServerProtocol):
     """pygls' protocol with the document store, encoding choice and bad-params handling of this server."""
 
     _server: RefactLanguageServer
+    _client_gone = False
+
+    def _send_data(self, data: Any) -> None:
+        """pygls' send, except that a client that is gone (broken pipe) ends the session quietly: pygls
+        re-raises the error from inside asyncio callbacks, which prints a traceback per pending answer."""
+        if self._client_gone:
+            return
+        try:
+            super()._send_data(data)
+        except BrokenPipeError:
+            self._client_gone = True
+            log.info("the client is gone (broken pipe): nothing more is sent")
+            if (stop := getattr(self._server, "_stop_event", None)) is not None:
+                stop.set()
 
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams):
@@ -104,6 +121,8 @@ class RefactProtocol(LanguageServerProtocol):
             yield handler, (params,), None
 
     def structure_message(self, data: dict[str, Any]):
+        if (problem := envelope_problem(data)) is not None:
+            return _InvalidEnvelope(_valid_id(data.get("id")), problem)
         try:
             return super().structure_message(data)
         except JsonRpcException as exc:
@@ -112,6 +131,13 @@ class RefactProtocol(LanguageServerProtocol):
             raise
 
     def handle_message(self, message):
+        if isinstance(message, _InvalidEnvelope):
+            log.warning("invalid request: %s", message.problem)
+            self._send_invalid_request(message.id, message.problem)
+            return
+        if self._shutdown and getattr(message, "method", types.EXIT) != types.EXIT and hasattr(message, "id"):
+            self._send_invalid_request(message.id, "the server is shutting down")  # LSP: error, not silence
+            return
         if isinstance(message, _InvalidRequest):
             log.warning("invalid params for %s (request %s)", message.method, message.id)
             error = message.error
@@ -120,6 +146,38 @@ class RefactProtocol(LanguageServerProtocol):
             self._send_response(message.id, error=error.to_response_error())
             return
         super().handle_message(message)
+
+    def _send_invalid_request(self, msg_id: int | str | None, problem: str) -> None:
+        error = {"code": types.ErrorCodes.InvalidRequest.value, "message": f"Invalid Request: {problem}"}
+        self._send_data({"jsonrpc": "2.0", "id": msg_id, "error": error})
+
+
+def envelope_problem(data: dict[str, Any]) -> str | None:
+    """What makes ``data`` no JSON-RPC 2.0 request, notification or response (None: nothing)."""
+    if data.get("jsonrpc") != "2.0":
+        return 'jsonrpc must be "2.0"'
+    if "method" in data:
+        if not isinstance(data["method"], str):
+            return "method must be a string"
+        if "id" in data and _valid_id(data["id"]) is None:
+            return "id must be an integer or a string"
+        return None
+    if "id" in data and ("result" in data or "error" in data):
+        return None  # a response (one with a bad id is logged by pygls, never answered)
+    return "neither a request, a notification nor a response"
+
+
+def _valid_id(value: Any) -> int | str | None:
+    return value if isinstance(value, int | str) and not isinstance(value, bool) else None
+
+
+@attrs.define
+class _InvalidEnvelope:
+    """A JSON object that is no JSON-RPC message: answered with InvalidRequest (id null if unknown)."""
+
+    id: int | str | None
+    problem: str
+    jsonrpc: str = "2.0"
 
 
 class LoadProgress:
@@ -162,6 +220,14 @@ class RefactLanguageServer(LanguageServer):
         self._service: CompletionService | None = None
         self._progress: LoadProgress | None = None
         self._shown_generation_problem = False
+
+    def start_io(self, stdin=None, stdout=None) -> None:
+        """Serves over stdio with this server's framing (see :mod:`refact_lsp.transport`)."""
+        serve_stdio(self, stdin, stdout)
+
+    def start_tcp(self, host: str, port: int) -> None:
+        """Serves over TCP with this server's framing (see :mod:`refact_lsp.transport`)."""
+        serve_tcp(self, host, port)
 
     def stop_engine(self, timeout: float = EXIT_WAIT_S) -> bool:
         """After the transport closed: stops generation and waits for the engine thread (True: ended)."""

@@ -27,6 +27,7 @@ from refact_lsp.engine.tokenizer import RefactTokenizer
 
 DEFAULT_MODEL = "smallcloudai/Refact-1_6B-fim"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_SIZE_KEYS = ("vocab_size", "n_embd", "n_head", "n_layer", "n_positions")
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -221,7 +222,7 @@ def read_tensors(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Te
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         if pickled:
-            tensors.update(torch.load(f, map_location="cpu", weights_only=True, mmap=True))
+            tensors.update(_load_pickled_tensors(f))
             continue
         try:
             with safe_open(str(f), framework="pt", device="cpu") as sf:
@@ -230,6 +231,23 @@ def read_tensors(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Te
         except Exception as e:
             raise ModelLoadError(f"cannot read {f}: {e}") from e
     return tensors
+
+
+def _load_pickled_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A ``pytorch_model*.bin`` state dict, unpickled with ``weights_only`` (tensors only, never code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # a pickle that needs more than tensors (code, objects) or a broken file
+        reason = next((line for line in str(e).splitlines() if "GLOBAL" in line), str(e).split("\n", 1)[0])
+        raise ModelLoadError(
+            f"cannot read {path}: it is not a plain file of tensors and is never loaded as one that may run "
+            f"code ({type(e).__name__}: {reason.strip()}). Convert the checkpoint to safetensors."
+        ) from e
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ModelLoadError(f"{path} does not hold a state dict (tensors by name)")
+    return state
 
 
 def fuse_legacy_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -282,8 +300,14 @@ def read_config(folder: Path) -> GPTRefactConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot read {path}: {e}") from e
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path}: expected a JSON object of settings, not {type(raw).__name__}")
     if raw.get("model_type") != "gpt_refact":
         raise ModelLoadError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'gpt_refact'")
+    for key in _SIZE_KEYS:
+        value = raw.get(key, 1)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ModelLoadError(f"{path}: {key} must be a positive integer, not {value!r}")
     try:
         return GPTRefactConfig(**raw)
     except (TypeError, ValueError) as e:

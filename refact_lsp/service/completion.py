@@ -31,7 +31,7 @@ from refact_lsp.service.prompt import (
     completion_mode,
     shorter_prompt_ids,
 )
-from refact_lsp.service.scheduler import Scheduler, Skipped
+from refact_lsp.service.scheduler import Scheduler, Skipped, call_soon_threadsafe
 from refact_lsp.service.settings import Settings, SettingsError
 from refact_lsp.service.speculative import SPECULATIVE_TAG, accept, common_prefix_len
 from refact_lsp.service.stats import RunRecord, Stats
@@ -181,6 +181,7 @@ class CompletionService:
 
     def _schedule_load(self) -> None:
         self._load_generation += 1
+        self._model_state, self._model_error = "loading", None  # at once: no stale error for the new model
         asyncio.ensure_future(self._load(self._load_generation, self._model_key()))
 
     async def _load(self, generation: int, key: tuple[Any, ...]) -> None:
@@ -225,8 +226,8 @@ class CompletionService:
         return None
 
     def _on_progress(self, event: Any) -> None:
-        self.loop.call_soon_threadsafe(
-            self.events.model_progress, event.stage, event.message, event.percentage
+        call_soon_threadsafe(
+            self.loop, self.events.model_progress, event.stage, event.message, event.percentage
         )
 
     def _on_state(self, state: str) -> None:
@@ -234,7 +235,7 @@ class CompletionService:
             if self._model_state in ("loading", "downloading") and state in ("downloading", "loading"):
                 self._model_state = state
 
-        self.loop.call_soon_threadsafe(update)
+        call_soon_threadsafe(self.loop, update)
 
     @property
     def ready(self) -> bool:
@@ -501,7 +502,7 @@ class CompletionService:
             decode_ms=result.decode_s * 1000,
             speculative=speculative,
         )
-        self.loop.call_soon_threadsafe(self.stats.record_run, record)
+        call_soon_threadsafe(self.loop, self.stats.record_run, record)
         log.debug("generated %r (%s)", result.text, result.stop_reason)
         if result.stop_reason == "cancelled":
             return None
@@ -510,7 +511,7 @@ class CompletionService:
     def _report(self, message: str) -> None:
         """A generation problem for the user (from the worker thread)."""
         log.warning("%s", message)
-        self.loop.call_soon_threadsafe(self.events.generation_problem, message)
+        call_soon_threadsafe(self.loop, self.events.generation_problem, message)
 
     def _post_context(self, req: _Request, prompt: Prompt) -> PostContext:
         return PostContext.from_lines(req.lines, req.line, req.index, prompt.mode, prompt.prefix_cut)

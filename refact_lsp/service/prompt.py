@@ -36,6 +36,7 @@ MAX_CHARS_PER_TOKEN = 8
 # GPT-2 style byte-level pre-tokenizer no pre-token crosses such a point, so
 # encode(a + b) == encode(a) + encode(b) there (tested against the real tokenizer).
 _SAFE_SPLIT = re.compile(r"(?<=[!-~\w])\n")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class CachedEncoder:
@@ -53,7 +54,8 @@ class CachedEncoder:
     def _piece(self, piece: str) -> list[int]:
         ids = self._pieces.get(piece)
         if ids is None:
-            ids = self._encode(piece)
+            # a lone surrogate (a client's broken "\\ud83d" escape) cannot be tokenized: U+FFFD instead
+            ids = self._encode(piece if piece.isascii() else _LONE_SURROGATE.sub("\ufffd", piece))
             if len(self._pieces) >= self._max_entries:  # drop the oldest quarter
                 for key in list(self._pieces)[: max(1, self._max_entries // 4)]:
                     del self._pieces[key]

@@ -48,6 +48,14 @@ SkipReason = Literal["superseded", "dropped", "closed", "preempted"]
 DEFAULT_MAX_WAITING = 4
 
 
+def call_soon_threadsafe(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
+    """``loop.call_soon_threadsafe`` from the worker thread, dropped once the loop is closed: the client went
+    away mid-job and the process is exiting (asyncio's own ``wrap_future`` does the same)."""
+    if not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed between the check and the call
+            loop.call_soon_threadsafe(callback, *args)
+
+
 class Skipped(Exception):
     """The ticket will not run: a newer request superseded it, or the waiting queue dropped it."""
 
@@ -147,7 +155,7 @@ class Ticket:
         self.running = True
         scheduler = self._scheduler
         job = scheduler.worker.submit(lambda: work(self.stop))
-        job.add_done_callback(lambda _: scheduler.loop.call_soon_threadsafe(scheduler._release))
+        job.add_done_callback(lambda _: call_soon_threadsafe(scheduler.loop, scheduler._release))
         try:
             return await asyncio.wrap_future(job)
         except asyncio.CancelledError:

@@ -7,6 +7,7 @@ setting is fixed.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -48,6 +49,18 @@ def broken_checkpoints(good: Path, root: Path) -> dict[str, tuple[Path, str]]:
     wrong_shape = _copy(good, root / "wrong-shape")
     (wrong_shape / "config.json").write_text(json.dumps({**config, "n_embd": config["n_embd"] * 2}))
     cases["config shapes differ from the tensors"] = (wrong_shape, "shape")
+
+    not_an_object = _copy(good, root / "config-list")
+    (not_an_object / "config.json").write_text("[1, 2]")
+    cases["config not an object"] = (not_an_object, "JSON object")
+
+    bad_size = _copy(good, root / "bad-size")
+    (bad_size / "config.json").write_text(json.dumps({**config, "n_layer": "two"}))
+    cases["config size not a number"] = (bad_size, "n_layer must be a positive integer")
+
+    no_weights = _copy(good, root / "no-weights")
+    (no_weights / "model.safetensors").unlink()
+    cases["no weights file"] = (no_weights, "no model weights")
 
     no_tokenizer = _copy(good, root / "no-tokenizer")
     (no_tokenizer / "tokenizer.json").unlink()
@@ -139,7 +152,8 @@ def test_a_client_that_vanishes_mid_generation_stops_the_model(tmp_path: Path) -
     from refact_lsp.dev.checkpoints import write_scripted_checkpoint
 
     looping = write_scripted_checkpoint(tmp_path / "looping", "spam eggs ", loop=True)
-    server = RawServer("--model", str(looping))
+    stderr = tmp_path / "stderr.log"
+    server = RawServer("--model", str(looping), stderr_path=stderr)
     server.initialize({**SETTINGS, "maxNewTokens": 4000, "multiline": "always"})
     assert server.wait_model()["model"]["state"] == "ready"
     server.open(SANITY_URI, SANITY_TEXT)
@@ -162,3 +176,69 @@ def test_a_client_that_vanishes_mid_generation_stops_the_model(tmp_path: Path) -
     assert time.monotonic() - started < 10, "the server kept generating for a client that is gone"
     assert code == 0
     server.stop()
+    assert "Traceback" not in stderr.read_text(errors="replace")  # the engine thread ended quietly
+
+
+# A client process that starts the server, asks for a never-ending completion and waits to be killed.
+KILLED_CLIENT = r"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from rpc import RawServer
+server = RawServer("--model", sys.argv[2], stderr_path=Path(sys.argv[3]))
+server.initialize({"temperature": 0, "debounceMs": 0, "maxNewTokens": 4000, "multiline": "always"})
+assert server.wait_model()["model"]["state"] == "ready"
+server.open("file:///killed.py", "def f(a, b):\n    return \n")
+server.request("textDocument/inlineCompletion", {"textDocument": {"uri": "file:///killed.py"},
+               "position": {"line": 2, "character": 0}, "context": {"triggerKind": 1}})
+while not server.stats()["busy"]:
+    time.sleep(0.02)
+print(server.process.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def _process_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie waiting for a parent that is gone (nothing runs any more)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_a_killed_client_ends_the_server_mid_generation_without_a_traceback(tmp_path: Path) -> None:
+    """The editor process is killed: both pipes close under the server while it generates."""
+    import signal
+    import subprocess
+    import sys
+
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    looping = write_scripted_checkpoint(tmp_path / "looping", "spam eggs ", loop=True)
+    stderr = tmp_path / "server-stderr.log"
+    here = str(Path(__file__).resolve().parent)
+    client = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CLIENT, here, str(looping), str(stderr)], stdout=subprocess.PIPE
+    )
+    server_pid = None
+    try:
+        assert client.stdout is not None
+        line = client.stdout.readline()
+        assert line.strip().isdigit(), f"the client never saw the generation start (exit {client.poll()})"
+        server_pid = int(line)
+        client.send_signal(signal.SIGKILL)
+        client.wait(10)
+        deadline = time.monotonic() + 30
+        while not _process_gone(server_pid):
+            assert time.monotonic() < deadline, "the server kept running (and generating) for a dead client"
+            time.sleep(0.05)
+    finally:
+        client.kill()
+        client.wait()
+        if server_pid is not None and not _process_gone(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
+    logged = stderr.read_text(errors="replace")
+    assert "serving on stdio" in logged  # the log was captured
+    assert "Traceback" not in logged, logged

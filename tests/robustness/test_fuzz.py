@@ -72,8 +72,8 @@ def test_huge_documents_and_lines(server: RawServer) -> None:
             ],
         },
     )
-    prompt = server.prompt("file:///fuzz/big.py", 13, 0)
-    assert prompt is not None and prompt["prompt"].count("x = 1") == 13
+    prompt = server.prompt("file:///fuzz/big.py", 13, 5)  # 7 lines kept above the deleted range, 7 below
+    assert prompt is not None and prompt["prompt"].count("x = 1") == 14
     long_line = "y = [" + "1, " * (1024 * 1024 // 3) + "]"
     server.open("file:///fuzz/long.py", f"def f():\n{long_line}\n    return ")
     assert server.inline("file:///fuzz/long.py", 2, 11) == [SCRIPTED_TEXT]

@@ -32,6 +32,17 @@ def _wrap(original):
     return connect
 socket.socket.connect = _wrap(socket.socket.connect)
 socket.socket.connect_ex = _wrap(socket.socket.connect_ex)
+_getaddrinfo = socket.getaddrinfo
+def _resolve(host, *args, **kwargs):
+    with open(_log, "a") as f:
+        f.write(f"resolve {host!r}\\n")
+    return _getaddrinfo(host, *args, **kwargs)
+socket.getaddrinfo = _resolve
+import atexit
+def _at_exit():
+    with open(_log, "a") as f:
+        f.write(f"exit HF_HUB_DISABLE_TELEMETRY={os.environ.get('HF_HUB_DISABLE_TELEMETRY')}\\n")
+atexit.register(_at_exit)
 """
 
 
@@ -141,7 +152,56 @@ def test_nothing_leaves_the_machine_with_a_local_model(watched: Watched) -> None
     assert watched.server.inline(SANITY_URI, *SANITY_POSITION) == [SCRIPTED_TEXT]
     lines = watched.connect_log.read_text().splitlines()
     assert "sitecustomize loaded" in lines, "the connection recorder was not active"
-    assert [line for line in lines if line.startswith("connect")] == []
+    assert [line for line in lines if line.startswith(("connect", "resolve"))] == []
+
+
+def test_hub_telemetry_is_turned_off_by_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set before anything imports huggingface_hub (which reads it once); a user's own value would win."""
+    monkeypatch.delenv("HF_HUB_DISABLE_TELEMETRY", raising=False)
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
+    log = tmp_path / "connects.log"
+    server = RawServer(env={"PYTHONPATH": str(tmp_path), "REFACT_TEST_CONNECT_LOG": str(log)})
+    server.call("initialize", {"processId": None, "capabilities": {}})
+    assert server.process.stdin is not None
+    server.process.stdin.close()  # the client leaves: the interpreter exits normally and runs atexit
+    assert server.process.wait(30) == 0
+    server.stop()
+    assert "exit HF_HUB_DISABLE_TELEMETRY=1" in log.read_text().splitlines()
+
+
+class _RunsCode:
+    """Pickles as a call that writes ``marker``: what a hostile ``pytorch_model.bin`` does when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('ran')",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_even_when_allowed(
+    watched: Watched, scripted_checkpoint: Path, tmp_path: Path
+) -> None:
+    """allowPickle still unpickles tensors only (``torch.load(weights_only=True)``)."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    hostile, marker = tmp_path / "hostile", tmp_path / "pickle-code-ran"
+    shutil.copytree(scripted_checkpoint, hostile)
+    tensors = load_file(hostile / "model.safetensors")
+    torch.save({**tensors, "lm_head.weight": _RunsCode(marker)}, hostile / "pytorch_model.bin")
+    (hostile / "model.safetensors").unlink()
+    configure(watched.server, model=str(hostile), allowPickle=True)
+    state = wait_state(watched.server, hostile)
+    assert state["state"] == "error", state
+    assert "not a plain file of tensors" in state["error"] and "safetensors" in state["error"], state
+    assert not marker.exists(), "unpickling ran code"
+    assert watched.server.inline(SANITY_URI, *SANITY_POSITION) == []  # no model, still serving
+    configure(watched.server, model=str(scripted_checkpoint), allowPickle=False)
+    assert wait_state(watched.server, scripted_checkpoint)["state"] == "ready"
+    assert watched.server.inline(SANITY_URI, *SANITY_POSITION) == [SCRIPTED_TEXT]
 
 
 def _free_port() -> int:
