@@ -57,28 +57,25 @@ async def test_the_server_picks_the_expected_position_encoding(session: Session)
     assert session.encoding == CLIENTS[session.name][2]  # type: ignore[attr-defined]
 
 
+def expected_prompt(prefix: str, suffix: str, mode: str) -> dict:
+    """What ``refact.prompt`` must answer: the FIM text, its token count (3 special tokens) and the mode."""
+    return {"prompt": fim(prefix, suffix), "tokens": tokens_of(prefix) + tokens_of(suffix) + 3, "mode": mode}
+
+
 async def test_single_line_prompt_is_exact(session: Session) -> None:
     uri = uri_of("single.py")
     session.open(uri, SINGLE_TEXT)
     answer = await session.prompt(uri, 3, len("    return "))
-    prefix, suffix = "import os\n\ndef add(a, b):\n    return ", "\nprint(add(1, 2))\n"
-    assert answer == {
-        "prompt": fim(prefix, suffix),
-        "tokens": tokens_of(prefix) + tokens_of(suffix) + 3,
-        "mode": "single",
-    }
+    assert answer == expected_prompt(
+        "import os\n\ndef add(a, b):\n    return ", "\nprint(add(1, 2))\n", "single"
+    )
 
 
 async def test_multi_line_prompt_is_exact(session: Session) -> None:
     uri = uri_of("multi.py")
     session.open(uri, MULTI_TEXT)
     answer = await session.prompt(uri, 1, 4)
-    prefix, suffix = "def add(a, b):\n", "    \nprint(1)\n"
-    assert answer == {
-        "prompt": fim(prefix, suffix),
-        "tokens": tokens_of(prefix) + tokens_of(suffix) + 3,
-        "mode": "multi",
-    }
+    assert answer == expected_prompt("def add(a, b):\n", "    \nprint(1)\n", "multi")
 
 
 async def test_inline_completion_text_and_range_in_the_negotiated_encoding(session: Session) -> None:
