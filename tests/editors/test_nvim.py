@@ -156,15 +156,20 @@ def test_lspconfig_drop_in_config(nvim: Any) -> None:
     assert config == {"cmd": ["refact-lsp"], "single": True, "root": nvim.funcs.getcwd()}
 
 
-def test_completion_menu_inserts_the_scripted_text(nvim: Any, scripted_server) -> None:
-    expected = f'    x = "héllo" + {scripted_server.single_line_text}'
-    _open(nvim, "menu.py", ["def add(a, b):", '    x = "héllo" + '])
+def _open_completion_menu(nvim: Any, name: str, lines: list[str]) -> dict:
+    """Opens ``lines`` in a buffer, asks for completion at the end in insert mode; the menu's info."""
+    _open(nvim, name, lines)
     _insert_at_end(nvim)
     nvim.exec_lua("vim.lsp.completion.get()")
-    info = _wait(
+    return _wait(
         lambda: nvim.exec_lua("local i = vim.fn.complete_info(); return #i.items > 0 and i"),
         "the completion menu",
     )
+
+
+def test_completion_menu_inserts_the_scripted_text(nvim: Any, scripted_server) -> None:
+    expected = f'    x = "héllo" + {scripted_server.single_line_text}'
+    info = _open_completion_menu(nvim, "menu.py", ["def add(a, b):", '    x = "héllo" + '])
     assert [item["word"] for item in info["items"]] == [scripted_server.single_line_text]
     assert info["items"][0]["menu"] == "[Refact]"
     assert info["selected"] == 0
@@ -221,13 +226,7 @@ def test_multiline_ghost_text_uses_virtual_lines(nvim: Any, scripted_server) -> 
         assert nvim.current.buffer[:] == ["def add(a, b):", *scripted_server.multiline_text.split("\n")]
         assert tuple(nvim.current.window.cursor) == (3, len("    # done"))
         # The same suggestion from the completion menu: the lines after the first are inserted too.
-        _open(nvim, "multi_menu.py", ["def add(a, b):", "    "])
-        _insert_at_end(nvim)
-        nvim.exec_lua("vim.lsp.completion.get()")
-        info = _wait(
-            lambda: nvim.exec_lua("local i = vim.fn.complete_info(); return #i.items > 0 and i"),
-            "the completion menu",
-        )
+        info = _open_completion_menu(nvim, "multi_menu.py", ["def add(a, b):", "    "])
         assert [item["word"] for item in info["items"]] == ["    return a + b"]
         nvim.input("<C-y>")
         _wait(lambda: len(nvim.current.buffer) == 3, "the accepted multi-line item")
