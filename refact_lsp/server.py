@@ -148,8 +148,11 @@ class RefactProtocol(LanguageServerProtocol):
         super().handle_message(message)
 
     def _send_invalid_request(self, msg_id: int | str | None, problem: str) -> None:
-        error = {"code": types.ErrorCodes.InvalidRequest.value, "message": f"Invalid Request: {problem}"}
-        self._send_data({"jsonrpc": "2.0", "id": msg_id, "error": error})
+        self.send_error(msg_id, types.ErrorCodes.InvalidRequest.value, f"Invalid Request: {problem}")
+
+    def send_error(self, msg_id: int | str | None, code: int, message: str) -> None:
+        """A JSON-RPC error response, also for an id pygls would not answer (``None``: unknown)."""
+        self._send_data({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
 
 
 def envelope_problem(data: dict[str, Any]) -> str | None:
@@ -253,9 +256,7 @@ class RefactLanguageServer(LanguageServer):
             parse_error = isinstance(error, ValueError)  # JSONDecodeError, UnicodeDecodeError
             code, what = (-32700, "Parse error") if parse_error else (-32600, "Invalid Request")
             log.warning("%s: a frame that is not a JSON-RPC message (%s)", what, type(error).__name__)
-            self.protocol._send_data(
-                {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": f"{what}: {error}"[:200]}}
-            )
+            self.protocol.send_error(None, code, f"{what}: {error}"[:200])
             return
         log.error("%s: %s", getattr(source, "__name__", source), error)
 

@@ -165,14 +165,16 @@ class RawServer:
     def stats(self) -> dict[str, Any]:
         return self.call("workspace/executeCommand", {"command": "refact.stats", "arguments": []})
 
-    def wait_model(self, timeout: float = 120.0) -> dict[str, Any]:
+    def wait_model(self, timeout: float = 120.0, source: Any = None) -> dict[str, Any]:
+        """Stats once the model (the one set to ``source``, when given) has loaded or failed."""
         deadline = time.monotonic() + timeout
         while True:
             stats = self.stats()
-            if stats["model"]["state"] in ("ready", "error"):
+            model = stats["model"]
+            if model["state"] in ("ready", "error") and (source is None or model["source"] == str(source)):
                 return stats
             if time.monotonic() > deadline:
-                raise AssertionError(f"the model did not load: {stats['model']}")
+                raise AssertionError(f"the model did not load: {model}")
             time.sleep(0.05)
 
     def open(self, uri: str, text: str, version: int = 1, language: str = "python") -> None:

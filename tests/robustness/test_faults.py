@@ -79,14 +79,8 @@ def configure(server: RawServer, **settings: object) -> None:
 
 
 def wait_state(server: RawServer, model: Path, timeout: float = 60.0) -> dict:
-    """Waits until the model setting ``model`` has loaded or failed."""
-    deadline = time.monotonic() + timeout
-    while True:
-        stats = server.stats()["model"]
-        if stats["source"] == str(model) and stats["state"] in ("ready", "error"):
-            return stats
-        assert time.monotonic() < deadline, f"no end to loading {model}: {stats}"
-        time.sleep(0.05)
+    """The model part of the stats once the model setting ``model`` has loaded or failed."""
+    return server.wait_model(timeout, source=model)["model"]
 
 
 @pytest.fixture(scope="module")
