@@ -636,12 +636,15 @@ async def main_async(args) -> None:
             return
         runs: dict[str, Run] = {}
         try:
-            with section("replay"):
-                runs = await replay_section(client, args, text, cursor, typed)
+            if "replay" in args.sections:
+                with section("replay"):
+                    runs = await replay_section(client, args, text, cursor, typed)
             if "default" in runs:
                 await hit_section(client, runs)
-            await overhead_section(client, args, source)
-            await edit_section(client, source, args.edits)
+            if "overhead" in args.sections:
+                await overhead_section(client, args, source)
+            if "edits" in args.sections:
+                await edit_section(client, source, args.edits)
         finally:
             await client.stop()
         if args.hf and "default" in runs:
@@ -682,6 +685,12 @@ def main() -> None:
         help="transformers generate (default: on CUDA)",
     )
     ap.add_argument("--hf-prompts", type=int, default=8)
+    ap.add_argument(
+        "--sections",
+        type=lambda value: set(value.split(",")),
+        default={"replay", "overhead", "edits"},
+        help="comma-separated: replay (with hits and transformers), overhead, edits (default: all)",
+    )
     args = ap.parse_args()
     if args.naive_keys is None:
         args.naive_keys = 0 if args.device.startswith("cuda") else 16

@@ -17,6 +17,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -253,7 +254,7 @@ class Generator:
         try:
             # cuDNN's attention builds a plan per new sequence length (about a second on an H100) and every
             # prompt length is new: only the attention kernels without per-shape setup are allowed
-            with sdpa_kernel(SDPA_BACKENDS):
+            with sdpa_kernel(SDPA_BACKENDS) if self.device.type == "cuda" else nullcontext():
                 return self._generate(request, should_stop, on_token)
         except torch.OutOfMemoryError as e:
             reason = str(e).splitlines()[0] if str(e) else "out of memory"
@@ -271,15 +272,15 @@ class Generator:
     ) -> GenerationResult:
         t0 = time.perf_counter()
         prompt = list(request.prompt_ids)
-        self._validate(prompt)
+        cache = self.cache
+        reused = cache.common_prefix_len(prompt) if request.kv_reuse else 0
+        self._validate(prompt, checked=reused)  # the cached prefix was checked by an earlier request
         stop = should_stop or (lambda: False)
         result = GenerationResult(text="", prompt_tokens=len(prompt))
         if stop():
             result.stop_reason = "cancelled"
             return result
 
-        cache = self.cache
-        reused = cache.common_prefix_len(prompt) if request.kv_reuse else 0
         reused = min(reused, len(prompt) - 1)  # always recompute the last prompt token for its logits
         cache.truncate(reused)
         result.reused_tokens = reused
@@ -337,12 +338,14 @@ class Generator:
         result.decode_s = t_end - t_first
         return result
 
-    def _validate(self, prompt: list[int]) -> None:
+    def _validate(self, prompt: list[int], checked: int = 0) -> None:
+        """Raise ``ValueError`` for an empty or too long prompt, or ids outside the vocabulary (from
+        ``prompt[checked:]``: the first ``checked`` ids are known to be good)."""
         if not prompt:
             raise ValueError("empty prompt")
         if len(prompt) >= self.n_ctx:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit the context of {self.n_ctx}")
         vocab = self.model.config.vocab_size
-        bad = [t for t in prompt if not 0 <= t < vocab]
+        bad = [t for t in prompt[checked:] if not 0 <= t < vocab]
         if bad:
             raise ValueError(f"prompt has token ids outside the vocabulary: {bad[:5]}")

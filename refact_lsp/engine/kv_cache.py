@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from refact_lsp.token_ids import common_prefix_len
+
 
 class KVCache:
     """Per layer K and V of shape ``[1, n_kv_heads, capacity, head_dim]``; the first ``length`` are valid.
@@ -70,11 +72,7 @@ class KVCache:
 
     def common_prefix_len(self, ids: list[int]) -> int:
         """Number of leading ``ids`` whose keys/values are already cached."""
-        n = min(len(ids), len(self.tokens))
-        i = 0
-        while i < n and ids[i] == self.tokens[i]:
-            i += 1
-        return i
+        return common_prefix_len(ids, self.tokens)
 
     def truncate(self, n: int) -> None:
         """Keep only the first ``n`` cached tokens (the buffers are overwritten later, not cleared)."""

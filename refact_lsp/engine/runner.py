@@ -75,6 +75,7 @@ class ModelRunner:
             self._set_state("loading" if Path(spec.source).expanduser().is_dir() else "downloading")
             with self._gen_lock:  # no generation while the model is swapped
                 self._loaded = self._generator = None
+                gc.unfreeze()  # the old model's reference cycles can go
                 gc.collect()
             try:
                 loaded = load_model(spec, self._progress)
@@ -86,6 +87,10 @@ class ModelRunner:
                 raise ModelLoadError(self.error) from e
             with self._gen_lock:
                 self._loaded, self._generator = loaded, Generator(loaded)
+            # torch, transformers and the model are a few hundred thousand long-lived objects: frozen,
+            # the cyclic GC no longer walks them all in the middle of a keystroke's request
+            gc.collect()
+            gc.freeze()
             self._set_state("ready")
 
     def generate(

@@ -33,9 +33,10 @@ from refact_lsp.service.prompt import (
 )
 from refact_lsp.service.scheduler import Scheduler, Skipped, call_soon_threadsafe
 from refact_lsp.service.settings import Settings, SettingsError
-from refact_lsp.service.speculative import SPECULATIVE_TAG, accept, common_prefix_len
+from refact_lsp.service.speculative import SPECULATIVE_TAG, accept
 from refact_lsp.service.stats import RunRecord, Stats
 from refact_lsp.service.typed_ahead import TypedAheadCache, cursor_keys, cursor_relative, prompt_relative
+from refact_lsp.token_ids import common_prefix_len
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,14 @@ class _Request:
     line_text: str
     lines: Sequence[str]
     selection: tuple[int, int, str] | None = None  # (start index, end index, text) on the cursor line
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A model run's outcome, from the worker thread: its text (None: cancelled or failed), its numbers."""
+
+    text: str | None
+    record: RunRecord | None = None
 
 
 class CompletionService:
@@ -394,7 +403,7 @@ class CompletionService:
                     self.stats.speculative_hits += 1
         if completion is None:
             await ticket.debounce(self.settings.debounceMs / 1000)
-            raw = await ticket.run(lambda stop: self._generate(prompt, stop))
+            raw = (await ticket.run(lambda stop: self._generate(prompt, stop), self._count)).text
             if ticket.superseded:
                 raise Skipped("superseded")
             if raw is None:
@@ -448,7 +457,8 @@ class CompletionService:
         post = self._post_context(spec, prompt)  # read now: the document may change during the run
         ticket = self.scheduler.idle_ticket(uri)
         try:
-            raw = await ticket.run(lambda stop: self._generate(prompt, stop, speculative=True))
+            run = await ticket.run(lambda stop: self._generate(prompt, stop, speculative=True), self._count)
+            raw = run.text
         except Skipped:
             raw = None
         finally:
@@ -463,13 +473,18 @@ class CompletionService:
         if rest:
             self.cache.put(*keys, rest, tag=SPECULATIVE_TAG)
 
-    def _generate(self, prompt: Prompt, stop: threading.Event, speculative: bool = False) -> str | None:
-        """On the worker thread: one model run; its numbers go to the stats on the loop."""
+    def _count(self, run: _Run) -> None:
+        """On the loop: counts a finished model run in the stats."""
+        if run.record is not None:
+            self.stats.record_run(run.record)
+
+    def _generate(self, prompt: Prompt, stop: threading.Event, speculative: bool = False) -> _Run:
+        """On the worker thread: one model run (``_count`` it on the loop)."""
         from refact_lsp.engine.generate import GenerationOutOfMemory, GenerationRequest
 
         runner = self._runner
         if runner is None or runner.state != "ready":
-            return None
+            return _Run(None)
         settings = self.settings
         request = GenerationRequest(
             prompt_ids=list(prompt.ids),
@@ -490,7 +505,7 @@ class CompletionService:
                 result = runner.generate(request, stop)
             except GenerationOutOfMemory as again:
                 self._report(f"{again}; no completion this time")
-                return None
+                return _Run(None)
         self._engine_ids = [*request.prompt_ids, *result.token_ids]
         record = RunRecord(
             stop_reason=result.stop_reason,
@@ -502,11 +517,8 @@ class CompletionService:
             decode_ms=result.decode_s * 1000,
             speculative=speculative,
         )
-        call_soon_threadsafe(self.loop, self.stats.record_run, record)
         log.debug("generated %r (%s)", result.text, result.stop_reason)
-        if result.stop_reason == "cancelled":
-            return None
-        return result.text
+        return _Run(None if result.stop_reason == "cancelled" else result.text, record)
 
     def _report(self, message: str) -> None:
         """A generation problem for the user (from the worker thread)."""

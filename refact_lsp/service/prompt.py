@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Literal
 
 Mode = Literal["single", "multi"]
@@ -29,13 +30,35 @@ CLOSING_CHARS = frozenset(")]}>\"'`;,:.")
 WINDOW_HEADROOM = 16
 """A fresh window leaves budget/16 tokens free, so typing keeps it fitting (and its suffix reusable)."""
 
+WHOLE_TEXTS = 4
+"""Whole texts (and line lists) a ``CachedEncoder`` remembers besides its pieces."""
+
 MAX_CHARS_PER_TOKEN = 8
 """A line longer than this many characters per remaining token is taken as not fitting, untokenized."""
 
 # Safe points to split a text for encoding: between a printable non-space character and "\n". With a
 # GPT-2 style byte-level pre-tokenizer no pre-token crosses such a point, so
 # encode(a + b) == encode(a) + encode(b) there (tested against the real tokenizer).
-_SAFE_SPLIT = re.compile(r"(?<=[!-~\w])\n")
+_SAFE_BEFORE_NEWLINE = re.compile(r"[!-~\w]")
+
+
+def _safe_before_newline(text: str) -> bool:
+    """Whether a "\\n" right after ``text`` is a safe point to split at."""
+    return bool(text) and (" " < text[-1] < "\x7f" or _SAFE_BEFORE_NEWLINE.match(text[-1]) is not None)
+
+
+def split_at_safe_points(text: str) -> list[str]:
+    """``text`` cut before each "\\n" that follows a printable non-space character (``"".join`` undoes it)."""
+    lines = text.split("\n")
+    pieces = [lines[0]]
+    for line in lines[1:]:
+        if _safe_before_newline(pieces[-1]):
+            pieces.append("\n" + line)
+        else:
+            pieces[-1] += "\n" + line
+    return pieces
+
+
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -43,13 +66,17 @@ class CachedEncoder:
     """``encode`` with a bounded cache of line-sized pieces, shared by all documents of one tokenizer.
 
     ``encoder(text)`` equals ``encode(text)``: the text is cut at safe points and each piece's ids are
-    cached, so an unchanged line costs a dict lookup instead of a tokenizer call.
+    cached, so an unchanged line costs a dict lookup instead of a tokenizer call. The last few whole
+    texts and line counts are remembered too: while the user types on one line, the window's other
+    lines (the same string objects) cost one identity comparison each.
     """
 
     def __init__(self, encode: Callable[[str], list[int]], max_entries: int = 100_000):
         self._encode = encode
         self._max_entries = max_entries
         self._pieces: dict[str, list[int]] = {}
+        self._texts: dict[str, list[int]] = {}
+        self._counts: list[tuple[list[str], int]] = []
 
     def _piece(self, piece: str) -> list[int]:
         ids = self._pieces.get(piece)
@@ -62,23 +89,54 @@ class CachedEncoder:
             self._pieces[piece] = ids
         return ids
 
-    def __call__(self, text: str) -> list[int]:
-        ids: list[int] = []
-        start = 0
-        for match in _SAFE_SPLIT.finditer(text):
-            if match.start() > start:
-                ids.extend(self._piece(text[start : match.start()]))
-            start = match.start()
-        if start < len(text):
-            ids.extend(self._piece(text[start:]))
+    def _ids_of(self, pieces: list[str]) -> list[list[int]]:
+        """Each piece's ids: one C-level pass of dict lookups, the tokenizer only for new pieces."""
+        get = self._pieces.get
+        found = [get(piece) for piece in pieces]
+        if None in found:
+            found = [ids if ids is not None else self._piece(p) for ids, p in zip(found, pieces, strict=True)]
+        return found  # type: ignore[return-value]
+
+    def _text_ids(self, text: str) -> list[int]:
+        """``encode(text)``, remembered for the last few texts (shared: do not modify)."""
+        ids = self._texts.get(text)
+        if ids is None:
+            ids = list(chain.from_iterable(self._ids_of(split_at_safe_points(text))))
+            if len(self._texts) >= WHOLE_TEXTS:
+                del self._texts[next(iter(self._texts))]
+            self._texts[text] = ids
         return ids
+
+    def __call__(self, text: str) -> list[int]:
+        return list(self._text_ids(text)) if text else []
+
+    def join(self, lines: list[str], last: str) -> list[int]:
+        """``encode("\\n".join([*lines, last]))`` for a ``last`` without line breaks; ``lines`` unchanged
+        from call to call (the window above the cursor) cost a dict lookup."""
+        if not lines:
+            return self(last)
+        head = "\n".join(lines)
+        if not _safe_before_newline(head):
+            return self(f"{head}\n{last}")
+        return [*self._text_ids(head), *self._piece("\n" + last)]
 
     def count_line(self, line: str) -> int:
         """Tokens that ``line`` adds after a line break (its "\\n" joined to it, as in context)."""
         return len(self._piece("\n" + line))
 
+    def count_lines(self, lines: list[str]) -> int:
+        """``sum(count_line(line) for line in lines)``; the last few answers are remembered."""
+        for known, count in self._counts:
+            if known == lines:  # the same string objects: a pointer comparison per line
+                return count
+        count = sum(map(len, self._ids_of(["\n" + line for line in lines])))
+        self._counts = [(lines, count), *self._counts[: WHOLE_TEXTS - 1]]
+        return count
+
     def clear(self) -> None:
         self._pieces.clear()
+        self._texts.clear()
+        self._counts.clear()
 
 
 @dataclass(frozen=True)
@@ -177,15 +235,17 @@ class _Window:
         self.last = line
 
     def prefix(self) -> str:
-        above = self.doc_lines[self.first : self.line]
-        return "".join(f"{text}\n" for text in above) + self.left
+        return "\n".join([*self.doc_lines[self.first : self.line], self.left])
+
+    def prefix_ids(self, encoder: CachedEncoder) -> list[int]:
+        return encoder.join(self.doc_lines[self.first : self.line], self.left)
 
     def suffix(self) -> str:
-        n = len(self.doc_lines)
-        parts = [(self.right, self.line)] if self.mode == "multi" else []
-        parts += [(self.doc_lines[i], i) for i in range(self.line + 1, self.last + 1)]
+        below = self.doc_lines[self.line + 1 : self.last + 1]
+        parts = [self.right, *below] if self.mode == "multi" else below
         # each document line but the last is followed by a line break
-        return "".join(f"{text}\n" if i < n - 1 else text for text, i in parts)
+        text = "\n".join(parts)
+        return text + "\n" if parts and self.last < len(self.doc_lines) - 1 else text
 
 
 def build_prompt(
@@ -223,7 +283,8 @@ def build_prompt(
     right = line_text[cut:] if mode == "multi" else ""
     cap = max(budget, 0) * MAX_CHARS_PER_TOKEN  # never tokenize more of a huge line than could fit
     left, right = left[len(left) - cap :] if len(left) > cap else left, right[:cap]
-    left_tokens = len(encoder(left)) if left else 0
+    # counted as after a line break, as the prefix's last piece mostly is: one tokenizer call per keystroke
+    left_tokens = encoder.count_line(left) if left else 0
     right_tokens = len(encoder(right)) if right else 0
     if left_tokens + right_tokens > budget:  # a huge cursor line: keep its parts next to the cursor
         right_share = min(right_tokens, budget // 4)
@@ -244,7 +305,7 @@ def build_prompt(
             counts[i] = encoder.count_line(text)
         return counts[i]
 
-    hinted = _hinted_window(window_hint, line, n, used, budget, count)
+    hinted = _hinted_window(window_hint, doc_lines, line, used, budget, encoder)
     if hinted is not None:
         win.first, win.last = hinted
     else:
@@ -252,7 +313,7 @@ def build_prompt(
 
     while True:
         prefix, suffix = win.prefix(), win.suffix()
-        prefix_ids, suffix_ids = encoder(prefix), encoder(suffix)
+        prefix_ids, suffix_ids = win.prefix_ids(encoder), encoder(suffix)
         total = len(prefix_ids) + len(suffix_ids)
         if total <= budget or (win.first == line and win.last == line):
             break
@@ -291,29 +352,24 @@ def _grow_alternately(
 
 def _hinted_window(
     hint: Window | None,
+    doc_lines: Sequence[str],
     line: int,
-    n: int,
     used: int,
     budget: int,
-    count: Callable[[int, int], int | None],
+    encoder: CachedEncoder,
 ) -> Window | None:
     """The previous window if it still suits the cursor, else None (choose a fresh one)."""
     if hint is None:
         return None
+    n = len(doc_lines)
     first, last = hint[0], min(hint[1], n - 1)
     if not 0 <= first <= line <= last:
         return None
-    above = below = 0
-    for i in range(first, last + 1):
-        if i == line:
-            continue
-        tokens = count(i, budget - used - above - below)
-        if tokens is None:
-            return None
-        if i < line:
-            above += tokens
-        else:
-            below += tokens
+    above_lines, below_lines = doc_lines[first:line], doc_lines[line + 1 : last + 1]
+    longest = max(max(map(len, above_lines), default=0), max(map(len, below_lines), default=0))
+    if longest > max(budget - used, 0) * MAX_CHARS_PER_TOKEN:
+        return None  # a line that certainly does not fit
+    above, below = encoder.count_lines(above_lines), encoder.count_lines(below_lines)
     total = used + above + below
     if total > budget:
         return None

@@ -31,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import queue
@@ -65,23 +64,20 @@ class Skipped(Exception):
 
 
 class Worker:
-    """One daemon thread running submitted callables in order.
+    """One daemon thread running submitted callables in order (each hands back its own result).
 
     ``ThreadPoolExecutor`` threads are joined at interpreter exit, so a model download or a long
-    generation would hold up the server's exit; a daemon thread does not.
+    generation would hold up the server's exit; a daemon thread does not. No futures either: a job
+    wakes the event loop once, itself (see :meth:`Ticket.run`).
     """
 
     def __init__(self, name: str = "refact-engine"):
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._jobs.put((fn, future))
-        return future
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
 
     def close(self) -> None:
         self._jobs.put(None)
@@ -93,13 +89,10 @@ class Worker:
 
     def _loop(self) -> None:
         while (job := self._jobs.get()) is not None:
-            fn, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
             try:
-                future.set_result(fn())
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
-                future.set_exception(exc)
+                job()
+            except Exception:  # a job hands back its own errors: this is a bug, and the worker goes on
+                log.exception("worker job failed")
 
 
 class Ticket:
@@ -140,11 +133,14 @@ class Ticket:
         if self.skipped is not None:
             raise Skipped(self.skipped)
 
-    async def run(self, work: Callable[[threading.Event], T]) -> T:
+    async def run(
+        self, work: Callable[[threading.Event], T], on_done: Callable[[T], None] | None = None
+    ) -> T:
         """Waits for the worker, then runs ``work(stop_event)`` on it and returns its result.
 
         Raises :class:`Skipped` if the ticket was skipped before it started. A ticket superseded
-        while running still returns the job's result (check :attr:`superseded`).
+        while running still returns the job's result (check :attr:`superseded`). ``on_done(result)``
+        runs on the loop when the job returns, even if the awaiting task was cancelled meanwhile.
         """
         if self.skipped is not None:
             raise Skipped(self.skipped)
@@ -154,10 +150,25 @@ class Ticket:
             raise Skipped(self.skipped)
         self.running = True
         scheduler = self._scheduler
-        job = scheduler.worker.submit(lambda: work(self.stop))
-        job.add_done_callback(lambda _: call_soon_threadsafe(scheduler.loop, scheduler._release))
+        answer: asyncio.Future[T] = scheduler.loop.create_future()
+
+        def deliver(result: Any, error: BaseException | None) -> None:  # on the loop
+            scheduler._release()
+            if error is None and on_done is not None:
+                on_done(result)
+            if not answer.done():
+                answer.set_exception(error) if error is not None else answer.set_result(result)
+
+        def job() -> None:  # on the worker: one wake-up of the loop hands back the answer and the worker
+            try:
+                result, error = work(self.stop), None
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
+                result, error = None, exc
+            call_soon_threadsafe(scheduler.loop, deliver, result, error)
+
+        scheduler.worker.submit(job)
         try:
-            return await asyncio.wrap_future(job)
+            return await answer
         except asyncio.CancelledError:
             self.stop.set()
             raise

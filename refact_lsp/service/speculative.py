@@ -66,12 +66,3 @@ def accept(lines: Sequence[str], line: int, start: int, end: int, text: str) -> 
     return Accepted(
         SplicedLines(lines, line, new_lines), cursor_line, len(cursor_text) - len(after), cursor_text
     )
-
-
-def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading items ``a`` and ``b`` share."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i

@@ -111,6 +111,26 @@ async def test_cancelling_the_task_stops_the_job_and_holds_the_worker_until_it_r
     assert engine.steps_done["long"] <= 3
 
 
+async def test_on_done_sees_every_result_even_of_a_cancelled_task(scheduler: Scheduler) -> None:
+    engine = Engine()
+    done: list[str] = []
+    ticket = scheduler.ticket("a")
+    running = asyncio.create_task(ticket.run(engine.job("long", steps=100, step_s=0.02), done.append))
+    while "long" not in engine.steps_done:
+        await asyncio.sleep(0.005)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    while scheduler.busy:
+        await asyncio.sleep(0.005)
+    ticket.close()
+    assert done == ["long:stopped"]  # counted although nobody awaited the answer any more
+    other = scheduler.ticket("b")
+    assert await other.run(engine.job("b"), done.append) == "b:done"
+    other.close()
+    assert done == ["long:stopped", "b:done"]
+
+
 async def test_cancelling_a_waiting_task_leaves_the_queue_working(scheduler: Scheduler) -> None:
     engine = Engine()
     running = asyncio.create_task(complete(scheduler, "a", engine.job("a", steps=5)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from refact_lsp.service.speculative import SplicedLines, accept, common_prefix_len
+from refact_lsp.service.speculative import SplicedLines, accept
 
 LINES = ["def f(x):", "    return ", "", "print(f(1))"]
 
@@ -30,9 +30,3 @@ def test_the_view_reads_through_to_the_document() -> None:
     view = SplicedLines(lines, 1, ["a", "b"])
     lines[3] = "changed"
     assert len(view) == 5 and view[4] == "changed"
-
-
-def test_common_prefix_len() -> None:
-    assert common_prefix_len([1, 2, 3], [1, 2, 4, 5]) == 2
-    assert common_prefix_len([], [1]) == 0
-    assert common_prefix_len([1, 2], [1, 2]) == 2
