@@ -246,7 +246,7 @@ def gpu_report(
                     gen._forward(prompt[start : start + 512])
                 got = [gen._decode(t).float()[REAL].clone() for t in ref_tokens[:-1]]
             per_mode[label] = torch.stack(got)
-            captured = gen._graph is not None
+            captured = bool(gen._graphs)
             if graphs:
                 print(f"   CUDA graph captured: {captured} (False: not CUDA or capture failed, see log)")
                 SUMMARY.append(f"CUDA graph captured: {captured}")

@@ -35,6 +35,13 @@ SHORT_TAIL = 8
 """With the fast path, a prompt tail of up to this many new tokens goes through the decode step."""
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 PREFILL_CHUNK = 512  # bounds the float32 attention scores of a long prefill: n_head x 512 x n_ctx
+KV_SLOTS = 4
+"""KV caches kept at once, least recently used dropped first. Each holds one recent prompt: another
+document's window, or the column-0 multi-line prompt right after Enter next to the single-line one of
+the line being typed, keeps its own instead of overwriting the one the next keystroke needs. With one
+key/value head a slot is small (the 1.6B model in bf16: 32 MB at 4,096 tokens)."""
+REUSE_FRACTION = 2
+"""A prompt sharing less than 1/this of itself with every slot starts a new slot (or the oldest)."""
 log = logging.getLogger(__name__)
 
 
@@ -164,31 +171,53 @@ class Generator:
         """Compile the decode step with ``torch.compile`` before capturing it (CUDA graphs only)."""
         self.sdpa_prefill = True
         """Prefill with ``scaled_dot_product_attention`` (on every device: same logits, less memory)."""
-        self._cache: KVCache | None = None
-        self._graph: DecodeGraph | None = None
+        self._caches: list[KVCache] = []  # least recently used first; the last is ``cache``
+        self._graphs: dict[KVCache, DecodeGraph] = {}  # a captured decode step per slot
         self._step_token: torch.Tensor | None = None  # eager static decode: inputs reused in place
         self._step_pos: torch.Tensor | None = None
 
     @property
     def cache(self) -> KVCache:
-        if self._cache is None:
-            cfg = self.model.config
-            self._cache = KVCache(
-                cfg.n_layer,
-                cfg.head_dim,
-                self.n_ctx,
-                device=self.device,
-                dtype=self.model.transformer.wte.weight.dtype,  # int8 keeps float32 embeddings/activations
-            )
-        return self._cache
+        """The KV cache of the current (or last) request."""
+        if not self._caches:
+            self._caches.append(self._new_cache())
+        return self._caches[-1]
+
+    def _new_cache(self) -> KVCache:
+        cfg = self.model.config
+        return KVCache(
+            cfg.n_layer,
+            cfg.head_dim,
+            self.n_ctx,
+            device=self.device,
+            dtype=self.model.transformer.wte.weight.dtype,  # int8 keeps float32 embeddings/activations
+        )
+
+    def _select_cache(self, prompt: list[int], reuse: bool) -> int:
+        """Make the slot that shares the most leading tokens with ``prompt`` the current ``cache``;
+        returns how many it shares. A prompt that shares little with all of them gets a new slot while
+        there are fewer than ``KV_SLOTS``, else the least recently used one (its cache is overwritten)."""
+        if not reuse:
+            return 0  # the current slot, from scratch
+        caches = self._caches
+        shared = [cache.common_prefix_len(prompt) for cache in caches]
+        best = max(range(len(caches)), key=shared.__getitem__, default=None)
+        if best is None or shared[best] * REUSE_FRACTION < len(prompt):
+            if len(caches) < KV_SLOTS:
+                caches.append(self._new_cache())
+                return 0
+            best = 0
+        caches.append(caches.pop(best))
+        return shared[best]
 
     def reset_cache(self) -> None:
-        if self._cache is not None:
-            self._cache.reset()
+        for cache in self._caches:
+            cache.reset()
 
     def release_memory(self) -> None:
-        """Drop the KV cache and the decode graph (rebuilt on the next request) and free device memory."""
-        self._cache = self._graph = self._step_token = self._step_pos = None
+        """Drop the KV caches and the decode graphs (rebuilt on the next request) and free device memory."""
+        self._caches, self._graphs = [], {}
+        self._step_token = self._step_pos = None
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -207,10 +236,12 @@ class Generator:
         if pos >= cache.capacity:
             raise ValueError(f"KV cache overflow: position {pos} >= capacity {cache.capacity}")
         if self.cuda_graphs:
-            if self._graph is None or self._graph.cache is not cache:
-                self._graph = self._capture(token, pos)
-            if self._graph is not None:
-                logits = self._graph.run(token, pos)
+            graph = self._graphs.get(cache)
+            if graph is None:
+                graph = self._capture(token, pos)
+            if graph is not None:
+                self._graphs[cache] = graph
+                logits = graph.run(token, pos)
                 cache.commit([token])
                 return logits
         if self._step_token is None or self._step_pos is None:
@@ -272,8 +303,7 @@ class Generator:
     ) -> GenerationResult:
         t0 = time.perf_counter()
         prompt = list(request.prompt_ids)
-        cache = self.cache
-        reused = cache.common_prefix_len(prompt) if request.kv_reuse else 0
+        reused = self._select_cache(prompt, request.kv_reuse)
         self._validate(prompt, checked=reused)  # the cached prefix was checked by an earlier request
         stop = should_stop or (lambda: False)
         result = GenerationResult(text="", prompt_tokens=len(prompt))
@@ -281,6 +311,7 @@ class Generator:
             result.stop_reason = "cancelled"
             return result
 
+        cache = self.cache
         reused = min(reused, len(prompt) - 1)  # always recompute the last prompt token for its logits
         cache.truncate(reused)
         result.reused_tokens = reused

@@ -29,6 +29,7 @@ from refact_lsp.service.prompt import (
     Prompt,
     build_prompt,
     completion_mode,
+    shift_window,
     shorter_prompt_ids,
 )
 from refact_lsp.service.scheduler import Scheduler, Skipped, call_soon_threadsafe
@@ -265,12 +266,17 @@ class CompletionService:
         if uri not in self.documents:
             log.warning("change for a document that is not open: %s", uri)
             return
-        self.documents.change(
+        shifts = self.documents.change(
             uri,
             version,
             [(None if r is None else ((r[0], r[1]), (r[2], r[3])), text) for r, text in changes],
             self.encoding,
         )
+        window = self._windows.pop(uri, None)
+        for shift in shifts:  # the window follows its lines (a whole-text change forgets it)
+            window = None if window is None or shift is None else shift_window(window, *shift)
+        if window is not None:
+            self._windows[uri] = window
         self.stats.record_latency("change", (time.perf_counter() - started) * 1000)
 
     def close_document(self, uri: str) -> None:

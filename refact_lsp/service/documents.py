@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from typing import overload
+from typing import NamedTuple, overload
 
 from refact_lsp.service.positions import char_index, check_encoding
 
@@ -20,6 +20,15 @@ Range = tuple[Position, Position]
 
 _EOL = re.compile(r"\r\n|\r|\n")
 _EOL_KINDS = ("\n", "\r\n", "\r")  # tie-break order for the dominant line ending
+
+
+class LineShift(NamedTuple):
+    """What an edit did to the line numbers: old lines ``start..end`` (inclusive) were replaced and the
+    document has ``delta`` more lines (fewer if negative); lines after ``end`` moved by ``delta``."""
+
+    start: int
+    end: int
+    delta: int
 
 
 class UnknownDocument(KeyError):
@@ -117,14 +126,15 @@ class Document:
 
     # -- editing ---------------------------------------------------------------------------------
 
-    def apply_change(self, range_: Range | None, text: str, encoding: str) -> None:
-        """Apply one ``contentChanges`` entry: ``range_`` None replaces the whole text.
+    def apply_change(self, range_: Range | None, text: str, encoding: str) -> LineShift | None:
+        """Apply one ``contentChanges`` entry: ``range_`` None replaces the whole text (returns None).
 
         Positions past the end of a line or of the document are clamped; a reversed range is swapped.
+        Returns which lines were replaced and how the line count changed.
         """
         if range_ is None:
             self._set_text(text)
-            return
+            return None
         check_encoding(encoding)
         (sl, sc), (el, ec) = range_
         start = self.clamp(sl, sc, encoding)
@@ -145,6 +155,7 @@ class Document:
             counts["\r"] -= 1
             counts["\r\n"] += 1
             chunk = chunk[1:]
+        count_before = len(self._lines)
         new_lines, new_ends = split_lines(chunk)
         if old_end:  # the chunk's final terminator is followed by line el + 1, not by a new empty line
             new_lines.pop()
@@ -155,6 +166,7 @@ class Document:
         self._lines[sl : el + 1] = new_lines
         self._ends[sl : el + 1] = new_ends
         self._text = None
+        return LineShift(sl, el, len(self._lines) - count_before)
 
     def __repr__(self) -> str:
         return (
@@ -176,13 +188,13 @@ class DocumentStore:
 
     def change(
         self, uri: str, version: int, changes: Iterable[tuple[Range | None, str]], encoding: str
-    ) -> Document:
-        """``didChange``: apply ``(range or None, text)`` entries in order, then record ``version``."""
+    ) -> list[LineShift | None]:
+        """``didChange``: apply ``(range or None, text)`` entries in order, then record ``version``.
+        Returns each entry's :class:`LineShift` (None for a whole-text entry)."""
         doc = self.get(uri)
-        for range_, text in changes:
-            doc.apply_change(range_, text, encoding)
+        shifts = [doc.apply_change(range_, text, encoding) for range_, text in changes]
         doc.version = version
-        return doc
+        return shifts
 
     def close(self, uri: str) -> None:
         """``didClose``: forget the document (closing an unknown URI does nothing)."""

@@ -381,6 +381,17 @@ def _hinted_window(
     return first, last
 
 
+def shift_window(window: Window, start: int, end: int, delta: int) -> Window:
+    """``window`` after an edit replaced lines ``start..end`` and added ``delta`` lines: the same lines
+    of text (those after the edit moved by ``delta``), so the prompt's suffix survives a new line."""
+
+    def moved(i: int, inside: int) -> int:
+        return i if i < start else i + delta if i > end else inside
+
+    first = moved(window[0], start)
+    return first, max(first, moved(window[1], end + delta))
+
+
 def shorter_prompt_ids(ids: Sequence[int]) -> list[int]:
     """The same FIM prompt with half the suffix and half the prefix, keeping the tokens nearest the cursor
     (the retry after the device ran out of memory)."""

@@ -128,7 +128,7 @@ def test_out_of_memory_drops_the_cache_and_recovers(oom_once, fp32, prompts, fas
     tokens: list[str] = []
     with pytest.raises(GenerationOutOfMemory, match="out of memory on cpu .*oom-once"):
         gen.generate(greedy(prompts[0], max_new_tokens=5), on_token=tokens.append)
-    assert gen._cache is None and tokens == []  # raised in the decode loop, after the prefill
+    assert gen._caches == [] and tokens == []  # raised in the decode loop, after the prefill
     again = gen.generate(greedy(prompts[0], max_new_tokens=5))  # one-shot: this one runs
     fresh = Generator(fp32, fast_path=fast_path).generate(greedy(prompts[0], max_new_tokens=5))
     assert again.token_ids == fresh.token_ids and len(again.token_ids) == 5

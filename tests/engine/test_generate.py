@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from refact_lsp.dev.checkpoints import write_scripted_checkpoint
-from refact_lsp.engine.generate import GenerationRequest, Generator, TextStream
+from refact_lsp.engine.generate import KV_SLOTS, GenerationRequest, Generator, TextStream
 from refact_lsp.engine.loading import ModelSpec, load_model
 from refact_lsp.engine.runner import ModelRunner
 from refact_lsp.engine.tokenizer import FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
+from refact_lsp.token_ids import common_prefix_len
 
 
 def fim(tok, prefix: str, suffix: str) -> list[int]:
@@ -119,6 +120,35 @@ def test_kv_reuse_gives_identical_results(scripted, random_ckpt, tokenizer) -> N
     again = gen.generate(GenerationRequest(prompts[-1], max_new_tokens=8, temperature=0.8, seed=5))
     assert again.reused_tokens == len(prompts[-1]) - 1
     assert again.token_ids == outputs[False][-1].token_ids
+
+
+def test_kv_slots_keep_recent_prompts_apart(random_ckpt, tokenizer) -> None:
+    """Prompts that share little take their own slot (up to KV_SLOTS, then the least recently used
+    is overwritten), so going back to an earlier one reuses it; answers never depend on the slots."""
+    gen = Generator(load_model(ModelSpec(str(random_ckpt))))
+    fresh = Generator(gen.loaded)  # the same weights, a slot per request from scratch
+    docs = [fim(tokenizer, f"def f{i}(x):\n    return x + {i}", f"\n\nprint(f{i}({i}))\n") for i in range(6)]
+
+    def run(prompt: list[int]) -> int:
+        res = gen.generate(greedy(prompt, max_new_tokens=4))
+        assert res.token_ids == fresh.generate(greedy(prompt, max_new_tokens=4, kv_reuse=False)).token_ids
+        return res.reused_tokens
+
+    assert [run(p) for p in docs[:KV_SLOTS]] == [0] * KV_SLOTS  # nothing shared: a slot each
+    assert len(gen._caches) == KV_SLOTS
+    # each is still there: everything but its last token is reused
+    assert [run(p) for p in docs[:KV_SLOTS]] == [len(p) - 1 for p in docs[:KV_SLOTS]]
+    # one more overwrites the least recently used (docs[0]): only their common start is reused
+    shared = common_prefix_len(docs[0], docs[KV_SLOTS])
+    assert 0 < shared < len(docs[0]) // 2
+    assert run(docs[KV_SLOTS]) == shared
+    assert len(gen._caches) == KV_SLOTS
+    assert run(docs[1]) == len(docs[1]) - 1
+    assert run(docs[0]) == shared  # it was overwritten
+    # a prompt that mostly shares with one slot continues it: typing at the cursor
+    typed = fim(tokenizer, "def f1(x):\n    return x + 1 + y", "\n\nprint(f1(1))\n")
+    assert run(typed) > len(typed) // 2
+    assert len(gen._caches) == KV_SLOTS
 
 
 def test_seeded_sampling_is_reproducible_and_top_p_tiny_is_greedy(random_ckpt, tokenizer) -> None:

@@ -52,9 +52,9 @@ def test_dominant_eol(text, eol):
 
 def test_eol_follows_edits():
     doc = Document("u", "txt", 0, "a\nb")
-    doc.apply_change(((1, 1), (1, 1)), "\r\nc\r\nd", "utf-16")
+    assert doc.apply_change(((1, 1), (1, 1)), "\r\nc\r\nd", "utf-16") == (1, 1, 2)
     assert doc.eol == "\r\n"
-    doc.apply_change(((0, 0), (3, 0)), "", "utf-16")
+    assert doc.apply_change(((0, 0), (3, 0)), "", "utf-16") == (0, 3, -3)
     assert doc.text == "d"
     assert doc.eol == "\n"
 
@@ -79,7 +79,8 @@ def test_reversed_range_is_swapped():
 
 def test_cr_then_lf_merge_into_one_line_break():
     doc = Document("u", "txt", 1, "a\rX\nb")
-    doc.apply_change(((1, 0), (1, 1)), "", "utf-16")  # delete X: "\r" and "\n" become one "\r\n"
+    shift = doc.apply_change(((1, 0), (1, 1)), "", "utf-16")  # delete X: "\r" and "\n" become "\r\n"
+    assert shift == (1, 1, -1)
     assert doc.text == "a\r\nb"
     assert [doc.line(i) for i in range(doc.line_count)] == ["a", "b"]
     assert doc.eol == "\r\n"
@@ -114,7 +115,9 @@ def test_edit_cost_does_not_depend_on_document_size():
 def test_store_open_change_close():
     store = DocumentStore()
     store.open("file:///a", "python", 1, "abc")
-    doc = store.change("file:///a", 2, [(((0, 3), (0, 3)), "d"), (None, "new")], "utf-8")
+    shifts = store.change("file:///a", 2, [(((0, 3), (0, 3)), "d"), (None, "new")], "utf-8")
+    assert shifts == [(0, 0, 0), None]
+    doc = store.get("file:///a")
     assert doc.version == 2
     assert doc.text == "new"
     assert "file:///a" in store

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from refact_lsp.service.prompt import CachedEncoder, build_prompt, completion_mode
+from refact_lsp.service.prompt import CachedEncoder, build_prompt, completion_mode, shift_window
+from refact_lsp.token_ids import common_prefix_len
 
 DOC = ["def add(a, b):", "    return a + b", "", "def mul(a, b):", "    ", "", "print(add(1, 2))"]
 
@@ -148,6 +149,38 @@ def test_hysteresis_keeps_suffix_tokens_while_typing(encode):
     assert fresh.window != hint
 
 
+@pytest.mark.parametrize(
+    ("start", "end", "delta", "expected"),
+    [
+        (2, 2, 1, (11, 21)),  # a new line above: the window moves with its lines
+        (15, 15, 1, (10, 21)),  # Enter inside: one more line, the same last line of text
+        (20, 20, 1, (10, 21)),  # Enter on the last line: both halves stay in
+        (25, 25, 3, (10, 20)),  # below: nothing moves
+        (15, 17, -2, (10, 18)),  # lines joined inside
+        (8, 12, -4, (8, 16)),  # a deletion that took the first lines: the window starts where it was
+        (5, 25, -20, (5, 5)),  # everything deleted: one line
+    ],
+)
+def test_shift_window_follows_the_lines(start, end, delta, expected):
+    assert shift_window((10, 20), start, end, delta) == expected
+
+
+@pytest.mark.parametrize("multiline", ["never", "auto"])
+def test_enter_then_typing_keeps_the_prompt_before_enter(encode, multiline):
+    """The window follows an inserted line, so the prompt after Enter and a first character shares
+    all of its suffix and the prefix up to the old line's end with the prompt before Enter."""
+    lines = lines_of_code(3000)
+    cached = CachedEncoder(encode)
+    before = build_prompt(lines, 1500, len(lines[1500]), cached, 1500, multiline)
+    lines.insert(1501, "    x")  # Enter, indentation, "x"
+    window = shift_window(before.window, 1500, 1500, 1)
+    after = build_prompt(lines, 1501, 5, cached, 1500, multiline, window_hint=window)
+    assert after.window == window and after.mode == "single"
+    assert after.suffix == before.suffix
+    new_tokens = len(encode("\n    x")) + 1  # and <fim_middle>
+    assert common_prefix_len(before.ids, after.ids) >= len(after.ids) - new_tokens - 1
+
+
 def test_hint_is_dropped_when_the_cursor_leaves_it_or_nears_an_edge(encode):
     lines = lines_of_code(3000)
     p = build_prompt(lines, 1500, 5, encode, 1500, "single")
@@ -204,6 +237,18 @@ def test_cached_encoder_equals_whole_encode(encode, text):
     cached = CachedEncoder(encode, max_entries=8)
     assert cached(text) == encode(text)
     assert cached(text) == encode(text)  # from the cache
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(code_text.map(lambda t: t.replace("\r", "").replace("\n", "")), max_size=8), code_text)
+def test_cached_encoder_join_and_count_lines(encode, lines, last):
+    cached = CachedEncoder(encode, max_entries=8)
+    last = last.replace("\r", "").replace("\n", "")
+    for _ in range(2):  # the second time from what the encoder remembers
+        assert cached.join(lines, last) == encode("\n".join([*lines, last]))
+        assert cached.count_lines(lines) == sum(len(encode("\n" + line)) for line in lines)
+    changed = [*lines[:-1], lines[-1] + "x"] if lines else ["x"]
+    assert cached.count_lines(changed) == sum(len(encode("\n" + line)) for line in changed)
 
 
 def test_cached_encoder_on_real_source(encode):
