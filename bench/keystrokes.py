@@ -217,6 +217,7 @@ class Sample:
     model_ms: float  # prefill + decode of this request's run (0 for a cache answer)
     server_ms: float  # the request's time in the service
     answered: bool
+    generated: int = 0  # tokens decoded by this request's run
 
 
 @dataclass
@@ -261,6 +262,7 @@ class Typist:
                 (last.get("prefill_ms", 0) + last.get("decode_ms", 0)) if runs else 0.0,
                 s.get("last_latency_ms") or 0.0,
                 answer is not None,
+                s["generated_tokens"] - stats_before["generated_tokens"],
             )
         )
         return answer
@@ -356,6 +358,7 @@ def summarize(name: str, samples: list[Sample]) -> dict[str, float]:
         "prefilled_per_run_p50": pct(prefilled, 50) if prefilled else 0.0,
         "prompt_p50": pct([s.prompt_tokens for s in samples if s.model_runs], 50) if prefilled else 0.0,
         "answered": sum(s.answered for s in samples),
+        "generated_per_run": sum(s.generated for s in samples) / max(1, runs),
     }
     print(
         f"   {name:<28} {out['requests']:>4} req  p50 {out['p50']:8.1f} ms  p95 {out['p95']:8.1f} ms  "
@@ -363,7 +366,7 @@ def summarize(name: str, samples: list[Sample]) -> dict[str, float]:
         f"hits {out['cache_hits']:>3} (spec {out['spec_hits']:>2}) | "
         f"prefilled/req {out['prefilled_per_request']:7.1f} tok "
         f"(per run p50 {out['prefilled_per_run_p50']:.0f} "
-        f"of {out['prompt_p50']:.0f})"
+        f"of {out['prompt_p50']:.0f}), decoded/run {out['generated_per_run']:.1f}"
     )
     return out
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from refact_lsp.service.documents import Document, DocumentStore
@@ -47,6 +49,24 @@ SPECULATIVE_PREFILL_CHUNK = 16
 SPECULATIVE_MAX_PREFILL = 256
 """A speculation that would prefill more new tokens than this (the window moved) is not worth it."""
 MODEL_KEYS = ("model", "device", "dtype", "allowPickle")
+RETRY_CHECK_S = 1.0
+"""After a local model failed to load, requests look at most this often whether its files changed."""
+
+
+def local_model_files(source: str) -> tuple[tuple[str, int, int], ...] | None:
+    """(name, mtime, size) of the files in a local model folder; None if ``source`` is no folder."""
+    try:
+        with os.scandir(Path(source).expanduser()) as entries:
+            return tuple(
+                sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries if e.is_file())
+            )
+    except OSError:
+        return None
+
+
+def is_local_source(source: str) -> bool:
+    """A folder path rather than a hub id (``smallcloudai/Refact-1_6B-fim``)."""
+    return source.startswith(("/", "~", ".")) or Path(source).expanduser().is_dir()
 
 
 class ServiceError(Exception):
@@ -153,6 +173,9 @@ class CompletionService:
         self._model_error: str | None = None
         self._loaded: tuple[Any, ...] | None = None  # MODEL_KEYS values of the loaded (or failed) model
         self._load_generation = 0
+        self._failed_files: tuple[Any, ...] | None = None  # the local model's files when it failed
+        self._watching_failed = False
+        self._next_files_check = 0.0
         self._started = False
         self._windows: dict[str, Any] = {}
         self._encoder: CachedEncoder | None = None  # for the loaded tokenizer
@@ -197,6 +220,8 @@ class CompletionService:
     async def _load(self, generation: int, key: tuple[Any, ...]) -> None:
         source = str(key[0])
         self._model_state, self._model_error = "loading", None
+        self._watching_failed = False
+        files = local_model_files(source)  # before loading: a fix made meanwhile counts as a change
         self.events.model_loading(source)
         error: str | None
         try:
@@ -210,6 +235,7 @@ class CompletionService:
         if error:
             self._model_state, self._model_error = "error", error
             log.error("could not load %s: %s", source, error)
+            self._failed_files, self._watching_failed = files, is_local_source(source)
         else:
             self._model_state, self._model_error = "ready", None
             self._windows.clear()
@@ -246,6 +272,19 @@ class CompletionService:
                 self._model_state = state
 
         call_soon_threadsafe(self.loop, update)
+
+    def _reload_if_files_changed(self) -> None:
+        """A local model that failed to load is loaded again once its files change (the user fixed them
+        on disk): looked at on requests, at most every ``RETRY_CHECK_S``."""
+        if not self._watching_failed or self._model_state != "error":
+            return
+        now = time.monotonic()
+        if now < self._next_files_check:
+            return
+        self._next_files_check = now + RETRY_CHECK_S
+        if local_model_files(str(self.settings.model)) != self._failed_files:
+            log.info("the files of %s changed: loading it again", self.settings.model)
+            self._schedule_load()
 
     @property
     def ready(self) -> bool:
@@ -353,6 +392,7 @@ class CompletionService:
         started = time.perf_counter()
         stats = self.stats
         stats.requests += 1
+        self._reload_if_files_changed()
         ticket = self.scheduler.ticket(uri)  # supersedes older requests for this document
         try:
             suggestion = await self._complete(ticket, uri, line, character, selection)

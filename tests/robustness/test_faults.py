@@ -112,6 +112,26 @@ def test_broken_checkpoints_are_reported_and_fixing_the_setting_recovers(
     assert server.inline(SANITY_URI, *SANITY_POSITION) == [SCRIPTED_TEXT]
 
 
+def test_fixing_the_files_on_disk_reloads_on_the_next_request(
+    server: RawServer, scripted_checkpoint: Path, tmp_path: Path
+) -> None:
+    folder = _copy(scripted_checkpoint, tmp_path / "fixed-later")
+    config = (folder / "config.json").read_text()
+    (folder / "config.json").write_text("{ not json")
+    configure(server, model=str(folder))
+    assert wait_state(server, folder)["state"] == "error"
+    time.sleep(1.1)  # requests look at the files at most once a second
+    assert server.inline(SANITY_URI, *SANITY_POSITION) == []  # unchanged files: no new attempt
+    assert server.stats()["model"]["state"] == "error"
+    (folder / "config.json").write_text(config)  # the user fixes the file; no setting changes
+    time.sleep(1.1)
+    assert server.inline(SANITY_URI, *SANITY_POSITION) == []  # this request notices and reloads
+    assert wait_state(server, folder)["state"] == "ready"
+    assert server.inline(SANITY_URI, *SANITY_POSITION) == [SCRIPTED_TEXT]
+    configure(server, model=str(scripted_checkpoint))
+    assert wait_state(server, scripted_checkpoint)["state"] == "ready"
+
+
 def test_out_of_memory_mid_generation_is_reported_and_retried_shorter(scripted_checkpoint: Path) -> None:
     """``REFACT_LSP_FAULT=oom-once``: the first generation runs out of memory inside the decode loop."""
     server = RawServer("--model", str(scripted_checkpoint), env={"REFACT_LSP_FAULT": "oom-once"})
