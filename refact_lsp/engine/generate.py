@@ -40,8 +40,6 @@ KV_SLOTS = 4
 document's window, or the column-0 multi-line prompt right after Enter next to the single-line one of
 the line being typed, keeps its own instead of overwriting the one the next keystroke needs. With one
 key/value head a slot is small (the 1.6B model in bf16: 32 MB at 4,096 tokens)."""
-REUSE_FRACTION = 2
-"""A prompt sharing less than 1/this of itself with every slot starts a new slot (or the oldest)."""
 log = logging.getLogger(__name__)
 
 
@@ -195,14 +193,15 @@ class Generator:
 
     def _select_cache(self, prompt: list[int], reuse: bool) -> int:
         """Make the slot that shares the most leading tokens with ``prompt`` the current ``cache``;
-        returns how many it shares. A prompt that shares little with all of them gets a new slot while
+        returns how many it shares. It is taken when it shares at least half of the prompt or of what it
+        holds (continuing it loses no more than it keeps); otherwise the prompt gets a new slot while
         there are fewer than ``KV_SLOTS``, else the least recently used one (its cache is overwritten)."""
         if not reuse:
             return 0  # the current slot, from scratch
         caches = self._caches
         shared = [cache.common_prefix_len(prompt) for cache in caches]
         best = max(range(len(caches)), key=shared.__getitem__, default=None)
-        if best is None or shared[best] * REUSE_FRACTION < len(prompt):
+        if best is None or 2 * shared[best] < min(len(prompt), caches[best].length):
             if len(caches) < KV_SLOTS:
                 caches.append(self._new_cache())
                 return 0

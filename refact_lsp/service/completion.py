@@ -36,7 +36,7 @@ from refact_lsp.service.prompt import (
 )
 from refact_lsp.service.scheduler import Scheduler, Skipped, call_soon_threadsafe
 from refact_lsp.service.settings import Settings, SettingsError
-from refact_lsp.service.speculative import SPECULATIVE_TAG, accept
+from refact_lsp.service.speculative import SPECULATIVE_TAG, accept, next_line_indent
 from refact_lsp.service.stats import RunRecord, Stats
 from refact_lsp.service.typed_ahead import TypedAheadCache, cursor_keys, cursor_relative, prompt_relative
 from refact_lsp.token_ids import common_prefix_len
@@ -180,7 +180,7 @@ class CompletionService:
         self._windows: dict[str, Any] = {}
         self._encoder: CachedEncoder | None = None  # for the loaded tokenizer
         self._closed = False
-        self._engine_ids: list[int] = []  # what the engine's KV cache holds after the last run (about)
+        self._engine_ids: Sequence[int] = ()  # the last run's prompt (the KV slot it is in holds it)
         self._speculation: asyncio.Future[None] | None = None
 
     # Settings and the model -----------------------------------------------------------------------
@@ -356,7 +356,8 @@ class CompletionService:
     def _mode(self, req: _Request) -> str | None:
         return completion_mode(req.line_text, req.index, self.settings.multiline, self.settings.midLine)
 
-    def _build_prompt(self, req: _Request, mode: str) -> Prompt:
+    def _build_prompt(self, req: _Request, mode: str, window: Any = None) -> Prompt:
+        """The prompt for ``req``, with the document's last window as the hint (or ``window``)."""
         if self._encoder is None:
             self._encoder = CachedEncoder(self._runner.tokenizer.encode_text)
         return build_prompt(
@@ -368,7 +369,7 @@ class CompletionService:
             mode,
             # the window is kept while it suits the cursor (whatever the settings, so that they never
             # change the prompt): the suffix, first in SPM order, then stays the same and reusable
-            window_hint=self._windows.get(req.doc.uri),
+            window_hint=window or self._windows.get(req.doc.uri),
         )
 
     def prompt_info(self, uri: str, line: int, character: int) -> dict[str, Any] | None:
@@ -460,17 +461,18 @@ class CompletionService:
                 self.cache.put(*keys, rest)
         else:
             self.stats.record_latency("hit", (time.perf_counter() - t_prompt) * 1000)
-        if not completion:
-            return None
-        suggestion = self._suggestion(req, prompt.mode, completion)
-        if suggestion is not None and req.selection is None:
-            self._start_speculation(req, prompt.mode, completion)
+        suggestion = self._suggestion(req, prompt.mode, completion) if completion else None
+        if req.selection is None:  # once the answer is on its way
+            self.loop.call_soon(
+                self._start_speculation, req, prompt.mode, completion if suggestion is not None else None
+            )
         return suggestion
 
     # Speculation ----------------------------------------------------------------------------------
 
-    def _start_speculation(self, req: _Request, mode: str, completion: str) -> None:
-        """After answering ``completion``: compute the next one as if it were accepted (in the background)."""
+    def _start_speculation(self, req: _Request, mode: str, completion: str | None) -> None:
+        """After answering: in the background, the completions the user will most likely ask for next,
+        after accepting ``completion`` and after pressing Enter at the end of the line."""
         settings = self.settings
         if not (settings.speculative and settings.completionCache and settings.kvReuse) or self._closed:
             return
@@ -478,28 +480,49 @@ class CompletionService:
             self._speculation.cancel()
         self._speculation = asyncio.ensure_future(self._speculate(req, mode, completion))
 
-    async def _speculate(self, req: _Request, mode: str, completion: str) -> None:
+    async def _speculate(self, req: _Request, mode: str, completion: str | None) -> None:
         """Runs on an idle worker only; any request or change preempts it (see ``Scheduler.idle_ticket``)."""
-        doc, version, settings, generation = req.doc, req.doc.version, self.settings, self._load_generation
         await asyncio.sleep(0)  # let the answer go out first
+        if completion:
+            edit = line_edit(req.line_text, req.line, req.index, completion, mode)  # type: ignore[arg-type]
+            if edit is not None:
+                done = await self._speculate_after(
+                    req, edit.start_index, edit.end_index, edit.new_text, SPECULATIVE_MAX_PREFILL
+                )
+                if not done:
+                    return
+        if req.index == len(req.line_text) and req.line_text.strip():
+            # Enter: the column-0 multi-line prompt of the new line shares no prefix with the one before,
+            # so its prefill runs now, in idle time, a chunk at a time; what a preempted run computed
+            # stays in its KV slot for the next try (and for the real request after Enter)
+            indent = next_line_indent(req.line_text, req.doc.language_id)
+            await self._speculate_after(req, req.index, req.index, "\n" + indent, None)
+
+    async def _speculate_after(
+        self, req: _Request, start: int, end: int, new_text: str, max_prefill: int | None
+    ) -> bool:
+        """Completes where the cursor would be after replacing ``[start, end)`` of the cursor line with
+        ``new_text`` and caches the answer under that position's keys. False: stopped, go no further."""
+        doc, version, settings, generation = req.doc, req.doc.version, self.settings, self._load_generation
         uri = doc.uri
         current = self.documents.get(uri) if uri in self.documents else None
         if current is not doc or doc.version != version or self.settings is not settings or not self.ready:
-            return
-        edit = line_edit(req.line_text, req.line, req.index, completion, mode)  # type: ignore[arg-type]
-        if edit is None:
-            return
-        after = accept(req.lines, req.line, edit.start_index, edit.end_index, edit.new_text)
+            return False
+        after = accept(req.lines, req.line, start, end, new_text)
         spec = _Request(doc, after.line, after.index, after.line_text, after.lines)
         spec_mode = self._mode(spec)
         if spec_mode is None:
-            return
-        prompt = self._build_prompt(spec, spec_mode)  # the same window as the request after accepting
+            return True
+        window = self._windows.get(uri)  # as the edit will move it (see ``change``)
+        if window is not None:
+            window = shift_window(window, req.line, req.line, new_text.count("\n"))
+        prompt = self._build_prompt(spec, spec_mode, window)  # the prompt of the request after the edit
         keys = cursor_keys(prompt, spec.line_text, spec.index)
         if self.cache.lookup(*keys) is not None:
-            return  # already known (e.g. typed ahead)
-        if len(prompt.ids) - common_prefix_len(prompt.ids, self._engine_ids) > SPECULATIVE_MAX_PREFILL:
-            return
+            return True  # already known (e.g. typed ahead)
+        new_tokens = len(prompt.ids) - common_prefix_len(prompt.ids, self._engine_ids)
+        if max_prefill is not None and new_tokens > max_prefill:
+            return True
         post = self._post_context(spec, prompt)  # read now: the document may change during the run
         ticket = self.scheduler.idle_ticket(uri)
         try:
@@ -511,13 +534,14 @@ class CompletionService:
             ticket.close()
         if raw is None:
             self.stats.speculative_cancelled += 1
-            return
+            return False
         self.stats.speculative_runs += 1
         if self.settings is not settings or self._load_generation != generation:
-            return  # the cache was cleared meanwhile: this answer belongs to other settings
+            return False  # the cache was cleared meanwhile: this answer belongs to other settings
         rest = cursor_relative(postprocess(raw, post), spec.line_text, spec.index, prompt.prefix_cut)
         if rest:
             self.cache.put(*keys, rest, tag=SPECULATIVE_TAG)
+        return True
 
     def _count(self, run: _Run) -> None:
         """On the loop: counts a finished model run in the stats."""
@@ -533,7 +557,7 @@ class CompletionService:
             return _Run(None)
         settings = self.settings
         request = GenerationRequest(
-            prompt_ids=list(prompt.ids),
+            prompt_ids=prompt.ids,  # the engine copies it
             max_new_tokens=settings.maxNewTokens,
             temperature=settings.temperature,
             top_p=settings.topP,
@@ -552,7 +576,7 @@ class CompletionService:
             except GenerationOutOfMemory as again:
                 self._report(f"{again}; no completion this time")
                 return _Run(None)
-        self._engine_ids = [*request.prompt_ids, *result.token_ids]
+        self._engine_ids = request.prompt_ids  # (what follows the prompt never matches a new one)
         record = RunRecord(
             stop_reason=result.stop_reason,
             prompt_tokens=result.prompt_tokens,
@@ -614,6 +638,8 @@ class CompletionService:
         snapshot["model_state"] = self._model_state
         snapshot["documents"] = len(self.documents)
         snapshot["busy"] = self.scheduler.busy
-        snapshot["speculating"] = self.scheduler.speculating
+        snapshot["speculating"] = self.scheduler.speculating or (
+            self._speculation is not None and not self._speculation.done()
+        )
         snapshot["waiting"] = self.scheduler.waiting
         return snapshot

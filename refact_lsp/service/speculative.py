@@ -66,3 +66,21 @@ def accept(lines: Sequence[str], line: int, start: int, end: int, text: str) -> 
     return Accepted(
         SplicedLines(lines, line, new_lines), cursor_line, len(cursor_text) - len(after), cursor_text
     )
+
+
+_OPENERS = (":", "{", "(", "[")
+_PYTHON_DEDENT = ("return", "pass", "break", "continue", "raise")
+
+
+def next_line_indent(line_text: str, language_id: str = "") -> str:
+    """The indentation an editor gives the new line when Enter is pressed at the end of ``line_text``:
+    the same, one level more after an opening ``:``/``{``/``(``/``[``, one less after Python's
+    ``return``/``pass``/``break``/``continue``/``raise`` (VS Code's and Neovim's usual rules)."""
+    indent = line_text[: len(line_text) - len(line_text.lstrip())]
+    unit = "\t" if indent.startswith("\t") else "    "
+    code = line_text.strip()
+    if code.endswith(_OPENERS):
+        return indent + unit
+    if language_id == "python" and code.split(" ", 1)[0] in _PYTHON_DEDENT:
+        return indent[: -len(unit)] if indent.endswith(unit) else indent
+    return indent

@@ -247,3 +247,46 @@ async def test_accepting_a_suggestion_is_answered_by_the_speculation(session: Se
         after = await session.stats()
         assert after["model_runs"] == before["model_runs"]
         assert after["cache_hits"] == before["cache_hits"] + 1
+
+
+async def test_pressing_enter_is_answered_by_the_speculation(session: Session) -> None:
+    """After a request at the end of a line, the idle model completes the new line Enter would make
+    (with the indentation an editor gives it); that request then costs no model run and answers what
+    the model answers without the cache."""
+    session.configure(DEFAULTS)
+    await asyncio.sleep(0.1)
+    source = Path(SOURCE).read_text(encoding="utf-8")
+    replay = Replay(session, uri_of("enter.py"), source)
+    session.open(replay.uri, source)
+    line_ends = [i for i, ch in enumerate(source) if ch == "\n" and source[i - 1] not in ":({[ \n"]
+    hit = None
+    for offset in line_ends[10:40]:
+        line_start = source.rfind("\n", 0, offset) + 1
+        indent = source[line_start:offset][
+            : len(source[line_start:offset]) - len(source[line_start:offset].lstrip())
+        ]
+        if source[line_start:offset].strip().split(" ", 1)[0] in (
+            "return",
+            "pass",
+            "raise",
+            "break",
+            "continue",
+        ):
+            continue  # the new line would be dedented: keep the test to the plain case
+        await replay.request(offset)
+        await replay.settle()
+        replay.edit(offset, offset, "\n" + indent)
+        before = await session.stats()
+        answer = await replay.request(offset + 1 + len(indent))
+        after = await session.stats()
+        if answer is not None and after["speculative"]["hits"] == before["speculative"]["hits"] + 1:
+            hit = answer
+            break
+        replay.edit(offset, offset + 1 + len(indent), "")
+    assert hit is not None, "no line end where the speculation answered Enter"
+    assert after["model_runs"] == before["model_runs"]
+    session.configure({"completionCache": False})
+    await asyncio.sleep(0.1)
+    assert await replay.request(offset + 1 + len(indent)) == hit
+    session.configure(DEFAULTS)
+    await asyncio.sleep(0.1)

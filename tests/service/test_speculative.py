@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from refact_lsp.service.speculative import SplicedLines, accept
+from refact_lsp.service.speculative import SplicedLines, accept, next_line_indent
 
 LINES = ["def f(x):", "    return ", "", "print(f(1))"]
 
@@ -30,3 +30,20 @@ def test_the_view_reads_through_to_the_document() -> None:
     view = SplicedLines(lines, 1, ["a", "b"])
     lines[3] = "changed"
     assert len(view) == 5 and view[4] == "changed"
+
+
+@pytest.mark.parametrize(
+    ("line", "language", "expected"),
+    [
+        ("    x = 1", "python", "    "),
+        ("    def f(x):", "python", "        "),
+        ("\tif x {", "go", "\t\t"),
+        ("    call(", "python", "        "),
+        ("        return x", "python", "    "),
+        ("    return x", "rust", "    "),  # only Python dedents after return
+        ("pass", "python", ""),
+        ("x = 1", "python", ""),
+    ],
+)
+def test_next_line_indent(line: str, language: str, expected: str) -> None:
+    assert next_line_indent(line, language) == expected
