@@ -49,6 +49,9 @@ SPECULATIVE_PREFILL_CHUNK = 16
 SPECULATIVE_MAX_PREFILL = 256
 """A speculation that would prefill more new tokens than this (the window moved) is not worth it."""
 MODEL_KEYS = ("model", "device", "dtype", "allowPickle")
+ENTER_SPECULATION_MAX_STEP_MS = 20.0
+"""The Enter speculation runs only where a decode step (how long a real request may wait for a
+preempted speculation) takes at most this long: a GPU, or a small model on a CPU."""
 RETRY_CHECK_S = 1.0
 """After a local model failed to load, requests look at most this often whether its files changed."""
 
@@ -491,7 +494,9 @@ class CompletionService:
                 )
                 if not done:
                     return
-        if req.index == len(req.line_text) and req.line_text.strip():
+        step_ms = self.stats.p50("decode_per_token")
+        short_steps = step_ms is not None and step_ms <= ENTER_SPECULATION_MAX_STEP_MS
+        if short_steps and req.index == len(req.line_text) and req.line_text.strip():
             # Enter: the column-0 multi-line prompt of the new line shares no prefix with the one before,
             # so its prefill runs now, in idle time, a chunk at a time; what a preempted run computed
             # stays in its KV slot for the next try (and for the real request after Enter)

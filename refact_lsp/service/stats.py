@@ -95,6 +95,11 @@ class Stats:
         if run.generated_tokens:
             self.record_latency("decode_per_token", run.decode_ms / run.generated_tokens)
 
+    def p50(self, stage: str) -> float | None:
+        """The median of ``stage``'s window (None before its first sample)."""
+        window = self._latencies.get(stage)
+        return percentile(list(window), 50) if window else None
+
     def latency_summary(self) -> dict[str, dict[str, float | int | None]]:
         """``{stage: {"p50", "p95", "count"}}`` in milliseconds, rounded to microseconds."""
         summary: dict[str, dict[str, float | int | None]] = {}

@@ -40,3 +40,11 @@ def test_latency_windows_are_bounded_and_total_sets_last_latency() -> None:
     assert summary["count"] == LATENCY_WINDOW
     assert summary["p50"] >= 500  # the oldest 500 samples were forgotten
     assert stats.snapshot()["last_latency_ms"] == float(LATENCY_WINDOW + 499)
+
+
+def test_p50_of_a_stage() -> None:
+    stats = Stats()
+    assert stats.p50("decode_per_token") is None
+    for ms in (30.0, 10.0, 20.0):
+        stats.record_latency("decode_per_token", ms)
+    assert stats.p50("decode_per_token") == 20.0
