@@ -250,6 +250,16 @@ SCRIPTED_TEXT = "a + b"
 SETTINGS = {"temperature": 0, "debounceMs": 0, "maxNewTokens": 16}
 
 
+def configure(server: RawServer, **settings: object) -> None:
+    """``workspace/didChangeConfiguration`` with ``SETTINGS`` plus ``settings``."""
+    server.notify("workspace/didChangeConfiguration", {"settings": {"refact": {**SETTINGS, **settings}}})
+
+
+def wait_state(server: RawServer, model: Any, timeout: float = 60.0) -> dict:
+    """The model part of the stats once the model setting ``model`` has loaded or failed."""
+    return server.wait_model(timeout, source=model)["model"]
+
+
 def start_fuzz_server(checkpoint: Any, stderr_path: Any = None) -> RawServer:
     """A server on the scripted checkpoint with the sanity document open."""
     server = RawServer("--model", str(checkpoint), stderr_path=stderr_path)

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from .fuzz_cases import SANITY_POSITION, SANITY_TEXT, SANITY_URI, SCRIPTED_TEXT, SETTINGS
+from .fuzz_cases import (
+    SANITY_POSITION,
+    SANITY_TEXT,
+    SANITY_URI,
+    SCRIPTED_TEXT,
+    SETTINGS,
+    configure,
+    wait_state,
+)
 from .rpc import RawServer
 
 
@@ -72,15 +80,6 @@ def shown_messages(server: RawServer, since: int = 0) -> list[str]:
     return [
         n["params"]["message"] for n in server.notifications[since:] if n["method"] == "window/showMessage"
     ]
-
-
-def configure(server: RawServer, **settings: object) -> None:
-    server.notify("workspace/didChangeConfiguration", {"settings": {"refact": {**SETTINGS, **settings}}})
-
-
-def wait_state(server: RawServer, model: Path, timeout: float = 60.0) -> dict:
-    """The model part of the stats once the model setting ``model`` has loaded or failed."""
-    return server.wait_model(timeout, source=model)["model"]
 
 
 @pytest.fixture(scope="module")

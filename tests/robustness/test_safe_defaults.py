@@ -13,9 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from .fuzz_cases import SANITY_POSITION, SANITY_TEXT, SANITY_URI, SCRIPTED_TEXT, SETTINGS
+from .fuzz_cases import (
+    SANITY_POSITION,
+    SANITY_TEXT,
+    SANITY_URI,
+    SCRIPTED_TEXT,
+    SETTINGS,
+    configure,
+    wait_state,
+)
 from .rpc import REPO, RawServer
-from .test_faults import configure, wait_state
 
 SECRET = "TOPSECRET_7f3a9c"
 SITECUSTOMIZE = """
