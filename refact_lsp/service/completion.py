@@ -14,16 +14,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from refact_lsp.service.documents import Document, DocumentStore
 from refact_lsp.service.edits import line_edit
+from refact_lsp.service.model_files import is_local_source, local_model_files
 from refact_lsp.service.positions import Encoding, lsp_character
 from refact_lsp.service.postprocess import PostContext, postprocess
 from refact_lsp.service.prompt import (
@@ -54,22 +53,6 @@ ENTER_SPECULATION_MAX_STEP_MS = 20.0
 preempted speculation) takes at most this long: a GPU, or a small model on a CPU."""
 RETRY_CHECK_S = 1.0
 """After a local model failed to load, requests look at most this often whether its files changed."""
-
-
-def local_model_files(source: str) -> tuple[tuple[str, int, int], ...] | None:
-    """(name, mtime, size) of the files in a local model folder; None if ``source`` is no folder."""
-    try:
-        with os.scandir(Path(source).expanduser()) as entries:
-            return tuple(
-                sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries if e.is_file())
-            )
-    except OSError:
-        return None
-
-
-def is_local_source(source: str) -> bool:
-    """A folder path rather than a hub id (``smallcloudai/Refact-1_6B-fim``)."""
-    return source.startswith(("/", "~", ".")) or Path(source).expanduser().is_dir()
 
 
 class ServiceError(Exception):
