@@ -160,7 +160,6 @@ class CompletionService:
         self._loaded: tuple[Any, ...] | None = None  # MODEL_KEYS values of the loaded (or failed) model
         self._load_generation = 0
         self._failed_files: tuple[Any, ...] | None = None  # the local model's files when it failed
-        self._watching_failed = False
         self._next_files_check = 0.0
         self._started = False
         self._windows: dict[str, Any] = {}
@@ -206,7 +205,6 @@ class CompletionService:
     async def _load(self, generation: int, key: tuple[Any, ...]) -> None:
         source = str(key[0])
         self._model_state, self._model_error = "loading", None
-        self._watching_failed = False
         files = local_model_files(source)  # before loading: a fix made meanwhile counts as a change
         self.events.model_loading(source)
         error: str | None
@@ -221,7 +219,7 @@ class CompletionService:
         if error:
             self._model_state, self._model_error = "error", error
             log.error("could not load %s: %s", source, error)
-            self._failed_files, self._watching_failed = files, is_local_source(source)
+            self._failed_files = files
         else:
             self._model_state, self._model_error = "ready", None
             self._windows.clear()
@@ -262,13 +260,14 @@ class CompletionService:
     def _reload_if_files_changed(self) -> None:
         """A local model that failed to load is loaded again once its files change (the user fixed them
         on disk): looked at on requests, at most every ``RETRY_CHECK_S``."""
-        if not self._watching_failed or self._model_state != "error":
+        if self._model_state != "error":
             return
         now = time.monotonic()
         if now < self._next_files_check:
             return
         self._next_files_check = now + RETRY_CHECK_S
-        if local_model_files(str(self.settings.model)) != self._failed_files:
+        source = str(self.settings.model)  # the one that failed: another setting would be loading
+        if is_local_source(source) and local_model_files(source) != self._failed_files:
             log.info("the files of %s changed: loading it again", self.settings.model)
             self._schedule_load()
 

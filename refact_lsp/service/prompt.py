@@ -110,15 +110,16 @@ class CachedEncoder:
     def __call__(self, text: str) -> list[int]:
         return list(self._text_ids(text)) if text else []
 
-    def join(self, lines: list[str], last: str) -> list[int]:
-        """``encode("\\n".join([*lines, last]))`` for a ``last`` without line breaks; ``lines`` unchanged
-        from call to call (the window above the cursor) cost a dict lookup."""
+    def join(self, lines: list[str], last: str) -> tuple[str, list[int]]:
+        """``text = "\\n".join([*lines, last])`` and ``encode(text)``, for a ``last`` without line breaks;
+        ``lines`` unchanged from call to call (the window above the cursor) cost a dict lookup."""
         if not lines:
-            return self(last)
+            return last, self(last)
         head = "\n".join(lines)
+        text = f"{head}\n{last}"
         if not _safe_before_newline(head):
-            return self(f"{head}\n{last}")
-        return [*self._text_ids(head), *self._piece("\n" + last)]
+            return text, self(text)
+        return text, [*self._text_ids(head), *self._piece("\n" + last)]
 
     def count_line(self, line: str) -> int:
         """Tokens that ``line`` adds after a line break (its "\\n" joined to it, as in context)."""
@@ -234,10 +235,8 @@ class _Window:
         self.first = line
         self.last = line
 
-    def prefix(self) -> str:
-        return "\n".join([*self.doc_lines[self.first : self.line], self.left])
-
-    def prefix_ids(self, encoder: CachedEncoder) -> list[int]:
+    def prefix(self, encoder: CachedEncoder) -> tuple[str, list[int]]:
+        """The lines above the cursor line and its left part: the text and its ids."""
         return encoder.join(self.doc_lines[self.first : self.line], self.left)
 
     def suffix(self) -> str:
@@ -312,8 +311,8 @@ def build_prompt(
         _grow_alternately(win, n, used, budget - budget // WINDOW_HEADROOM, count)
 
     while True:
-        prefix, suffix = win.prefix(), win.suffix()
-        prefix_ids, suffix_ids = win.prefix_ids(encoder), encoder(suffix)
+        (prefix, prefix_ids), suffix = win.prefix(encoder), win.suffix()
+        suffix_ids = encoder(suffix)
         total = len(prefix_ids) + len(suffix_ids)
         if total <= budget or (win.first == line and win.last == line):
             break

@@ -245,7 +245,8 @@ def test_cached_encoder_join_and_count_lines(encode, lines, last):
     cached = CachedEncoder(encode, max_entries=8)
     last = last.replace("\r", "").replace("\n", "")
     for _ in range(2):  # the second time from what the encoder remembers
-        assert cached.join(lines, last) == encode("\n".join([*lines, last]))
+        text = "\n".join([*lines, last])
+        assert cached.join(lines, last) == (text, encode(text))
         assert cached.count_lines(lines) == sum(len(encode("\n" + line)) for line in lines)
     changed = [*lines[:-1], lines[-1] + "x"] if lines else ["x"]
     assert cached.count_lines(changed) == sum(len(encode("\n" + line)) for line in changed)
