@@ -35,6 +35,7 @@ from contextlib import contextmanager
 import torch
 
 from refact_lsp.dev.checkpoints import fixture_tokenizer_path, random_model
+from refact_lsp.dev.op_count import decode_step_ops
 from refact_lsp.engine.generate import GenerationRequest, Generator
 from refact_lsp.engine.loading import LoadedModel, resolve_device
 from refact_lsp.engine.quantize import quantize_int8
@@ -152,6 +153,14 @@ def drift(ref: torch.Tensor, other: torch.Tensor) -> tuple[float, float, float, 
     return diff.max().item(), diff.mean().item(), 100 * agree, 100 * in_top5
 
 
+def ops_line(model) -> str:
+    """Tensor operations (about the kernels a GPU launches) in one static decode step."""
+    ops = decode_step_ops(model)
+    n_layer = model.config.n_layer
+    top = ", ".join(f"{name} {n}" for name, n in ops.most_common(6))
+    return f"decode step: {sum(ops.values())} tensor operations for {n_layer} layers ({top}, ...)"
+
+
 def same_prefix(a: list[int], b: list[int]) -> int:
     """How many leading tokens two greedy runs share (after a divergence the rest differs by construction)."""
     n = 0
@@ -183,6 +192,7 @@ def speed_report(args: argparse.Namespace, device: torch.device, tok: RefactToke
                     f"   prefill {pf:9.1f} tok/s  decode {dec:8.2f} ms/token  "
                     f"(reads {gb:.2f} GB/token: bandwidth floor {floor:.2f} ms/token, x{dec / floor:.2f})"
                 )
+                print(f"   {ops_line(loaded.model)}")
                 SUMMARY.append(f"{shape} {dtype}: prefill {pf:.1f} tok/s, decode {dec:.2f} ms/token")
                 if args.hf_generate:
                     gen_s, theirs = bench_hf_generate(loaded.model, prompt, args.steps, device)
@@ -196,9 +206,8 @@ def speed_report(args: argparse.Namespace, device: torch.device, tok: RefactToke
                 free(device)
 
 
-def gpu_report(
-    args: argparse.Namespace, device: torch.device, tok: RefactTokenizer, shape: str = "real"
-) -> None:
+def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokenizer) -> None:
+    shape = args.shapes  # "real"; "tiny" for a dry run of the report on the CPU
     torch.backends.cuda.matmul.allow_tf32 = False  # a true float32 reference
     torch.backends.cudnn.allow_tf32 = False
     prompt = random_prompt(args.prompt_len)
@@ -223,6 +232,9 @@ def gpu_report(
         gb, floor = decode_floor_ms(loaded, bw)
         st["floor"] = floor
         print(f"   a decode step reads {gb:.2f} GB: bandwidth floor {floor:.2f} ms/token at {bw:.0f} GB/s")
+        line = ops_line(loaded.model)
+        print(f"   {line}")
+        SUMMARY.append(line)
 
     with section("bf16 vs float32 logits: prefill of the whole prompt"):
         ref = st["ref"]
@@ -240,7 +252,7 @@ def gpu_report(
         ref, ref_tokens = st["ref"], st["ref_tokens"]
         per_mode = {}
         for label, graphs in (("CUDA graph", True), ("static eager", False)):
-            gen = Generator(loaded, cuda_graphs=graphs)
+            gen = Generator(loaded, fast_path=True, cuda_graphs=graphs)
             with torch.inference_mode():
                 for start in range(0, n, 512):
                     gen._forward(prompt[start : start + 512])
@@ -266,9 +278,12 @@ def gpu_report(
     with section("bf16 speed: prefill and decode, with and without the fast path"):
         floor = st.get("floor", float("nan"))
         modes = (
-            ("fast path: SDPA prefill, CUDA-graph decode", {}),
-            ("fast path without CUDA graphs (static eager decode)", {"cuda_graphs": False}),
-            ("fast path, decode step through torch.compile, then a CUDA graph", {"compile_decode": True}),
+            ("fast path: SDPA prefill, CUDA-graph decode", {"fast_path": True}),
+            ("fast path, static eager decode (no CUDA graphs)", {"fast_path": True, "cuda_graphs": False}),
+            (
+                "fast path, decode step through torch.compile, then a CUDA graph",
+                {"fast_path": True, "compile_decode": True},
+            ),
             ("no fast path: matmul prefill, dynamic eager decode", {"fast_path": False}),
         )
         for label, options in modes:
@@ -357,8 +372,8 @@ def main() -> None:
 
     device = resolve_device(args.device)
     report = args.report or ("gpu" if device.type == "cuda" else "speed")
-    if report == "gpu" and device.type != "cuda":
-        raise SystemExit("--report gpu needs a CUDA device")
+    if report == "gpu" and device.type != "cuda" and args.shapes in (None, "real"):
+        raise SystemExit("--report gpu needs a CUDA device (or, as a dry run on the CPU, --shapes tiny)")
     if report == "int8" and device.type != "cpu":
         raise SystemExit("--report int8 runs on the CPU (--device cpu)")
     args.shapes = args.shapes or {"speed": "tiny,real", "int8": "mid", "gpu": "real"}[report]

@@ -223,6 +223,7 @@ class RefactLanguageServer(LanguageServer):
         self._service: CompletionService | None = None
         self._progress: LoadProgress | None = None
         self._shown_generation_problem = False
+        self._quiet_load: str | None = None  # the source of a quiet retry without a progress bar yet
 
     def start_io(self, stdin=None, stdout=None) -> None:
         """Serves over stdio with this server's framing (see :mod:`refact_lsp.transport`)."""
@@ -261,32 +262,46 @@ class RefactLanguageServer(LanguageServer):
         log.error("%s: %s", getattr(source, "__name__", source), error)
 
     # Events from the service (always called on the event loop).
-    def model_loading(self, source: str) -> None:
+    def model_loading(self, source: str, quiet: bool = False) -> None:
+        """A load starts: a progress bar, except for a quiet retry (its bar comes once a download runs)."""
         if self._progress is not None:
             self._progress.end("superseded by a new load")
             self._progress = None
+        self._quiet_load = source if quiet else None
+        if not quiet:
+            self._start_progress(source)
+
+    def _start_progress(self, source: str) -> None:
         if self._client_supports("window.work_done_progress"):
             self._progress = LoadProgress(self, "Refact", f"loading {source}")
 
     def model_progress(self, stage: str, message: str, percentage: int | None) -> None:
+        if self._quiet_load is not None and percentage:  # a retry that is downloading after all
+            self._start_progress(self._quiet_load)
+            self._quiet_load = None
         if self._progress is not None:
             self._progress.report(f"{stage}: {message}", percentage)
 
-    def model_loaded(self, source: str, error: str | None) -> None:
+    def model_loaded(self, source: str, error: str | None, quiet: bool = False) -> None:
+        """Shown: a failure, and a success after a quiet retry (the failure was shown); else logged."""
+        self._quiet_load = None
         if self._progress is not None:
             self._progress.end("failed" if error else "ready")
             self._progress = None
         if error:
-            self.window_show_message(
-                types.ShowMessageParams(
-                    type=types.MessageType.Error,
-                    message=f"Refact: could not load the model {source}: {error}",
-                )
-            )
+            message = f"Refact: could not load the model {source}: {error}"
+            if quiet:
+                kind = types.MessageType.Warning
+                self.window_log_message(types.LogMessageParams(type=kind, message=message))
+            else:
+                kind = types.MessageType.Error
+                self.window_show_message(types.ShowMessageParams(type=kind, message=message))
         else:
-            self.window_log_message(
-                types.LogMessageParams(type=types.MessageType.Info, message=f"Refact: model {source} ready")
-            )
+            message = f"Refact: model {source} ready"
+            kind = types.MessageType.Info
+            if quiet:
+                self.window_show_message(types.ShowMessageParams(type=kind, message=message))
+            self.window_log_message(types.LogMessageParams(type=kind, message=message))
 
     def generation_problem(self, message: str) -> None:
         """Shown once per session (an out-of-memory tends to repeat), logged every time."""

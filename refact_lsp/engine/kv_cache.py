@@ -19,7 +19,9 @@ from refact_lsp.token_ids import common_prefix_len
 class KVCache:
     """Per layer K and V of shape ``[1, n_kv_heads, capacity, head_dim]``; the first ``length`` are valid.
 
-    ``tokens`` lists the token ids whose keys/values are stored, in order (``len(tokens) == length``).
+    They are stored side by side in one buffer, rows of ``K | V`` as the ``kv`` projection computes
+    them, so a step writes both with one copy; ``k`` and ``v`` are views of it. ``tokens`` lists the
+    token ids whose keys/values are stored, in order (``len(tokens) == length``).
     """
 
     def __init__(
@@ -32,11 +34,20 @@ class KVCache:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        shape = (n_layer, 1, n_kv_heads, capacity, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.kv = torch.zeros((n_layer, 1, n_kv_heads, capacity, 2 * head_dim), device=device, dtype=dtype)
+        self.head_dim = head_dim
         self.capacity = capacity
         self.tokens: list[int] = []
+
+    @property
+    def k(self) -> torch.Tensor:
+        """All keys, ``[n_layer, 1, n_kv_heads, capacity, head_dim]`` (a view)."""
+        return self.kv[..., : self.head_dim]
+
+    @property
+    def v(self) -> torch.Tensor:
+        """All values, like :attr:`k`."""
+        return self.kv[..., self.head_dim :]
 
     @property
     def length(self) -> int:
@@ -45,20 +56,17 @@ class KVCache:
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
 
-    def update(
-        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store ``[1, n_kv, T, D]`` new entries after the valid ones; return all valid K, V of the layer.
-
-        The new entries become part of ``length`` only when :meth:`commit` records their tokens.
-        """
+    def update_kv(self, kv: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store ``[1, n_kv, T, 2D]`` new ``K | V`` rows after the valid ones; return all valid K, V of the
+        layer (views). The new entries become part of ``length`` only when :meth:`commit` records their
+        tokens."""
         start = self.length
-        end = start + key.shape[2]
+        end = start + kv.shape[2]
         if end > self.capacity:
             raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.capacity}")
-        self.k[layer_idx, :, :, start:end] = key
-        self.v[layer_idx, :, :, start:end] = value
-        return self.k[layer_idx, :, :, :end], self.v[layer_idx, :, :, :end]
+        layer = self.kv[layer_idx]
+        layer[:, :, start:end] = kv
+        return _split(layer[:, :, :end], self.head_dim)
 
     def slot(self, pos: torch.Tensor) -> _Slot:
         """A cache view for one decode step at position ``pos`` (``[1]`` long device tensor)."""
@@ -82,17 +90,19 @@ class KVCache:
         self.tokens.clear()
 
 
+def _split(kv: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return kv[..., :head_dim], kv[..., head_dim:]
+
+
 class _Slot:
-    """Static-shape ``update``: writes the step's key/value at ``pos``, returns the layer's whole buffers."""
+    """Static-shape ``update_kv``: writes the step's ``K | V`` at ``pos``, returns the layer's whole
+    buffers."""
 
     def __init__(self, cache: KVCache, pos: torch.Tensor):
         self.cache = cache
         self.pos = pos
 
-    def update(
-        self, key: torch.Tensor, value: torch.Tensor, layer_idx: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        k, v = self.cache.k[layer_idx], self.cache.v[layer_idx]
-        k.index_copy_(2, self.pos, key)
-        v.index_copy_(2, self.pos, value)
-        return k, v
+    def update_kv(self, kv: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        layer = self.cache.kv[layer_idx]
+        layer.index_copy_(2, self.pos, kv)
+        return _split(layer, self.cache.head_dim)

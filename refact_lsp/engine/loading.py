@@ -40,7 +40,12 @@ _DTYPES = {
 
 
 class ModelLoadError(Exception):
-    """A model could not be loaded; ``str(error)`` is meant for the user."""
+    """A model could not be loaded; ``str(error)`` is meant for the user. ``retryable``: it may work
+    later without any change (the download failed: no network yet, the hub down)."""
+
+    def __init__(self, message: str, retryable: bool = False):
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @dataclass(frozen=True)
@@ -179,8 +184,9 @@ def _download(repo_id: str, spec: ModelSpec, on_progress: ProgressCallback) -> P
         folder = snapshot_download(
             repo_id, revision=spec.revision, allow_patterns=patterns, tqdm_class=_progress_tqdm(on_progress)
         )
-    except Exception as e:  # network, auth, missing repo: all user-facing
-        raise ModelLoadError(f"could not download {repo_id!r}: {type(e).__name__}: {e}") from e
+    except Exception as e:  # network, auth, missing repo: all user-facing, and maybe better later
+        message = f"could not download {repo_id!r}: {type(e).__name__}: {e}"
+        raise ModelLoadError(message, retryable=True) from e
     on_progress(ProgressEvent("download", f"downloaded {repo_id}", 100))
     return Path(folder)
 

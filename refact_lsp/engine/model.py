@@ -1,7 +1,8 @@
 """Refact-1.6B-fim (``gpt_refact``) in plain PyTorch, in the style of gpt-fast's model.py.
 
 Pre-norm blocks with LayerNorm without bias, multi-query attention (one fused ``kv`` head) with ALiBi
-in float32, SwiGLU MLP with a fused ``gate_up_proj``, top-level ``ln_f`` and an untied ``lm_head``.
+(scores in float32; in the model's dtype in the fast paths), SwiGLU MLP with a fused ``gate_up_proj``,
+top-level ``ln_f`` and an untied ``lm_head``.
 Parameter names match the official checkpoint (``transformer.h.{i}.attn.q.weight`` ...).
 """
 
@@ -60,6 +61,17 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, (x.shape[-1],), self.weight, None, self.eps)
 
 
+def add_linear(residual: torch.Tensor, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``residual + layer(x)``. For a plain bias-free Linear without autograd, one GEMM that adds into
+    ``residual`` in place (``addmm_``: one kernel, where the product and the sum took two); an int8
+    (quantized) layer, or a forward pass that records gradients, adds separately."""
+    if type(layer) is not nn.Linear or layer.bias is not None or torch.is_grad_enabled():
+        return residual + layer(x)
+    flat = residual.view(-1, residual.shape[-1])
+    flat.addmm_(x.reshape(-1, x.shape[-1]), layer.weight.t())
+    return residual
+
+
 class Attention(nn.Module):
     def __init__(self, config: GPTRefactConfig, layer_idx: int):
         super().__init__()
@@ -71,32 +83,46 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
     def forward(
-        self, x: torch.Tensor, bias: torch.Tensor, cache: Any | None, sdpa: bool = False
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor,
+        cache: Any | None,
+        sdpa: bool = False,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``residual + attention(x)``, added into ``residual`` in place without autograd (see
+        :func:`add_linear`). The scores are computed in ``bias``'s dtype: float32 for the reference path,
+        the model's dtype for the fast decode step."""
         b, t, c = x.shape
-        q = self.q(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, D]
-        k, v = self.kv(x).view(b, t, 1, 2 * self.head_dim).transpose(1, 2).split(self.head_dim, dim=-1)
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx)  # [B, 1, S, D]
+        d = self.head_dim
+        q = self.q(x).view(b, t, self.n_head, d).transpose(1, 2)  # [B, H, T, D]
+        kv = self.kv(x).view(b, t, 1, 2 * d).transpose(1, 2)  # [B, 1, T, 2D]: K | V
+        if cache is None:
+            k, v = kv.split(d, dim=-1)
+        elif hasattr(cache, "update_kv"):  # the engine's cache stores K | V rows: one write
+            k, v = cache.update_kv(kv, self.layer_idx)  # [B, 1, S, D] each
+        else:  # a transformers Cache
+            k, v = cache.update(*kv.split(d, dim=-1), self.layer_idx)
         # multi-query: the H query heads of each position are folded into one head of H*T queries, so the
         # single K/V head is read once (no broadcast copy of K per head)
-        hq = self.n_head * t
-        scale = 1.0 / math.sqrt(self.head_dim)
+        hq, s = self.n_head * t, k.shape[-2]
+        scale = 1.0 / math.sqrt(d)
         if sdpa:  # fused kernel; the ALiBi + causal bias goes in as a float mask in the compute dtype
             y = F.scaled_dot_product_attention(
-                q.reshape(b, 1, hq, self.head_dim),
-                k,
-                v,
-                attn_mask=bias.reshape(1, 1, hq, -1).to(q.dtype),
-                scale=scale,
+                q.reshape(b, 1, hq, d), k, v, attn_mask=bias.reshape(1, 1, hq, s).to(q.dtype), scale=scale
             )
-        else:  # scores, ALiBi and softmax in float32
-            scores = torch.matmul(q.float().reshape(b, 1, hq, self.head_dim), k.float().transpose(-1, -2))
-            scores = scores.view(b, self.n_head, t, -1) * scale
-            probs = torch.softmax(scores + bias, dim=-1).to(v.dtype)
-            y = torch.matmul(probs.view(b, 1, hq, -1), v)
-        y = y.view(b, self.n_head, t, self.head_dim).transpose(1, 2).reshape(b, t, c)
-        return self.c_proj(y)
+        else:  # scale * q.k + bias in one batched GEMM, softmax, then the values
+            dtype = bias.dtype
+            scores = torch.baddbmm(
+                bias.reshape(hq, s),
+                q.reshape(b, hq, d).to(dtype),
+                k.reshape(b, s, d).to(dtype).transpose(1, 2),
+                alpha=scale,
+            )
+            probs = torch.softmax(scores, dim=-1).to(v.dtype)
+            y = torch.bmm(probs, v.reshape(b, s, d))
+        y = y.view(b, self.n_head, t, d).transpose(1, 2).reshape(b, t, c)
+        return self.c_proj(y) if residual is None else add_linear(residual, self.c_proj, y)
 
 
 class MLP(nn.Module):
@@ -105,9 +131,11 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(config.n_embd, 2 * config.mlp_width, bias=False)  # rows: gate then up
         self.c_proj = nn.Linear(config.mlp_width, config.n_embd, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``residual + mlp(x)``, added into ``residual`` in place without autograd (:func:`add_linear`)."""
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.c_proj(F.silu(gate) * up)
+        h = F.silu(gate) * up
+        return self.c_proj(h) if residual is None else add_linear(residual, self.c_proj, h)
 
 
 class Block(nn.Module):
@@ -121,8 +149,8 @@ class Block(nn.Module):
     def forward(
         self, x: torch.Tensor, bias: torch.Tensor, cache: Any | None, sdpa: bool = False
     ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), bias, cache, sdpa)
-        return x + self.mlp(self.ln_2(x))
+        x = self.attn(self.ln_1(x), bias, cache, sdpa, residual=x)
+        return self.mlp(self.ln_2(x), residual=x)
 
 
 class Transformer(nn.Module):
@@ -263,15 +291,19 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
     def decode_step(self, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
         """Logits ``[vocab]`` of one token ``[1, 1]`` at position ``pos`` (``[1]`` long), both on the device.
 
-        Attention here is plain matmuls: SDPA's kernels parallelise over heads and queries, and the 32
-        folded queries of one token in one K/V head made them ~3x slower than the step itself on an H100.
+        Attention here is plain batched GEMMs in the model's dtype (scores + ALiBi in one ``baddbmm``):
+        SDPA's kernels parallelise over heads and queries, and the 32 folded queries of one token in one
+        K/V head made them ~3x slower than the step itself on an H100. On a GPU a step of this small model
+        costs about as much per kernel launched as per weight read, so each layer runs 13 operations
+        (``tests/engine/test_fast_path.py`` counts them).
 
         Static shapes, no host sync (CUDA-graph capturable): keys/values are written into slot ``pos`` of
         the engine's preallocated cache and attention runs over all its slots, masked after ``pos``. The
         caller checks bounds and records the token (``kv_cache.commit``).
         """
         x = self.transformer.wte(token)
-        bias = alibi_bias_at(self.slopes(x.device), pos, kv_cache.capacity)
+        # attention in the model's dtype, like the SDPA prefill: no float32 copies of the cache per layer
+        bias = alibi_bias_at(self.slopes(x.device), pos, kv_cache.capacity).to(x.dtype)
         slot = kv_cache.slot(pos)
         for block in self.transformer.h:
             x = block(x, bias, slot)

@@ -53,6 +53,9 @@ ENTER_SPECULATION_MAX_STEP_MS = 20.0
 preempted speculation) takes at most this long: a GPU, or a small model on a CPU."""
 RETRY_CHECK_S = 1.0
 """After a local model failed to load, requests look at most this often whether its files changed."""
+DOWNLOAD_RETRY_S = (5.0, 5.0, 30.0, 120.0, 600.0)
+"""After a hub model's download failed (no network yet, the hub down), the first request after each of
+these waits tries again (the last wait repeats), without a progress bar or an error message."""
 
 
 class ServiceError(Exception):
@@ -62,11 +65,13 @@ class ServiceError(Exception):
 class ServiceEvents(Protocol):
     """What the protocol layer does with model events (always called on the event loop)."""
 
-    def model_loading(self, source: str) -> None: ...
+    def model_loading(self, source: str, quiet: bool = False) -> None:
+        """A load starts (``quiet``: a retry after a failed download, no progress bar unless it downloads)."""
 
     def model_progress(self, stage: str, message: str, percentage: int | None) -> None: ...
 
-    def model_loaded(self, source: str, error: str | None) -> None: ...
+    def model_loaded(self, source: str, error: str | None, quiet: bool = False) -> None:
+        """A load ended (``quiet``: a retry, whose failure is only logged)."""
 
     def generation_problem(self, message: str) -> None: ...
 
@@ -161,6 +166,8 @@ class CompletionService:
         self._load_generation = 0
         self._failed_files: tuple[Any, ...] | None = None  # the local model's files when it failed
         self._next_files_check = 0.0
+        self._download_failures = 0  # in a row, for the configured model
+        self._next_download = 0.0  # when a request may try the download again (0: not retryable)
         self._started = False
         self._windows: dict[str, Any] = {}
         self._encoder: CachedEncoder | None = None  # for the loaded tokenizer
@@ -197,40 +204,54 @@ class CompletionService:
     def _model_key(self) -> tuple[Any, ...]:
         return tuple(getattr(self.settings, key) for key in MODEL_KEYS)
 
-    def _schedule_load(self) -> None:
+    def _schedule_load(self, retry: bool = False) -> None:
+        """Loads the configured model in the background; ``retry``: again, after a failed download."""
+        if not retry:
+            self._download_failures = 0
         self._load_generation += 1
         self._model_state, self._model_error = "loading", None  # at once: no stale error for the new model
-        asyncio.ensure_future(self._load(self._load_generation, self._model_key()))
+        asyncio.ensure_future(self._load(self._load_generation, self._model_key(), retry))
 
-    async def _load(self, generation: int, key: tuple[Any, ...]) -> None:
+    async def _load(self, generation: int, key: tuple[Any, ...], retry: bool = False) -> None:
         source = str(key[0])
         self._model_state, self._model_error = "loading", None
         files = local_model_files(source)  # before loading: a fix made meanwhile counts as a change
-        self.events.model_loading(source)
+        self.events.model_loading(source, quiet=retry)
         error: str | None
+        retryable = False
         try:
-            error = await self.scheduler.run_exclusive(lambda _stop: self._load_blocking(generation, key))
+            error, retryable = await self.scheduler.run_exclusive(
+                lambda _stop: self._load_blocking(generation, key)
+            )
         except Exception as exc:  # noqa: BLE001 - reported, the server keeps running
             log.exception("model load crashed")
             error = f"{type(exc).__name__}: {exc}"
         if generation != self._load_generation and error == "superseded":
             return
         self._loaded = key
+        self._next_download = 0.0
         if error:
             self._model_state, self._model_error = "error", error
             log.error("could not load %s: %s", source, error)
             self._failed_files = files
+            if retryable:
+                wait = DOWNLOAD_RETRY_S[min(self._download_failures, len(DOWNLOAD_RETRY_S) - 1)]
+                self._download_failures += 1
+                self._next_download = time.monotonic() + wait
+                log.info("requests will try to download %s again in %.0f s", source, wait)
         else:
             self._model_state, self._model_error = "ready", None
+            self._download_failures = 0
             self._windows.clear()
             self._encoder = None
             self.cache.clear()
-        self.events.model_loaded(source, error)
+        self.events.model_loaded(source, error, quiet=retry)
 
-    def _load_blocking(self, generation: int, key: tuple[Any, ...]) -> str | None:
-        """On the worker thread: import the engine, load the model. Returns an error message or None."""
+    def _load_blocking(self, generation: int, key: tuple[Any, ...]) -> tuple[str | None, bool]:
+        """On the worker thread: import the engine, load the model. Returns (error message or None,
+        whether trying again later may work)."""
         if generation != self._load_generation:
-            return "superseded"
+            return "superseded", False
         from refact_lsp.engine.loading import ModelLoadError, ModelSpec
         from refact_lsp.engine.runner import ModelRunner
 
@@ -240,10 +261,10 @@ class CompletionService:
         try:
             self._runner.load(ModelSpec(model, device=device, dtype=dtype, allow_pickle=allow_pickle))
         except ModelLoadError as exc:
-            return str(exc)
+            return str(exc), exc.retryable
         if self._runner.state != "ready":
-            return self._runner.error or f"model state is {self._runner.state}"
-        return None
+            return self._runner.error or f"model state is {self._runner.state}", False
+        return None, False
 
     def _on_progress(self, event: Any) -> None:
         call_soon_threadsafe(
@@ -257,19 +278,22 @@ class CompletionService:
 
         call_soon_threadsafe(self.loop, update)
 
-    def _reload_if_files_changed(self) -> None:
-        """A local model that failed to load is loaded again once its files change (the user fixed them
-        on disk): looked at on requests, at most every ``RETRY_CHECK_S``."""
+    def _retry_failed_load(self) -> None:
+        """On requests, a model that failed to load is loaded again: a local one once its files change
+        (the user fixed them on disk; looked at most every ``RETRY_CHECK_S``), a hub one whose download
+        failed after the next wait of ``DOWNLOAD_RETRY_S``."""
         if self._model_state != "error":
             return
         now = time.monotonic()
-        if now < self._next_files_check:
-            return
-        self._next_files_check = now + RETRY_CHECK_S
         source = str(self.settings.model)  # the one that failed: another setting would be loading
-        if is_local_source(source) and local_model_files(source) != self._failed_files:
-            log.info("the files of %s changed: loading it again", self.settings.model)
-            self._schedule_load()
+        if self._next_download and now >= self._next_download:
+            log.info("trying to download %s again", source)
+            self._schedule_load(retry=True)
+        elif now >= self._next_files_check:
+            self._next_files_check = now + RETRY_CHECK_S
+            if is_local_source(source) and local_model_files(source) != self._failed_files:
+                log.info("the files of %s changed: loading it again", source)
+                self._schedule_load()
 
     @property
     def ready(self) -> bool:
@@ -378,7 +402,7 @@ class CompletionService:
         started = time.perf_counter()
         stats = self.stats
         stats.requests += 1
-        self._reload_if_files_changed()
+        self._retry_failed_load()
         ticket = self.scheduler.ticket(uri)  # supersedes older requests for this document
         try:
             suggestion = await self._complete(ticket, uri, line, character, selection)

@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from refact_lsp.dev import faults
+from refact_lsp.dev.checkpoints import random_model
+from refact_lsp.dev.op_count import decode_step_ops
 from refact_lsp.engine.generate import GenerationOutOfMemory, GenerationRequest, Generator
 from refact_lsp.engine.kv_cache import KVCache
 from refact_lsp.engine.loading import LoadedModel, ModelSpec, load_model
@@ -68,6 +70,22 @@ def test_static_decode_step_equals_dynamic_decode(fp32, prompts) -> None:
             static.commit([tok])
             torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     torch.testing.assert_close(static.k[:, :, :, : len(ids)], dynamic.k[:, :, :, : len(ids)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_step_runs_13_operations_per_layer(dtype: torch.dtype) -> None:
+    """What a GPU's decode step launches (a kernel per operation, give or take) bounds a small model's
+    speed there as much as its weights' bytes: each layer is two norms, the q, kv, gate_up GEMMs, one
+    K|V write, scores + bias in one batched GEMM, softmax, values, SiLU, product, and two GEMMs that add
+    into the residual. (It was 21: float32 copies of q, K and the probabilities, scale and bias apart,
+    K and V written apart, the residual adds apart.)"""
+    totals = {}
+    for n_layer in (2, 3):
+        model = random_model({"n_embd": 64, "n_head": 4, "n_layer": n_layer}, dtype=dtype)
+        totals[n_layer] = sum(decode_step_ops(model).values())
+    per_layer = totals[3] - totals[2]
+    assert per_layer == 13
+    assert totals[2] - 2 * per_layer <= 10  # embedding, the step's ALiBi row, ln_f, lm_head
 
 
 @pytest.mark.parametrize("kv_reuse", [True, False])

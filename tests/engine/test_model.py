@@ -66,6 +66,25 @@ def test_logits_match_reference(fused, random_ckpt) -> None:
     torch.testing.assert_close(logits, ref, atol=1e-5, rtol=0)
 
 
+def test_inference_adds_into_the_residual_in_place_with_the_same_result(fused) -> None:
+    """Without autograd the residual adds go into the GEMMs (``addmm_``); with it, apart (an in-place
+    add would break the backward pass). Both compute the reference's logits, and gradients flow."""
+    model = fused.model
+    with torch.no_grad():
+        fast = model(torch.tensor([IDS])).logits
+    with torch.enable_grad():
+        model.requires_grad_(True)
+        try:
+            slow = model(torch.tensor([IDS])).logits
+            slow.logsumexp(-1).sum().backward()
+            grad = model.transformer.h[0].attn.q.weight.grad
+            assert grad is not None and grad.abs().sum() > 0
+        finally:
+            model.requires_grad_(False)
+            model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=0)
+
+
 def test_legacy_layout_gives_identical_logits(fused, legacy_ckpt) -> None:
     legacy = load_model(ModelSpec(str(legacy_ckpt)))
     assert "transformer.h.0.attn.k.weight" in load_file(str(legacy_ckpt / "model.safetensors"))

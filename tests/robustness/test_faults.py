@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from refact_lsp.service.completion import DOWNLOAD_RETRY_S
+
 from .fuzz_cases import (
     SANITY_POSITION,
     SANITY_TEXT,
@@ -129,6 +131,53 @@ def test_fixing_the_files_on_disk_reloads_on_the_next_request(
     assert server.inline(SANITY_URI, *SANITY_POSITION) == [SCRIPTED_TEXT]
     configure(server, model=str(scripted_checkpoint))
     assert wait_state(server, scripted_checkpoint)["state"] == "ready"
+
+
+def log_messages(server: RawServer, since: int = 0) -> list[str]:
+    return [n["params"]["message"] for n in server.notifications[since:] if n["method"] == "window/logMessage"]
+
+
+def test_a_failed_download_is_tried_again_by_later_requests(scripted_checkpoint: Path, tmp_path: Path) -> None:
+    """No network when the editor starts (the hub offline): the error is shown once, requests try again
+    after each wait of ``DOWNLOAD_RETRY_S`` (a failure again is only logged), and once the files can be
+    had the model loads without any setting changed, and says so."""
+    hub, repo = tmp_path / "hf", "refact-test/scripted"
+    server = RawServer("--model", repo, env={"HF_HOME": str(hub), "HF_HUB_OFFLINE": "1"})
+
+    def wait_for_retry(failed_at: float, attempt: int) -> None:
+        time.sleep(max(0.0, failed_at + DOWNLOAD_RETRY_S[attempt] + 0.2 - time.monotonic()))
+
+    try:
+        server.initialize(SETTINGS)
+        state = wait_state(server, repo)
+        failed_at = time.monotonic()
+        assert state["state"] == "error" and "could not download" in state["error"], state
+        assert [m for m in shown_messages(server) if "could not load" in m and repo in m]
+        server.open(SANITY_URI, SANITY_TEXT)
+        assert server.inline(SANITY_URI, *SANITY_POSITION) == []  # within the first wait: no new attempt
+        assert server.stats()["model"]["state"] == "error"
+
+        seen = len(server.notifications)
+        wait_for_retry(failed_at, 0)
+        assert server.inline(SANITY_URI, *SANITY_POSITION) == []  # this request starts a retry
+        assert wait_state(server, repo)["state"] == "error"  # still offline and nothing cached
+        failed_at = time.monotonic()
+        assert not [m for m in shown_messages(server, seen) if "could not load" in m]  # not shown again
+        assert [m for m in log_messages(server, seen) if "could not load" in m and repo in m]
+
+        # the files become available (offline, the hub's cache is read): no setting changes
+        snapshot = hub / "hub" / "models--refact-test--scripted" / "snapshots" / ("0" * 40)
+        shutil.copytree(scripted_checkpoint, snapshot)
+        (snapshot.parent.parent / "refs").mkdir()
+        (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
+        seen = len(server.notifications)
+        wait_for_retry(failed_at, 1)
+        assert server.inline(SANITY_URI, *SANITY_POSITION) == []
+        assert wait_state(server, repo)["state"] == "ready"
+        assert server.inline(SANITY_URI, *SANITY_POSITION) == [SCRIPTED_TEXT]
+        assert [m for m in shown_messages(server, seen) if "ready" in m and repo in m]
+    finally:
+        server.stop()
 
 
 def test_out_of_memory_mid_generation_is_reported_and_retried_shorter(scripted_checkpoint: Path) -> None:

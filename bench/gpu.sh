@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole GPU check in one go, for a CUDA machine lent for a few minutes (about 7 minutes on an H100):
+# the engine's tests on CUDA (graph replay per KV slot, bf16 against float32), bench/engine.py's GPU
+# report (bf16 drift, decode ms/token, operations per decode step, transformers' generate) and the
+# keystroke replay through the real server with the 1.6B shape.
+#
+#     bash bench/gpu.sh [WHEEL_DIR]
+#
+# The machine needs torch with CUDA, transformers, tokenizers, safetensors, pytest; WHEEL_DIR holds
+# wheels of what it lacks (pygls, lsprotocol, cattrs, attrs, pytest-asyncio, pytest-lsp), installed
+# into a scratch folder without network. Logs go to $OUT (default: gpu-logs/); the summaries are printed.
+set -u
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-logs}
+mkdir -p "$out"
+site=$(mktemp -d)
+if [ -n "${1:-}" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$1"/*.whl || exit 1
+fi
+export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+    python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+    git log -1 --format='commit %h %s' 2>/dev/null
+} >"$out/device.txt" 2>&1
+cat "$out/device.txt"
+
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/engine >"$out/pytest_engine.log" 2>&1
+echo "tests/engine on this machine: rc=$? ($(tail -1 "$out/pytest_engine.log"))"
+
+timeout 150 python3 bench/engine.py --report gpu >"$out/engine_gpu.log" 2>&1
+echo "bench/engine.py --report gpu: rc=$?"
+timeout 240 python3 bench/keystrokes.py --device cuda --dtype bfloat16 --shape real --context 2048 \
+    --max-new-tokens 16 --single-line >"$out/keystrokes_gpu.log" 2>&1
+echo "bench/keystrokes.py: rc=$?"
+
+grep -A30 "== summary" "$out/engine_gpu.log" | cut -c1-240
+grep -A12 "== summary" "$out/keystrokes_gpu.log" | cut -c1-240

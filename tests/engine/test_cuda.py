@@ -1,0 +1,64 @@
+"""The fast path on a real CUDA device: CUDA-graph decode per KV slot, bf16 against float32.
+
+Skipped without CUDA (CI has none); ``bench/gpu.sh`` runs it on a lent GPU. ``test_fast_path.py``
+checks the same math on the CPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refact_lsp.engine.generate import KV_SLOTS, GenerationRequest, Generator
+from refact_lsp.engine.loading import LoadedModel, ModelSpec, load_model
+from refact_lsp.engine.tokenizer import FIRST_PADDING_ID
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def greedy(prompt: list[int], n: int = 12) -> GenerationRequest:
+    return GenerationRequest(prompt, max_new_tokens=n, temperature=0.0, stop_strings=())
+
+
+def random_prompts(count: int, length: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(0)
+    return [torch.randint(19, FIRST_PADDING_ID, (length,), generator=g).tolist() for _ in range(count)]
+
+
+@pytest.fixture(scope="module")
+def bf16(random_ckpt) -> LoadedModel:
+    return load_model(ModelSpec(str(random_ckpt), device="cuda", dtype="bfloat16"))
+
+
+def test_cuda_graphs_generate_what_the_eager_step_generates(bf16) -> None:
+    """More prompts than KV slots, each typed on once: every slot gets its own graph, and a replay
+    computes what the same step computes eagerly, with and without a reused prefix."""
+    graphs, eager = Generator(bf16), Generator(bf16, cuda_graphs=False)
+    assert graphs.fast_path and graphs.cuda_graphs and eager.fast_path and not eager.cuda_graphs
+    prompts = random_prompts(KV_SLOTS + 1, 40)
+    for round_ in range(2):
+        for prompt in prompts:
+            prompt = prompt + [1000] * round_  # the second round grows each prompt by one token
+            a, b = eager.generate(greedy(prompt)), graphs.generate(greedy(prompt))
+            assert b.token_ids == a.token_ids and len(a.token_ids) == 12
+            assert b.reused_tokens == a.reused_tokens
+    assert graphs.cuda_graphs, "a capture failed and the generator fell back to eager decoding"
+    assert len(graphs._graphs) == KV_SLOTS
+
+
+def test_bf16_decode_stays_close_to_float32(random_ckpt, bf16) -> None:
+    """Teacher-forced with float32's tokens, the bf16 graph-replayed decode (attention scores in bf16)
+    stays within the bf16 forward pass's tolerance of float32."""
+    fp32 = load_model(ModelSpec(str(random_ckpt), device="cuda", dtype="float32"))
+    prompt = random_prompts(1, 60)[0]
+    tokens = Generator(fp32, fast_path=False).generate(greedy(prompt, 16)).token_ids
+    with torch.inference_mode():
+        ids = torch.tensor([prompt + tokens], device="cuda")
+        ref = fp32.model(ids).logits[0, len(prompt) - 1 : -1, :FIRST_PADDING_ID].float()
+        gen = Generator(bf16)
+        got = [gen._forward(prompt)] + [gen._decode(t).clone() for t in tokens[:-1]]
+        low = torch.stack(got)[:, :FIRST_PADDING_ID].float()
+    assert gen._graphs, "the decode steps were not replayed from a CUDA graph"
+    diff = (ref - low).abs()
+    assert 0 < diff.max() < 0.25
+    assert (ref.argmax(-1) == low.argmax(-1)).float().mean() >= 0.75
