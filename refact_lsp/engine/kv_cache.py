@@ -19,8 +19,9 @@ from refact_lsp.token_ids import common_prefix_len
 class KVCache:
     """Per layer K and V of shape ``[1, n_kv_heads, capacity, head_dim]``; the first ``length`` are valid.
 
-    They are stored side by side in one buffer, rows of ``K | V`` as the ``kv`` projection computes
-    them, so a step writes both with one copy; ``k`` and ``v`` are views of it. ``tokens`` lists the
+    One buffer ``[n_layer, 2, n_kv_heads, capacity, head_dim]`` holds both, so that a step writes the
+    ``K | V`` row of the ``kv`` projection with one copy, while each layer's K and V stay contiguous
+    (what attention kernels read best); ``k`` and ``v`` are views of it. Batch 1. ``tokens`` lists the
     token ids whose keys/values are stored, in order (``len(tokens) == length``).
     """
 
@@ -34,7 +35,7 @@ class KVCache:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        self.kv = torch.zeros((n_layer, 1, n_kv_heads, capacity, 2 * head_dim), device=device, dtype=dtype)
+        self.kv = torch.zeros((n_layer, 2, n_kv_heads, capacity, head_dim), device=device, dtype=dtype)
         self.head_dim = head_dim
         self.capacity = capacity
         self.tokens: list[int] = []
@@ -42,12 +43,12 @@ class KVCache:
     @property
     def k(self) -> torch.Tensor:
         """All keys, ``[n_layer, 1, n_kv_heads, capacity, head_dim]`` (a view)."""
-        return self.kv[..., : self.head_dim]
+        return self.kv[:, 0:1]
 
     @property
     def v(self) -> torch.Tensor:
         """All values, like :attr:`k`."""
-        return self.kv[..., self.head_dim :]
+        return self.kv[:, 1:2]
 
     @property
     def length(self) -> int:
@@ -65,8 +66,8 @@ class KVCache:
         if end > self.capacity:
             raise ValueError(f"KV cache overflow: {end} tokens > capacity {self.capacity}")
         layer = self.kv[layer_idx]
-        layer[:, :, start:end] = kv
-        return _split(layer[:, :, :end], self.head_dim)
+        layer[:, :, start:end] = _planes(kv, self.head_dim)
+        return layer[0:1, :, :end], layer[1:2, :, :end]
 
     def slot(self, pos: torch.Tensor) -> _Slot:
         """A cache view for one decode step at position ``pos`` (``[1]`` long device tensor)."""
@@ -90,8 +91,10 @@ class KVCache:
         self.tokens.clear()
 
 
-def _split(kv: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return kv[..., :head_dim], kv[..., head_dim:]
+def _planes(kv: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """``[1, n_kv, T, 2D]`` rows of ``K | V`` as ``[2, n_kv, T, D]`` (a view): K's plane, then V's."""
+    _, n_kv, t, _ = kv.shape
+    return kv.view(n_kv, t, 2, head_dim).permute(2, 0, 1, 3)
 
 
 class _Slot:
@@ -104,5 +107,5 @@ class _Slot:
 
     def update_kv(self, kv: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         layer = self.cache.kv[layer_idx]
-        layer.index_copy_(2, self.pos, kv)
-        return _split(layer, self.cache.head_dim)
+        layer.index_copy_(2, self.pos, _planes(kv, self.cache.head_dim))
+        return layer[0:1], layer[1:2]

@@ -78,10 +78,9 @@ def broken_checkpoints(good: Path, root: Path) -> dict[str, tuple[Path, str]]:
     return cases
 
 
-def shown_messages(server: RawServer, since: int = 0) -> list[str]:
-    return [
-        n["params"]["message"] for n in server.notifications[since:] if n["method"] == "window/showMessage"
-    ]
+def notified(server: RawServer, since: int = 0, method: str = "window/showMessage") -> list[str]:
+    """The messages the server showed (or, with ``method="window/logMessage"``, logged)."""
+    return [n["params"]["message"] for n in server.notifications[since:] if n["method"] == method]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +102,7 @@ def test_broken_checkpoints_are_reported_and_fixing_the_setting_recovers(
         state = wait_state(server, folder)
         assert state["state"] == "error", name
         assert word.lower() in state["error"].lower(), (name, state["error"])
-        messages = shown_messages(server, seen)
+        messages = notified(server, seen)
         assert any("could not load" in m and str(folder) in m for m in messages), (name, messages)
         # still serving: requests are answered (empty while there is no model), nothing crashed
         assert server.inline(SANITY_URI, *SANITY_POSITION) == [], name
@@ -133,11 +132,9 @@ def test_fixing_the_files_on_disk_reloads_on_the_next_request(
     assert wait_state(server, scripted_checkpoint)["state"] == "ready"
 
 
-def log_messages(server: RawServer, since: int = 0) -> list[str]:
-    return [n["params"]["message"] for n in server.notifications[since:] if n["method"] == "window/logMessage"]
-
-
-def test_a_failed_download_is_tried_again_by_later_requests(scripted_checkpoint: Path, tmp_path: Path) -> None:
+def test_a_failed_download_is_tried_again_by_later_requests(
+    scripted_checkpoint: Path, tmp_path: Path
+) -> None:
     """No network when the editor starts (the hub offline): the error is shown once, requests try again
     after each wait of ``DOWNLOAD_RETRY_S`` (a failure again is only logged), and once the files can be
     had the model loads without any setting changed, and says so."""
@@ -152,7 +149,7 @@ def test_a_failed_download_is_tried_again_by_later_requests(scripted_checkpoint:
         state = wait_state(server, repo)
         failed_at = time.monotonic()
         assert state["state"] == "error" and "could not download" in state["error"], state
-        assert [m for m in shown_messages(server) if "could not load" in m and repo in m]
+        assert [m for m in notified(server) if "could not load" in m and repo in m]
         server.open(SANITY_URI, SANITY_TEXT)
         assert server.inline(SANITY_URI, *SANITY_POSITION) == []  # within the first wait: no new attempt
         assert server.stats()["model"]["state"] == "error"
@@ -162,8 +159,9 @@ def test_a_failed_download_is_tried_again_by_later_requests(scripted_checkpoint:
         assert server.inline(SANITY_URI, *SANITY_POSITION) == []  # this request starts a retry
         assert wait_state(server, repo)["state"] == "error"  # still offline and nothing cached
         failed_at = time.monotonic()
-        assert not [m for m in shown_messages(server, seen) if "could not load" in m]  # not shown again
-        assert [m for m in log_messages(server, seen) if "could not load" in m and repo in m]
+        assert not [m for m in notified(server, seen) if "could not load" in m]  # not shown again
+        logged = notified(server, seen, "window/logMessage")
+        assert [m for m in logged if "could not load" in m and repo in m]
 
         # the files become available (offline, the hub's cache is read): no setting changes
         snapshot = hub / "hub" / "models--refact-test--scripted" / "snapshots" / ("0" * 40)
@@ -175,7 +173,7 @@ def test_a_failed_download_is_tried_again_by_later_requests(scripted_checkpoint:
         assert server.inline(SANITY_URI, *SANITY_POSITION) == []
         assert wait_state(server, repo)["state"] == "ready"
         assert server.inline(SANITY_URI, *SANITY_POSITION) == [SCRIPTED_TEXT]
-        assert [m for m in shown_messages(server, seen) if "ready" in m and repo in m]
+        assert [m for m in notified(server, seen) if "ready" in m and repo in m]
     finally:
         server.stop()
 
@@ -188,7 +186,7 @@ def test_out_of_memory_mid_generation_is_reported_and_retried_shorter(scripted_c
         assert server.wait_model()["model"]["state"] == "ready"
         server.open(SANITY_URI, "# a comment line\n" * 20 + SANITY_TEXT)
         assert server.inline(SANITY_URI, 21, SANITY_POSITION[1]) == [SCRIPTED_TEXT]
-        messages = shown_messages(server)
+        messages = notified(server)
         assert any("out of memory" in m and "retrying with" in m for m in messages), messages
         stats = server.stats()
         assert stats["model"]["state"] == "ready"
