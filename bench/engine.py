@@ -86,6 +86,7 @@ def memory_bandwidth_gbs(device: torch.device) -> float:
 
 def make_loaded(shape: str, dtype: torch.dtype, device: torch.device, tok: RefactTokenizer) -> LoadedModel:
     model = random_model(shape, dtype=dtype, device=device)
+    model.fuse_projections()  # as load_model does
     with torch.no_grad():
         model.lm_head.weight[0].zero_()  # logits ~N(0,1): <|endoftext|> at 0 never wins, runs go full length
     return LoadedModel(model, tok, device, dtype, model.config.n_positions, fixture_tokenizer_path().parent)
@@ -227,6 +228,7 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
 
     with section("bf16 weights (same random weights, converted in place)"):
         loaded.model.to(torch.bfloat16)
+        loaded.model.fuse_projections()  # the conversion gave q and kv storage of their own again
         loaded = dataclasses.replace(loaded, dtype=torch.bfloat16)
         free(device)
         gb, floor = decode_floor_ms(loaded, bw)

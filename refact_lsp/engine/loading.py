@@ -363,6 +363,8 @@ def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> 
 
             report(ProgressEvent("load", "quantizing the Linear layers to int8", 50))
             quantize_int8(model)
+        else:
+            model.fuse_projections()  # q and kv in one GEMM
     except ModelLoadError:
         raise
     except (RuntimeError, OSError, ValueError) as e:  # out of memory, unreadable file ...

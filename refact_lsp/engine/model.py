@@ -81,6 +81,41 @@ class Attention(nn.Module):
         self.q = nn.Linear(config.n_embd, config.n_embd, bias=False)
         self.kv = nn.Linear(config.n_embd, 2 * self.head_dim, bias=False)  # rows: K then V
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
+        self.qkv_weight: torch.Tensor | None = None
+        """``q.weight`` over ``kv.weight`` in one tensor, of which both parameters are views (see
+        :meth:`fuse_projections`): one GEMM computes both."""
+
+    def fuse_projections(self) -> None:
+        """Moves ``q.weight`` and ``kv.weight`` into one tensor and makes them views of it (same names,
+        same values), so that both projections are one GEMM. Call it once the weights are in place:
+        ``.to()`` afterwards, or quantization, gives them storage of their own again, which
+        :meth:`_project` notices (it goes back to two GEMMs and lets the fused tensor go)."""
+        if type(self.q) is not nn.Linear or type(self.kv) is not nn.Linear:
+            return
+        fused = torch.cat([self.q.weight.detach(), self.kv.weight.detach()])
+        n = self.q.weight.shape[0]
+        self.q.weight = nn.Parameter(fused[:n], requires_grad=self.q.weight.requires_grad)
+        self.kv.weight = nn.Parameter(fused[n:], requires_grad=self.kv.weight.requires_grad)
+        self.qkv_weight = fused
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(q(x), kv(x))``: one GEMM while the parameters are still views of ``qkv_weight`` (and no
+        gradients are recorded: the fused tensor is no parameter)."""
+        fused = self.qkv_weight
+        if fused is not None and not torch.is_grad_enabled():
+            n = self.q.out_features
+            q, kv = getattr(self.q, "weight", None), getattr(self.kv, "weight", None)
+            if (
+                isinstance(q, torch.Tensor)
+                and isinstance(kv, torch.Tensor)
+                and q.data_ptr() == fused.data_ptr()
+                and kv.data_ptr() == fused[n:].data_ptr()
+                and q.dtype == kv.dtype == fused.dtype
+            ):
+                both = F.linear(x, fused)
+                return both[..., :n], both[..., n:]
+            self.qkv_weight = None  # moved, converted or quantized since: two GEMMs from now on
+        return self.q(x), self.kv(x)
 
     def forward(
         self,
@@ -95,8 +130,9 @@ class Attention(nn.Module):
         the model's dtype for the fast decode step."""
         b, t, c = x.shape
         d = self.head_dim
-        q = self.q(x).view(b, t, self.n_head, d).transpose(1, 2)  # [B, H, T, D]
-        kv = self.kv(x).view(b, t, 1, 2 * d).transpose(1, 2)  # [B, 1, T, 2D]: K | V
+        q, kv = self._project(x)
+        q = q.view(b, t, self.n_head, d).transpose(1, 2)  # [B, H, T, D]
+        kv = kv.view(b, t, 1, 2 * d).transpose(1, 2)  # [B, 1, T, 2D]: K | V
         if cache is None:
             k, v = kv.split(d, dim=-1)
         elif hasattr(cache, "update_kv"):  # the engine's cache stores K | V rows: one write
@@ -288,13 +324,18 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
         logits = self.lm_head(self.ln_f(x))
         return CausalLMOutputWithPast(logits=logits, **{_OUTPUT_CACHE_FIELD: hf_cache})
 
+    def fuse_projections(self) -> None:
+        """Each layer's q and kv projections become one GEMM (:meth:`Attention.fuse_projections`)."""
+        for block in self.transformer.h:
+            block.attn.fuse_projections()
+
     def decode_step(self, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
         """Logits ``[vocab]`` of one token ``[1, 1]`` at position ``pos`` (``[1]`` long), both on the device.
 
         Attention here is plain batched GEMMs in the model's dtype (scores + ALiBi in one ``baddbmm``):
         SDPA's kernels parallelise over heads and queries, and the 32 folded queries of one token in one
         K/V head made them ~3x slower than the step itself on an H100. On a GPU a step of this small model
-        costs about as much per kernel launched as per weight read, so each layer runs 13 operations
+        costs about as much per kernel launched as per weight read, so each layer runs 12 operations
         (``tests/engine/test_fast_path.py`` counts them).
 
         Static shapes, no host sync (CUDA-graph capturable): keys/values are written into slot ``pos`` of

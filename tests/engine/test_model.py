@@ -85,6 +85,28 @@ def test_inference_adds_into_the_residual_in_place_with_the_same_result(fused) -
     torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=0)
 
 
+def test_fused_projections_keep_names_and_logits_and_undo_themselves_when_moved(random_ckpt) -> None:
+    """load_model fuses q and kv into one GEMM: the parameters keep their checkpoint names and values and
+    the logits stay the same; a conversion afterwards gives them storage of their own again, and the
+    layer goes back to two GEMMs (still the same logits) instead of using a stale fused copy."""
+    from refact_lsp.engine.loading import load_weights, read_config
+
+    plain = load_weights(random_ckpt, read_config(random_ckpt), device=torch.device("cpu"), dtype=None)
+    fused = load_model(ModelSpec(str(random_ckpt))).model
+    attn = fused.transformer.h[0].attn
+    assert plain.transformer.h[0].attn.qkv_weight is None and attn.qkv_weight is not None
+    assert attn.q.weight.data_ptr() == attn.qkv_weight.data_ptr()
+    assert list(fused.state_dict()) == list(plain.state_dict())
+    ids = torch.tensor([IDS])
+    with torch.no_grad():
+        want = plain(ids).logits
+        torch.testing.assert_close(fused(ids).logits, want, atol=1e-5, rtol=0)
+        fused.to(torch.float64)
+        assert attn.q.weight.dtype == torch.float64
+        torch.testing.assert_close(fused(ids).logits.float(), want, atol=1e-5, rtol=0)
+    assert attn.qkv_weight is None
+
+
 def test_legacy_layout_gives_identical_logits(fused, legacy_ckpt) -> None:
     legacy = load_model(ModelSpec(str(legacy_ckpt)))
     assert "transformer.h.0.attn.k.weight" in load_file(str(legacy_ckpt / "model.safetensors"))
