@@ -101,11 +101,19 @@ def decode_floor_ms(loaded: LoadedModel, bandwidth_gbs: float) -> tuple[float, f
 
 
 def bench_generator(
-    loaded: LoadedModel, prompt: list[int], steps: int, repeats: int, **generator_options: bool
+    loaded: LoadedModel,
+    prompt: list[int],
+    steps: int,
+    repeats: int,
+    temperature: float = 0.0,
+    **generator_options: bool,
 ) -> tuple[float, float, list[int]]:
-    """(prefill tokens/s, decode ms/token, greedy tokens): best of ``repeats``, no KV reuse."""
+    """(prefill tokens/s, decode ms/token, tokens): best of ``repeats``, no KV reuse; greedy unless
+    ``temperature`` > 0 (then seeded)."""
     gen = Generator(loaded, **generator_options)
-    req = GenerationRequest(prompt, max_new_tokens=steps, temperature=0.0, stop_strings=(), kv_reuse=False)
+    req = GenerationRequest(
+        prompt, max_new_tokens=steps, temperature=temperature, seed=0, stop_strings=(), kv_reuse=False
+    )
     gen.generate(GenerationRequest(prompt[:8], max_new_tokens=3, temperature=0.0, kv_reuse=False))  # warm-up
     prefill, decode, tokens = [], [], []
     for _ in range(repeats):
@@ -188,7 +196,7 @@ def speed_report(args: argparse.Namespace, device: torch.device, tok: RefactToke
             with section(f"{shape} {str(dtype).removeprefix('torch.')}"):
                 loaded = make_loaded(shape, dtype, device, tok)
                 gb, floor = decode_floor_ms(loaded, bw)
-                pf, dec, ours = bench_generator(loaded, prompt, args.steps, args.repeats)
+                pf, dec, ours = bench_generator(loaded, prompt, args.steps, args.repeats, args.temperature)
                 print(
                     f"   prefill {pf:9.1f} tok/s  decode {dec:8.2f} ms/token  "
                     f"(reads {gb:.2f} GB/token: bandwidth floor {floor:.2f} ms/token, x{dec / floor:.2f})"
@@ -201,7 +209,7 @@ def speed_report(args: argparse.Namespace, device: torch.device, tok: RefactToke
                     print(
                         f"   transformers generate: {gen_s * 1000:.1f} ms for prefill + {args.steps} tokens "
                         f"vs ours {ours_total * 1000:.1f} ms (x{gen_s / ours_total:.2f}); "
-                        f"greedy tokens agree: {theirs == ours}"
+                        + (f"greedy tokens agree: {theirs == ours}" if not args.temperature else "(sampled)")
                     )
                 del loaded
                 free(device)
@@ -368,6 +376,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--hf-generate", action="store_true", help="speed: also time transformers' generate")
+    ap.add_argument(
+        "--temperature", type=float, default=0.0, help="speed: sampling temperature (server default 0.2)"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
