@@ -302,6 +302,16 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
             line = f"prefill {pf:8.0f} tok/s, decode {dec:6.2f} ms/token (x{dec / floor:.2f} the floor)"
             print(f"   {label}: {line}")
             SUMMARY.append(f"bf16 {label}: {line}")
+        if device.type == "cuda":  # does cuBLASLt choose better kernels for the decode's GEMVs?
+            default = torch.backends.cuda.preferred_blas_library()
+            try:
+                torch.backends.cuda.preferred_blas_library("cublaslt")
+                pf, dec, _ = bench_generator(loaded, prompt, steps, repeats, fast_path=True)
+            finally:
+                torch.backends.cuda.preferred_blas_library(default)
+            line = f"prefill {pf:8.0f} tok/s, decode {dec:6.2f} ms/token (x{dec / floor:.2f} the floor)"
+            print(f"   fast path with cuBLASLt preferred: {line}")
+            SUMMARY.append(f"bf16 fast path with cuBLASLt preferred: {line}")
         same = same_prefix(st["fast"][2], st.get("ref_tokens", []))
         print(f"   same greedy tokens as float32 for the first {same}/{steps} (random weights: near ties)")
 
