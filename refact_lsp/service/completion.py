@@ -645,6 +645,12 @@ class CompletionService:
             "source": str(self.settings.model),
             "device": str(getattr(runner, "device", "")) if runner is not None and self.ready else None,
             "n_ctx": getattr(runner, "n_ctx", None) if self.ready else None,
+            # after a failed download: seconds until a request may try again (None: no retry pending)
+            "download_retry_in_s": (
+                round(max(0.0, self._next_download - time.monotonic()), 1)
+                if self._next_download and self._model_state == "error"
+                else None
+            ),
         }
         snapshot["model_state"] = self._model_state
         snapshot["documents"] = len(self.documents)

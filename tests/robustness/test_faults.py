@@ -149,6 +149,7 @@ def test_a_failed_download_is_tried_again_by_later_requests(
         state = wait_state(server, repo)
         failed_at = time.monotonic()
         assert state["state"] == "error" and "could not download" in state["error"], state
+        assert 0 < state["download_retry_in_s"] <= DOWNLOAD_RETRY_S[0]
         assert [m for m in notified(server) if "could not load" in m and repo in m]
         server.open(SANITY_URI, SANITY_TEXT)
         assert server.inline(SANITY_URI, *SANITY_POSITION) == []  # within the first wait: no new attempt
@@ -171,7 +172,8 @@ def test_a_failed_download_is_tried_again_by_later_requests(
         seen = len(server.notifications)
         wait_for_retry(failed_at, 1)
         assert server.inline(SANITY_URI, *SANITY_POSITION) == []
-        assert wait_state(server, repo)["state"] == "ready"
+        state = wait_state(server, repo)
+        assert state["state"] == "ready" and state["download_retry_in_s"] is None
         assert server.inline(SANITY_URI, *SANITY_POSITION) == [SCRIPTED_TEXT]
         assert [m for m in notified(server, seen) if "ready" in m and repo in m]
     finally:
