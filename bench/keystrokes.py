@@ -4,7 +4,9 @@
     PYTHONPATH=. python bench/keystrokes.py --device cuda --dtype bfloat16 --shape real --context 2048 \\
         --max-new-tokens 16 --single-line                        # GPU: the 1.6B shape, + transformers
 
-A real source file (default: ``refact_lsp/service/completion.py``) is opened with part of a function
+A real source file (default: ``bench/data/typed_session.py.txt``, this project's
+``refact_lsp/service/completion.py`` as of commit ``998ccd1``, frozen so that runs of different versions
+type the same text: which keystrokes hit the caches depends on it) is opened with part of a function
 cut out, and that part is typed back one character at a time like an editor does: an incremental
 ``didChange`` then ``textDocument/inlineCompletion`` per keystroke, a pause between keystrokes. Now and
 then the typist accepts the suggestion shown (after a reading pause; then asks at the new cursor, then
@@ -390,9 +392,8 @@ async def replay_section(client: Client, args, text: str, cursor: int, typed: st
             client.configure({**base_settings(args), **settings})
             await asyncio.sleep(0.2)
             run = runs[name] = Run(name)
-            await typist.session(
-                run, f"file:///bench/{name}/{Path(args.file).name}", text, cursor, typed, keys
-            )
+            uri = f"file:///bench/{name}/{Path(args.file).name.removesuffix('.txt')}"
+            await typist.session(run, uri, text, cursor, typed, keys)
             summarize(name, run.samples)
             by_kind(run.samples)
             spec = run.end_stats.get("speculative", {})
@@ -670,7 +671,7 @@ def main() -> None:
     ap.add_argument(
         "--debounce-ms", type=int, default=0, help="debounceMs (0: measure the work, not the wait)"
     )
-    ap.add_argument("--file", default=str(REPO / "refact_lsp" / "service" / "completion.py"))
+    ap.add_argument("--file", default=str(REPO / "bench" / "data" / "typed_session.py.txt"))
     ap.add_argument("--chars", type=int, default=400, help="characters cut out of the file, to type back")
     ap.add_argument("--keys", type=int, default=120, help="keystrokes with the default settings")
     ap.add_argument(
