@@ -35,7 +35,7 @@ from refact_lsp.service.prompt import (
 )
 from refact_lsp.service.scheduler import Scheduler, Skipped, call_soon_threadsafe
 from refact_lsp.service.settings import Settings, SettingsError
-from refact_lsp.service.speculative import SPECULATIVE_TAG, accept, next_line_indent
+from refact_lsp.service.speculative import SPECULATIVE_TAG, accept, indent_unit, next_line_indent
 from refact_lsp.service.stats import RunRecord, Stats
 from refact_lsp.service.typed_ahead import TypedAheadCache, cursor_keys, cursor_relative, prompt_relative
 from refact_lsp.token_ids import common_prefix_len
@@ -506,7 +506,8 @@ class CompletionService:
             # Enter: the column-0 multi-line prompt of the new line shares no prefix with the one before,
             # so its prefill runs now, in idle time, a chunk at a time; what a preempted run computed
             # stays in its KV slot for the next try (and for the real request after Enter)
-            indent = next_line_indent(req.line_text, req.doc.language_id)
+            unit = indent_unit(req.lines, req.line)
+            indent = next_line_indent(req.line_text, req.doc.language_id, unit)
             await self._speculate_after(req, req.index, req.index, "\n" + indent, None)
 
     async def _speculate_after(

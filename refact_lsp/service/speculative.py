@@ -9,6 +9,7 @@ one the model would have given.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import overload
@@ -72,12 +73,36 @@ _OPENERS = (":", "{", "(", "[")
 _PYTHON_DEDENT = ("return", "pass", "break", "continue", "raise")
 
 
-def next_line_indent(line_text: str, language_id: str = "") -> str:
+def indent_unit(lines: Sequence[str], line: int, radius: int = 60) -> str:
+    """The document's indentation step around ``line``: a tab where tabs indent, else the most common
+    difference in leading spaces between neighbouring non-blank lines (two for much JavaScript, four
+    for most Python); four spaces when the lines say nothing."""
+    votes: Counter[str] = Counter()
+    previous: str | None = None
+    for i in range(max(0, line - radius), min(len(lines), line + radius)):
+        text = lines[i]
+        if not text.strip():
+            continue
+        indent = text[: len(text) - len(text.lstrip())]
+        if previous is not None:
+            if indent.startswith("\t") or previous.startswith("\t"):
+                votes["\t"] += indent != previous
+            elif 0 < (step := abs(len(indent) - len(previous))) <= 8:
+                votes[" " * step] += 1
+        previous = indent
+    if not votes:
+        return "    "
+    return max(votes, key=lambda unit: (votes[unit], -len(unit)))  # a tie goes to the smaller step
+
+
+def next_line_indent(line_text: str, language_id: str = "", unit: str | None = None) -> str:
     """The indentation an editor gives the new line when Enter is pressed at the end of ``line_text``:
     the same, one level more after an opening ``:``/``{``/``(``/``[``, one less after Python's
-    ``return``/``pass``/``break``/``continue``/``raise`` (VS Code's and Neovim's usual rules)."""
+    ``return``/``pass``/``break``/``continue``/``raise`` (VS Code's and Neovim's usual rules). ``unit``
+    is one level (:func:`indent_unit`); by default a tab on a tab-indented line, else four spaces."""
     indent = line_text[: len(line_text) - len(line_text.lstrip())]
-    unit = "\t" if indent.startswith("\t") else "    "
+    if unit is None or indent.startswith("\t"):
+        unit = "\t" if indent.startswith("\t") else "    "
     code = line_text.strip()
     if code.endswith(_OPENERS):
         return indent + unit

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from refact_lsp.service.speculative import SplicedLines, accept, next_line_indent
+from refact_lsp.service.speculative import SplicedLines, accept, indent_unit, next_line_indent
 
 LINES = ["def f(x):", "    return ", "", "print(f(1))"]
 
@@ -47,3 +47,31 @@ def test_the_view_reads_through_to_the_document() -> None:
 )
 def test_next_line_indent(line: str, language: str, expected: str) -> None:
     assert next_line_indent(line, language) == expected
+
+
+JS = """function f(a) {
+  if (a) {
+    return 1;
+  }
+  return 2;
+}"""
+PY = "class A:\n    def f(self):\n        return 1\n\n    x = 2"
+GO = "func f() {\n\tif x {\n\t\treturn\n\t}\n}"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [(JS, "  "), (PY, "    "), (GO, "\t"), ("x = 1\ny = 2", "    "), ("", "    ")],
+)
+def test_indent_unit_is_read_from_the_neighbouring_lines(text: str, expected: str) -> None:
+    lines = text.split("\n")
+    assert indent_unit(lines, len(lines) // 2) == expected
+
+
+def test_enter_after_an_opener_indents_by_the_documents_unit() -> None:
+    """A two-space file gets two more spaces after ``{`` (the Enter speculation's guess must match what
+    the editor inserts, or its answer is never used); a tab-indented line keeps tabs."""
+    lines = JS.split("\n")
+    assert next_line_indent("  if (b) {", "javascript", indent_unit(lines, 1)) == "    "
+    assert next_line_indent("\tif x {", "go", "  ") == "\t\t"
+    assert next_line_indent("    return x", "python", "  ") == "  "
