@@ -36,7 +36,7 @@ import torch
 
 from refact_lsp.dev.checkpoints import fixture_tokenizer_path, random_model
 from refact_lsp.dev.op_count import decode_step_ops
-from refact_lsp.engine.generate import GenerationRequest, Generator
+from refact_lsp.engine.generate import GenerationRequest, Generator, sample_next
 from refact_lsp.engine.loading import LoadedModel, resolve_device
 from refact_lsp.engine.quantize import quantize_int8
 from refact_lsp.engine.tokenizer import FIRST_PADDING_ID, RefactTokenizer
@@ -314,6 +314,37 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
             SUMMARY.append(f"bf16 fast path with cuBLASLt preferred: {line}")
         same = same_prefix(st["fast"][2], st.get("ref_tokens", []))
         print(f"   same greedy tokens as float32 for the first {same}/{steps} (random weights: near ties)")
+
+    with section("the host's share of a decode step: graph replays alone vs whole greedy steps"):
+        gen = Generator(loaded, fast_path=True)
+        with torch.inference_mode():
+            for start in range(0, n, 512):
+                gen._forward(prompt[start : start + 512])
+            token, pos = prompt[-1], gen.cache.length
+            gen._decode(token)  # captures the slot's graph
+            graph = gen._graphs.get(gen.cache)
+            if graph is None:
+                print("   no CUDA graph (not CUDA): nothing to compare")
+            else:
+                times = {}
+                for label, pick in (("replays alone", False), ("whole steps", True)):
+                    sync(device)
+                    t = time.perf_counter()
+                    for _ in range(50):  # the same slot again and again: only the timing matters
+                        logits = graph.run(token, pos)
+                        if pick:  # what the generation loop adds: choose the token on the host, then go on
+                            sample_next(logits, 0.0, 1.0, None)
+                    sync(device)
+                    times[label] = (time.perf_counter() - t) * 1000 / 50
+                replay, step = times["replays alone"], times["whole steps"]
+                line = (
+                    f"graph replay {replay:.3f} ms, whole step {step:.3f} ms: "
+                    f"the host's share {step - replay:.3f} ms ({100 * (step - replay) / step:.0f} %)"
+                )
+                print(f"   {line}")
+                SUMMARY.append(f"decode step: {line}")
+        del gen
+        free(device)
 
     with section(f"one keystroke: the {n}-token prompt grown by one token, KV reuse, 16 new tokens"):
         gen = Generator(loaded)
