@@ -99,8 +99,9 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     """One index drawn from the (not necessarily normalised) weights ``probs`` ``[vocab]``: the first
     whose cumulative weight exceeds a uniform draw over the total, so a zero weight is never drawn.
 
-    The same distribution as ``torch.multinomial(probs, 1)``, which on a CPU takes about 1.4 ms over
-    49k weights (this: about 0.06 ms), longer than a decode step of a small model."""
+    The same distribution as ``torch.multinomial(probs, 1)``, which took 1.26 ms over 49k weights on
+    the development VM's CPU (this: 0.044 ms; docs/benchmarks.md), longer than a small model's decode
+    step."""
     cdf = torch.cumsum(probs, dim=0)
     u = torch.rand(1, generator=generator, device=probs.device, dtype=cdf.dtype) * cdf[-1]
     return min(int(torch.searchsorted(cdf, u, right=True)), probs.shape[0] - 1)

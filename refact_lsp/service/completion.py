@@ -241,7 +241,6 @@ class CompletionService:
                 log.info("requests will try to download %s again in %.0f s", source, wait)
         else:
             self._model_state, self._model_error = "ready", None
-            self._download_failures = 0
             self._windows.clear()
             self._encoder = None
             self.cache.clear()
