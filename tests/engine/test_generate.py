@@ -183,6 +183,9 @@ def test_draw_follows_the_weights_and_never_draws_a_zero_weight() -> None:
     freq = counts.float() / counts.sum()
     torch.testing.assert_close(freq[[1, 3, 4]], torch.tensor([0.2, 0.5, 0.3]), atol=0.025, rtol=0)
     assert {draw(torch.tensor([0.0, 0.0, 1e-30]), g) for _ in range(50)} == {2}
+    for broken in ([0.0, 0.0], [0.5, float("nan")], [float("inf"), 1.0]):  # as torch.multinomial, an error
+        with pytest.raises(ValueError, match="cannot sample"):
+            draw(torch.tensor(broken), g)
 
 
 def test_padding_ids_are_never_produced(tmp_path: Path, tokenizer) -> None:
