@@ -92,6 +92,20 @@ def make_loaded(shape: str, dtype: torch.dtype, device: torch.device, tok: Refac
     return LoadedModel(model, tok, device, dtype, model.config.n_positions, fixture_tokenizer_path().parent)
 
 
+@contextmanager
+def preferred_blas(name: str | None) -> Iterator[None]:
+    """CUDA's preferred BLAS library set to ``name`` (``"cublaslt"``) for the block; None: unchanged."""
+    if name is None:
+        yield
+        return
+    default = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library(name)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_blas_library(default)
+
+
 def decode_floor_ms(loaded: LoadedModel, bandwidth_gbs: float) -> tuple[float, float]:
     """(GB read per decode step, ms at ``bandwidth_gbs``): every weight once except the embedding."""
     model = loaded.model
@@ -287,31 +301,29 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
 
     with section("bf16 speed: prefill and decode, with and without the fast path"):
         floor = st.get("floor", float("nan"))
-        modes = (
-            ("fast path: SDPA prefill, CUDA-graph decode", {"fast_path": True}),
-            ("fast path, static eager decode (no CUDA graphs)", {"fast_path": True, "cuda_graphs": False}),
+        modes: list[tuple[str, dict[str, bool], str | None]] = [
+            ("fast path: SDPA prefill, CUDA-graph decode", {"fast_path": True}, None),
+            (
+                "fast path, static eager decode (no CUDA graphs)",
+                {"fast_path": True, "cuda_graphs": False},
+                None,
+            ),
             (
                 "fast path, decode step through torch.compile, then a CUDA graph",
                 {"fast_path": True, "compile_decode": True},
+                None,
             ),
-            ("no fast path: matmul prefill, dynamic eager decode", {"fast_path": False}),
-        )
-        for label, options in modes:
-            pf, dec, tokens = bench_generator(loaded, prompt, steps, repeats, **options)
+            ("no fast path: matmul prefill, dynamic eager decode", {"fast_path": False}, None),
+        ]
+        if device.type == "cuda":  # does cuBLASLt choose better kernels for the decode's GEMVs?
+            modes.append(("fast path with cuBLASLt preferred", {"fast_path": True}, "cublaslt"))
+        for label, options, blas in modes:
+            with preferred_blas(blas):
+                pf, dec, tokens = bench_generator(loaded, prompt, steps, repeats, **options)
             st.setdefault("fast", (pf, dec, tokens))
             line = f"prefill {pf:8.0f} tok/s, decode {dec:6.2f} ms/token (x{dec / floor:.2f} the floor)"
             print(f"   {label}: {line}")
             SUMMARY.append(f"bf16 {label}: {line}")
-        if device.type == "cuda":  # does cuBLASLt choose better kernels for the decode's GEMVs?
-            default = torch.backends.cuda.preferred_blas_library()
-            try:
-                torch.backends.cuda.preferred_blas_library("cublaslt")
-                pf, dec, _ = bench_generator(loaded, prompt, steps, repeats, fast_path=True)
-            finally:
-                torch.backends.cuda.preferred_blas_library(default)
-            line = f"prefill {pf:8.0f} tok/s, decode {dec:6.2f} ms/token (x{dec / floor:.2f} the floor)"
-            print(f"   fast path with cuBLASLt preferred: {line}")
-            SUMMARY.append(f"bf16 fast path with cuBLASLt preferred: {line}")
         same = same_prefix(st["fast"][2], st.get("ref_tokens", []))
         print(f"   same greedy tokens as float32 for the first {same}/{steps} (random weights: near ties)")
 
