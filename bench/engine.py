@@ -397,7 +397,8 @@ def int8_report(args: argparse.Namespace, device: torch.device, tok: RefactToken
             loaded = make_loaded(shape, torch.float32, device, tok)
             ref = all_logits(loaded.model, prompt, device)
             pf32, dec32, tok32 = bench_generator(loaded, prompt, args.steps, args.repeats)
-            quantize_int8(loaded.model)  # in place: the float32 Linear weights are freed
+            quantize_int8(loaded.model)  # in place: the float32 Linear weights are freed (the fused q/kv
+            # copy at the first forward, which notices it is stale)
             loaded = dataclasses.replace(loaded, quantization="int8")
             mx, mean, agree, top5 = drift(ref, all_logits(loaded.model, prompt, device))
             pf8, dec8, tok8 = bench_generator(loaded, prompt, args.steps, args.repeats)

@@ -24,7 +24,4 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
         quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
-    for module in model.modules():  # q and kv fused in float32 (``Attention.fuse_projections``): now int8
-        if getattr(module, "qkv_weight", None) is not None:
-            module.qkv_weight = None
     return model
