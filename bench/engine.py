@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import statistics
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -200,6 +201,85 @@ def random_prompt(n: int) -> list[int]:
 # --- reports ------------------------------------------------------------------------------------
 
 
+MATMUL_KERNEL = ("gemv", "gemm", "cutlass", "xmma", "nvjet", "cublas", "aten::mm", "aten::addmm", "aten::bmm")
+
+
+def kernel_times_us(
+    activity_fn: Callable[[], object], device: torch.device, calls: int
+) -> dict[str, tuple[float, float]]:
+    """{kernel name: (microseconds per call, launches per call)} of ``activity_fn`` run ``calls`` times under
+    torch.profiler: CUDA kernels on a GPU, CPU operators elsewhere (a dry run of the report)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activity_fn()  # warm: no first-call setup in the profile
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            activity_fn()
+        sync(device)
+    times = {}
+    for e in prof.key_averages():
+        t = e.self_device_time_total if cuda else e.self_cpu_time_total
+        if t > 0 and (cuda or e.key.startswith("aten::")):
+            times[e.key] = (t / calls, e.count / calls)
+    return times
+
+
+def profile_decode_step(loaded: LoadedModel, prompt: list[int], device: torch.device) -> None:
+    """Kernel time of the decode step by kernel, against the step's wall time (captured graph, and the
+    same step eager), and each Linear shape's read bandwidth alone: where the step misses its floor."""
+    for label, graphs in (("graph replay", True), ("eager static step", False)):
+        gen = Generator(loaded, fast_path=True, cuda_graphs=graphs)
+        with torch.inference_mode():
+            for start in range(0, len(prompt), 512):
+                gen._forward(prompt[start : start + 512])
+            token, pos = prompt[-1], gen.cache.length
+            gen._decode(token)  # captures the slot's graph (when graphs are on)
+            graph = gen._graphs.get(gen.cache)
+            if graphs and graph is None:
+                print("   no CUDA graph (not CUDA)")
+                continue
+            step = (
+                functools.partial(graph.run, token, pos) if graph else functools.partial(gen._decode, token)
+            )
+            kernels = kernel_times_us(step, device, 20)
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(50):
+                step()
+            sync(device)
+            wall = (time.perf_counter() - t) * 1e6 / 50
+        total = sum(us for us, _ in kernels.values())
+        mm = sum(us for name, (us, _) in kernels.items() if any(k in name.lower() for k in MATMUL_KERNEL))
+        launches = sum(n for _, n in kernels.values())
+        line = (
+            f"{label}: {wall:.0f} us wall; kernels {total:.0f} us ({launches:.0f} launches): "
+            f"matmul {mm:.0f} us, the rest {total - mm:.0f} us; outside kernels {wall - total:.0f} us"
+        )
+        print(f"   {line}")
+        SUMMARY.append(f"decode step, {line}")
+        for name, (us, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:14]:
+            print(f"   {us:8.1f} us {n:5.0f}x  {name[:150]}")
+        del gen, step
+        free(device)
+    layer, head = loaded.model.transformer.h[0], loaded.model.lm_head
+    weights = {"attn q+kv": layer.attn.qkv_weight, "attn c_proj": layer.attn.c_proj.weight}
+    weights |= {"mlp gate_up": layer.mlp.gate_up_proj.weight, "mlp c_proj": layer.mlp.c_proj.weight}
+    weights["lm_head"] = head.weight
+    with torch.inference_mode():
+        for label, w in weights.items():
+            if w is None:
+                continue
+            x = torch.randn(1, w.shape[1], device=device, dtype=w.dtype)
+            gemv = functools.partial(torch.nn.functional.linear, x, w)
+            us = sum(t for t, _ in kernel_times_us(gemv, device, 20).values())
+            gbs = w.numel() * w.element_size() / us / 1e3
+            line = f"{label} {tuple(w.shape)} alone: {us:.1f} us, {gbs:.0f} GB/s"
+            print(f"   {line}")
+            SUMMARY.append(line)
+
+
 def speed_report(args: argparse.Namespace, device: torch.device, tok: RefactTokenizer) -> None:
     prompt = random_prompt(args.prompt_len)
     dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
@@ -357,6 +437,9 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
                 SUMMARY.append(f"decode step: {line}")
         del gen
         free(device)
+
+    with section("where a decode step's device time goes (torch.profiler)"):
+        profile_decode_step(loaded, prompt, device)
 
     with section(f"one keystroke: the {n}-token prompt grown by one token, KV reuse, 16 new tokens"):
         gen = Generator(loaded)

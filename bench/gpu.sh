@@ -29,7 +29,7 @@ cat "$out/device.txt"
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/engine >"$out/pytest_engine.log" 2>&1
 echo "tests/engine on this machine: rc=$? ($(tail -1 "$out/pytest_engine.log"))"
 
-timeout 180 python3 bench/engine.py --report gpu >"$out/engine_gpu.log" 2>&1
+timeout 200 python3 bench/engine.py --report gpu >"$out/engine_gpu.log" 2>&1
 echo "bench/engine.py --report gpu: rc=$?"
 timeout 240 python3 bench/keystrokes.py --device cuda --dtype bfloat16 --shape real --context 2048 \
     --max-new-tokens 16 --single-line >"$out/keystrokes_gpu.log" 2>&1
