@@ -35,6 +35,7 @@ from contextlib import contextmanager
 
 import torch
 
+import refact_lsp.engine.model as model_module
 from refact_lsp.dev.checkpoints import fixture_tokenizer_path, random_model
 from refact_lsp.dev.op_count import decode_step_ops
 from refact_lsp.engine.generate import GenerationRequest, Generator, sample_next
@@ -126,6 +127,16 @@ def bench_generator(
     """(prefill tokens/s, decode ms/token, tokens): best of ``repeats``, no KV reuse; greedy unless
     ``temperature`` > 0 (then seeded)."""
     gen = Generator(loaded, **generator_options)
+    result = time_generator(gen, prompt, steps, repeats, temperature)
+    del gen
+    free(loaded.device)
+    return result
+
+
+def time_generator(
+    gen: Generator, prompt: list[int], steps: int, repeats: int, temperature: float = 0.0
+) -> tuple[float, float, list[int]]:
+    """:func:`bench_generator` on a generator at hand."""
     req = GenerationRequest(
         prompt, max_new_tokens=steps, temperature=temperature, seed=0, stop_strings=(), kv_reuse=False
     )
@@ -137,8 +148,6 @@ def bench_generator(
         if r.steps > 1:
             decode.append(r.decode_s / (r.steps - 1))
         tokens = r.token_ids
-    del gen
-    free(loaded.device)
     return len(prompt) / min(prefill), 1000 * min(decode) if decode else float("nan"), tokens
 
 
@@ -226,42 +235,52 @@ def kernel_times_us(
     return times
 
 
+def prefill(gen: Generator, prompt: list[int]) -> None:
+    """``prompt`` into the generator's current cache, in chunks of 512 (no sampling)."""
+    with torch.inference_mode():
+        for start in range(0, len(prompt), 512):
+            gen._forward(prompt[start : start + 512])
+
+
+def profile_step(gen: Generator, prompt: list[int], device: torch.device, label: str) -> None:
+    """Kernel time of one decode step by kernel (torch.profiler), against the step's wall time: the
+    captured graph's replay when ``gen`` has one, else the eager step."""
+    prefill(gen, prompt)
+    with torch.inference_mode():
+        token, pos = prompt[-1], gen.cache.length
+        gen._decode(token)  # captures the slot's graph (when graphs are on)
+        graph = gen._graphs.get(gen.cache)
+        step = functools.partial(graph.run, token, pos) if graph else functools.partial(gen._decode, token)
+        kernels = kernel_times_us(step, device, 20)
+        sync(device)
+        t = time.perf_counter()
+        for _ in range(50):
+            step()
+        sync(device)
+        wall = (time.perf_counter() - t) * 1e6 / 50
+    total = sum(us for us, _ in kernels.values())
+    mm = sum(us for name, (us, _) in kernels.items() if any(k in name.lower() for k in MATMUL_KERNEL))
+    launches = sum(n for _, n in kernels.values())
+    line = (
+        f"{label} ({'graph replay' if graph else 'eager'}): {wall:.0f} us wall; kernels {total:.0f} us "
+        f"({launches:.0f} launches): matmul {mm:.0f} us, the rest {total - mm:.0f} us; "
+        f"outside kernels {wall - total:.0f} us"
+    )
+    print(f"   {line}")
+    SUMMARY.append(f"decode step, {line}")
+    for name, (us, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:14]:
+        print(f"   {us:8.1f} us {n:5.0f}x  {name[:150]}")
+
+
 def profile_decode_step(loaded: LoadedModel, prompt: list[int], device: torch.device) -> None:
-    """Kernel time of the decode step by kernel, against the step's wall time (captured graph, and the
-    same step eager), and each Linear shape's read bandwidth alone: where the step misses its floor."""
-    for label, graphs in (("graph replay", True), ("eager static step", False)):
+    """:func:`profile_step` of the captured decode step and of the same step eager, then each Linear
+    shape's read bandwidth alone: where the step misses its floor."""
+    for label, graphs in (("CUDA graph", True), ("static eager", False)):
+        if graphs and device.type != "cuda":
+            continue
         gen = Generator(loaded, fast_path=True, cuda_graphs=graphs)
-        with torch.inference_mode():
-            for start in range(0, len(prompt), 512):
-                gen._forward(prompt[start : start + 512])
-            token, pos = prompt[-1], gen.cache.length
-            gen._decode(token)  # captures the slot's graph (when graphs are on)
-            graph = gen._graphs.get(gen.cache)
-            if graphs and graph is None:
-                print("   no CUDA graph (not CUDA)")
-                continue
-            step = (
-                functools.partial(graph.run, token, pos) if graph else functools.partial(gen._decode, token)
-            )
-            kernels = kernel_times_us(step, device, 20)
-            sync(device)
-            t = time.perf_counter()
-            for _ in range(50):
-                step()
-            sync(device)
-            wall = (time.perf_counter() - t) * 1e6 / 50
-        total = sum(us for us, _ in kernels.values())
-        mm = sum(us for name, (us, _) in kernels.items() if any(k in name.lower() for k in MATMUL_KERNEL))
-        launches = sum(n for _, n in kernels.values())
-        line = (
-            f"{label}: {wall:.0f} us wall; kernels {total:.0f} us ({launches:.0f} launches): "
-            f"matmul {mm:.0f} us, the rest {total - mm:.0f} us; outside kernels {wall - total:.0f} us"
-        )
-        print(f"   {line}")
-        SUMMARY.append(f"decode step, {line}")
-        for name, (us, n) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:14]:
-            print(f"   {us:8.1f} us {n:5.0f}x  {name[:150]}")
-        del gen, step
+        profile_step(gen, prompt, device, label)
+        del gen
         free(device)
     layer, head = loaded.model.transformer.h[0], loaded.model.lm_head
     weights = {"attn q+kv": layer.attn.qkv_weight, "attn c_proj": layer.attn.c_proj.weight}
@@ -278,6 +297,52 @@ def profile_decode_step(loaded: LoadedModel, prompt: list[int], device: torch.de
             line = f"{label} {tuple(w.shape)} alone: {us:.1f} us, {gbs:.0f} GB/s"
             print(f"   {line}")
             SUMMARY.append(line)
+
+
+DECODE_VARIANTS: list[tuple[str, dict[str, bool], bool]] = [
+    # (label, Generator options, residual adds inside the output GEMMs: compiled steps add apart always)
+    ("CUDA graph (default)", {}, True),
+    ("CUDA graph, residual adds apart", {}, False),
+    ("torch.compile", {"compile_decode": True}, True),
+    ("torch.compile + FlexAttention", {"compile_decode": True, "flex_decode": True}, True),
+]
+
+
+def decode_report(args: argparse.Namespace, device: torch.device, tok: RefactTokenizer) -> None:
+    """Ways of running the bf16 decode step, each against the default on the same weights: logits of
+    the same teacher-forced tokens, decode ms/token (fast path, no KV reuse), and a kernel profile."""
+    loaded = make_loaded(args.shapes, torch.bfloat16, device, tok)
+    prompt = random_prompt(args.prompt_len)
+    forced = random_prompt(args.prompt_len + 16)[-16:]
+    bw = memory_bandwidth_gbs(device)
+    _, floor = decode_floor_ms(loaded, bw)
+    print(f"   bandwidth {bw:.0f} GB/s: floor {floor:.2f} ms/token")
+    ref = None
+    for label, options, add_into_gemm in DECODE_VARIANTS:
+        with section(label):
+            model_module.ADD_INTO_GEMM = add_into_gemm
+            gen = Generator(loaded, fast_path=True, **options)
+            t = time.perf_counter()
+            prefill(gen, prompt)
+            with torch.inference_mode():
+                logits = torch.stack([gen._decode(token).float()[REAL] for token in forced])
+            first = time.perf_counter() - t
+            if ref is None:
+                ref = logits
+            mx, mean, agree, _ = drift(ref, logits)
+            _, dec, _ = time_generator(gen, prompt, args.steps, args.repeats)
+            line = (
+                f"{label}: decode {dec:.2f} ms/token (x{dec / floor:.2f} the floor); against the default: "
+                f"max abs logit diff {mx:.4f}, top-1 {agree:.0f}%; graph captured {bool(gen._graphs)}; "
+                f"first prefill + 16 steps {first:.1f} s (capture, compile)"
+            )
+            print(f"   {line}")
+            SUMMARY.append(line)
+            if args.profile:
+                profile_step(gen, prompt, device, label)
+            del gen
+            free(device)
+    model_module.ADD_INTO_GEMM = True
 
 
 def speed_report(args: argparse.Namespace, device: torch.device, tok: RefactTokenizer) -> None:
@@ -505,7 +570,8 @@ def int8_report(args: argparse.Namespace, device: torch.device, tok: RefactToken
 def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--report", choices=("speed", "gpu", "int8"), default=None)
+    ap.add_argument("--report", choices=("speed", "gpu", "int8", "decode"), default=None)
+    ap.add_argument("--profile", action="store_true", help="decode: a kernel profile of each variant")
     ap.add_argument("--shapes", default=None, help="speed: tiny,real; int8: mid")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--prompt-len", type=int, default=None, help="gpu: 2000; others: 256")
@@ -526,9 +592,11 @@ def main() -> None:
         raise SystemExit("--report gpu needs a CUDA device (or, as a dry run on the CPU, --shapes tiny)")
     if report == "int8" and device.type != "cpu":
         raise SystemExit("--report int8 runs on the CPU (--device cpu)")
-    args.shapes = args.shapes or {"speed": "tiny,real", "int8": "mid", "gpu": "real"}[report]
-    args.prompt_len = args.prompt_len or (2000 if report == "gpu" else 256)
-    args.steps = args.steps or (64 if report == "gpu" else 32)
+    args.shapes = (
+        args.shapes or {"speed": "tiny,real", "int8": "mid", "gpu": "real", "decode": "real"}[report]
+    )
+    args.prompt_len = args.prompt_len or (2000 if report in ("gpu", "decode") else 256)
+    args.steps = args.steps or (64 if report in ("gpu", "decode") else 32)
     name = (
         torch.cuda.get_device_name() if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     )
@@ -536,7 +604,8 @@ def main() -> None:
     print(f"prompt {args.prompt_len} tokens, {args.steps} decode steps, best of {args.repeats}")
     tok = RefactTokenizer.from_file(fixture_tokenizer_path())
     t = time.perf_counter()
-    {"speed": speed_report, "gpu": gpu_report, "int8": int8_report}[report](args, device, tok)
+    reports = {"speed": speed_report, "gpu": gpu_report, "int8": int8_report, "decode": decode_report}
+    reports[report](args, device, tok)
     print(f"\n== summary ({report}, {name}, torch {torch.__version__}, {time.perf_counter() - t:.0f} s)")
     for line in SUMMARY:
         print(f" - {line}")

@@ -13,6 +13,7 @@ graph. Sampling and stop rules stay on the host, one step at a time. Running out
 from __future__ import annotations
 
 import codecs
+import functools
 import gc
 import logging
 import math
@@ -178,6 +179,7 @@ class Generator:
         fast_path: bool | None = None,
         cuda_graphs: bool | None = None,
         compile_decode: bool = False,
+        flex_decode: bool = False,
     ):
         self.loaded = loaded
         self.model = loaded.model
@@ -189,6 +191,8 @@ class Generator:
         self.cuda_graphs = self.fast_path and on_cuda and (cuda_graphs is None or cuda_graphs)
         self.compile_decode = compile_decode and self.cuda_graphs
         """Compile the decode step with ``torch.compile`` before capturing it (CUDA graphs only)."""
+        self.flex_decode = flex_decode and self.compile_decode
+        """In the compiled decode step, attention through FlexAttention (one generated kernel per layer)."""
         self.sdpa_prefill = True
         """Prefill with ``scaled_dot_product_attention`` (on every device: same logits, less memory)."""
         self._caches: list[KVCache] = []  # least recently used first; the last is ``cache``
@@ -278,7 +282,9 @@ class Generator:
         """``decode_step`` through ``torch.compile`` (fused kernels) when ``compile_decode`` is on."""
         if not self.compile_decode:
             return None
-        return torch.compile(self.model.decode_step, fullgraph=True, dynamic=False)
+        self.model.drop_stale_fusions()  # the compiled step trusts the fused q/kv weights it finds
+        step = functools.partial(self.model.decode_step, flex=self.flex_decode)
+        return torch.compile(step, fullgraph=True, dynamic=False)
 
     def _capture(self, token: int, pos: int) -> DecodeGraph | None:
         """Capture the decode step; on failure log a warning and decode eagerly from now on."""

@@ -9,12 +9,14 @@ Parameter names match the official checkpoint (``transformer.h.{i}.attn.q.weight
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import flex_attention
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -49,6 +51,17 @@ def alibi_bias_at(slopes: torch.Tensor, pos: torch.Tensor, capacity: int) -> tor
     return bias.masked_fill(rel[None, None, :] > 0, float("-inf"))
 
 
+def alibi_score_mod(slopes: torch.Tensor, pos: torch.Tensor) -> Callable[..., torch.Tensor]:
+    """FlexAttention's ``score_mod`` for one query at position ``pos[0]`` (``[1]`` long): the ALiBi bias
+    ``-slopes[h] * (pos - j)`` on keys ``j <= pos``, minus infinity on the cache slots after it."""
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        p = pos[0]
+        return torch.where(kv_idx <= p, score - slopes[h] * (p - kv_idx), -float("inf"))
+
+    return score_mod
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with a gain and no bias (biased variance), as in the checkpoint."""
 
@@ -61,11 +74,22 @@ class LayerNorm(nn.Module):
         return F.layer_norm(x, (x.shape[-1],), self.weight, None, self.eps)
 
 
+ADD_INTO_GEMM = True
+"""Residual adds inside the output GEMMs (:func:`add_linear`); ``bench/engine.py`` times both ways."""
+
+
 def add_linear(residual: torch.Tensor, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``residual + layer(x)``. For a plain bias-free Linear without autograd, one GEMM that adds into
     ``residual`` in place (``addmm_``: one kernel, where the product and the sum took two); an int8
-    (quantized) layer, or a forward pass that records gradients, adds separately."""
-    if type(layer) is not nn.Linear or layer.bias is not None or torch.is_grad_enabled():
+    (quantized) layer, a forward pass that records gradients, or one under ``torch.compile`` adds
+    separately."""
+    if (
+        not ADD_INTO_GEMM
+        or torch.compiler.is_compiling()  # Inductor fuses a separate add with the next norm
+        or type(layer) is not nn.Linear
+        or layer.bias is not None
+        or torch.is_grad_enabled()
+    ):
         return residual + layer(x)
     flat = residual.view(-1, residual.shape[-1])
     flat.addmm_(x.reshape(-1, x.shape[-1]), layer.weight.t())
@@ -98,23 +122,35 @@ class Attention(nn.Module):
         self.kv.weight = nn.Parameter(fused[n:], requires_grad=self.kv.weight.requires_grad)
         self.qkv_weight = fused
 
-    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(q(x), kv(x))``: one GEMM while the parameters are still views of ``qkv_weight`` (and no
-        gradients are recorded: the fused tensor is no parameter)."""
+    def fused_weight(self) -> torch.Tensor | None:
+        """``qkv_weight`` while ``q.weight`` and ``kv.weight`` are still views of it; once they were moved,
+        converted or quantized, None (and the fused tensor is let go: two GEMMs from then on)."""
         fused = self.qkv_weight
-        if fused is not None and not torch.is_grad_enabled():
-            n = self.q.out_features
-            q, kv = getattr(self.q, "weight", None), getattr(self.kv, "weight", None)
-            if (
-                isinstance(q, torch.Tensor)
-                and isinstance(kv, torch.Tensor)
-                and q.data_ptr() == fused.data_ptr()
-                and kv.data_ptr() == fused[n:].data_ptr()
-                and q.dtype == kv.dtype == fused.dtype
-            ):
+        if fused is None:
+            return None
+        n = self.q.out_features
+        q, kv = getattr(self.q, "weight", None), getattr(self.kv, "weight", None)
+        if (
+            isinstance(q, torch.Tensor)
+            and isinstance(kv, torch.Tensor)
+            and q.data_ptr() == fused.data_ptr()
+            and kv.data_ptr() == fused[n:].data_ptr()
+            and q.dtype == kv.dtype == fused.dtype
+        ):
+            return fused
+        self.qkv_weight = None
+        return None
+
+    def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(q(x), kv(x))``: one GEMM while the fused weight is current (and no gradients are recorded: the
+        fused tensor is no parameter). ``torch.compile`` cannot trace the pointer check: a compiled caller
+        runs :meth:`GPTRefactForCausalLM.drop_stale_fusions` first."""
+        if not torch.is_grad_enabled():
+            fused = self.qkv_weight if torch.compiler.is_compiling() else self.fused_weight()
+            if fused is not None:
+                n = self.q.out_features
                 both = F.linear(x, fused)
                 return both[..., :n], both[..., n:]
-            self.qkv_weight = None  # moved, converted or quantized since: two GEMMs from now on
         return self.q(x), self.kv(x)
 
     def forward(
@@ -124,10 +160,12 @@ class Attention(nn.Module):
         cache: Any | None,
         sdpa: bool = False,
         residual: torch.Tensor | None = None,
+        score_mod: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``residual + attention(x)``, added into ``residual`` in place without autograd (see
         :func:`add_linear`). The scores are computed in ``bias``'s dtype: float32 for the reference path,
-        the model's dtype for the fast decode step."""
+        the model's dtype for the fast decode step. ``score_mod`` (one decode step under ``torch.compile``,
+        see :meth:`GPTRefactForCausalLM.decode_step`): FlexAttention with that bias and mask instead."""
         b, t, c = x.shape
         d = self.head_dim
         q, kv = self._project(x)
@@ -143,7 +181,9 @@ class Attention(nn.Module):
         # single K/V head is read once (no broadcast copy of K per head)
         hq, s = self.n_head * t, k.shape[-2]
         scale = 1.0 / math.sqrt(d)
-        if sdpa:  # fused kernel; the ALiBi + causal bias goes in as a float mask in the compute dtype
+        if score_mod is not None:  # one fused flash-decoding kernel, generated by torch.compile
+            y = flex_attention(q, k, v, score_mod=score_mod, enable_gqa=True, scale=scale)
+        elif sdpa:  # fused kernel; the ALiBi + causal bias goes in as a float mask in the compute dtype
             y = F.scaled_dot_product_attention(
                 q.reshape(b, 1, hq, d), k, v, attn_mask=bias.reshape(1, 1, hq, s).to(q.dtype), scale=scale
             )
@@ -183,9 +223,14 @@ class Block(nn.Module):
         self.mlp = MLP(config)
 
     def forward(
-        self, x: torch.Tensor, bias: torch.Tensor, cache: Any | None, sdpa: bool = False
+        self,
+        x: torch.Tensor,
+        bias: torch.Tensor | None,
+        cache: Any | None,
+        sdpa: bool = False,
+        score_mod: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        x = self.attn(self.ln_1(x), bias, cache, sdpa, residual=x)
+        x = self.attn(self.ln_1(x), bias, cache, sdpa, residual=x, score_mod=score_mod)
         return self.mlp(self.ln_2(x), residual=x)
 
 
@@ -329,7 +374,15 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
         for block in self.transformer.h:
             block.attn.fuse_projections()
 
-    def decode_step(self, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
+    def drop_stale_fusions(self) -> None:
+        """Lets go of fused q/kv tensors that the parameters no longer view (:meth:`Attention.fused_weight`):
+        for a caller that compiles the forward, where the check cannot run."""
+        for block in self.transformer.h:
+            block.attn.fused_weight()
+
+    def decode_step(
+        self, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any, *, flex: bool = False
+    ) -> torch.Tensor:
         """Logits ``[vocab]`` of one token ``[1, 1]`` at position ``pos`` (``[1]`` long), both on the device.
 
         Attention here is plain batched GEMMs in the model's dtype (scores + ALiBi in one ``baddbmm``):
@@ -341,13 +394,19 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
         Static shapes, no host sync (CUDA-graph capturable): keys/values are written into slot ``pos`` of
         the engine's preallocated cache and attention runs over all its slots, masked after ``pos``. The
         caller checks bounds and records the token (``kv_cache.commit``).
+
+        ``flex``: attention through FlexAttention, with the ALiBi bias and the mask as its score
+        modification (scores in float32): under ``torch.compile`` one generated kernel per layer (split
+        over the cache) where the GEMM path runs five; without compiling it is a slow reference.
         """
         x = self.transformer.wte(token)
-        # attention in the model's dtype, like the SDPA prefill: no float32 copies of the cache per layer
-        bias = alibi_bias_at(self.slopes(x.device), pos, kv_cache.capacity).to(x.dtype)
         slot = kv_cache.slot(pos)
+        if flex:
+            score_mod, bias = alibi_score_mod(self.slopes(x.device), pos), None
+        else:  # attention in the model's dtype, like the SDPA prefill: no float32 copies of the cache
+            score_mod, bias = None, alibi_bias_at(self.slopes(x.device), pos, kv_cache.capacity).to(x.dtype)
         for block in self.transformer.h:
-            x = block(x, bias, slot)
+            x = block(x, bias, slot, score_mod=score_mod)
         return self.lm_head(self.ln_f(x))[0, -1]
 
 

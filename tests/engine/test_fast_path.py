@@ -30,7 +30,7 @@ def greedy(prompt: list[int], **kw) -> GenerationRequest:
 
 @pytest.fixture(scope="module")
 def fp32(random_ckpt) -> LoadedModel:
-    return load_model(ModelSpec(str(random_ckpt)))
+    return load_model(ModelSpec(str(random_ckpt), device="cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_fast_path_generates_the_same_tokens(fp32, prompts, kv_reuse: bool) -> N
 
 
 def test_fast_path_spells_the_scripted_text(scripted_ckpt, tokenizer, script_text) -> None:
-    gen = Generator(load_model(ModelSpec(str(scripted_ckpt))), fast_path=True)
+    gen = Generator(load_model(ModelSpec(str(scripted_ckpt), device="cpu")), fast_path=True)
     for _ in range(2):  # the second time from the reused cache
         res = gen.generate(greedy(fim(tokenizer, "x = 1\n", "\nfoo()"), max_new_tokens=100))
         assert (res.text, res.stop_reason) == (script_text, "eot")
@@ -112,7 +112,7 @@ def test_fast_path_spells_the_scripted_text(scripted_ckpt, tokenizer, script_tex
 
 
 def test_int8_loads_generates_and_stays_close(random_ckpt, fp32, prompts) -> None:
-    int8 = load_model(ModelSpec(str(random_ckpt), dtype="int8"))
+    int8 = load_model(ModelSpec(str(random_ckpt), device="cpu", dtype="int8"))
     assert int8.quantization == "int8" and int8.dtype == torch.float32
     assert int8.model.transformer.h[0].attn.q.weight().dtype == torch.qint8
     assert int8.model.lm_head.weight().dtype == torch.qint8
@@ -128,7 +128,7 @@ def test_int8_loads_generates_and_stays_close(random_ckpt, fp32, prompts) -> Non
 
 
 def test_int8_keeps_a_peaked_model_exact(scripted_ckpt, tokenizer, script_text) -> None:
-    gen = Generator(load_model(ModelSpec(str(scripted_ckpt), dtype="int8")))
+    gen = Generator(load_model(ModelSpec(str(scripted_ckpt), device="cpu", dtype="int8")))
     res = gen.generate(greedy(fim(tokenizer, "a", "b"), max_new_tokens=100))
     assert res.text == script_text
 

@@ -31,7 +31,7 @@ def greedy(prompt: list[int], **kw) -> GenerationRequest:
 
 @pytest.fixture(scope="module")
 def scripted(scripted_ckpt) -> Generator:
-    return Generator(load_model(ModelSpec(str(scripted_ckpt))))
+    return Generator(load_model(ModelSpec(str(scripted_ckpt), device="cpu")))
 
 
 def test_scripted_checkpoint_spells_its_text(scripted, tokenizer, script_text) -> None:
@@ -97,13 +97,13 @@ def test_should_stop_is_checked_between_decode_steps(scripted, tokenizer) -> Non
 
 
 def test_immediate_eot_is_an_empty_answer(tmp_path: Path, tokenizer) -> None:
-    gen = Generator(load_model(ModelSpec(str(write_scripted_checkpoint(tmp_path, "")))))
+    gen = Generator(load_model(ModelSpec(str(write_scripted_checkpoint(tmp_path, "")), device="cpu")))
     res = gen.generate(GenerationRequest(fim(tokenizer, "a", "b")))
     assert (res.text, res.stop_reason, res.steps, res.token_ids) == ("", "eot", 1, [])
 
 
 def test_kv_reuse_gives_identical_results(scripted, random_ckpt, tokenizer) -> None:
-    gen = Generator(load_model(ModelSpec(str(random_ckpt))))
+    gen = Generator(load_model(ModelSpec(str(random_ckpt), device="cpu")))
     prefix = "def add(a, b):\n    return a"
     prompts = [fim(tokenizer, prefix[:n], "\n\nprint(add(1, 2))\n") for n in (10, 14, 15, 20, 26, 12)]
     outputs = {}
@@ -125,7 +125,7 @@ def test_kv_reuse_gives_identical_results(scripted, random_ckpt, tokenizer) -> N
 def test_kv_slots_keep_recent_prompts_apart(random_ckpt, tokenizer) -> None:
     """Prompts that share little take their own slot (up to KV_SLOTS, then the least recently used
     is overwritten), so going back to an earlier one reuses it; answers never depend on the slots."""
-    gen = Generator(load_model(ModelSpec(str(random_ckpt))))
+    gen = Generator(load_model(ModelSpec(str(random_ckpt), device="cpu")))
     fresh = Generator(gen.loaded)  # the same weights, a slot per request from scratch
     docs = [fim(tokenizer, f"def f{i}(x):\n    return x + {i}", f"\n\nprint(f{i}({i}))\n") for i in range(6)]
 
@@ -152,7 +152,7 @@ def test_kv_slots_keep_recent_prompts_apart(random_ckpt, tokenizer) -> None:
 
 
 def test_seeded_sampling_is_reproducible_and_top_p_tiny_is_greedy(random_ckpt, tokenizer) -> None:
-    gen = Generator(load_model(ModelSpec(str(random_ckpt))))
+    gen = Generator(load_model(ModelSpec(str(random_ckpt), device="cpu")))
     prompt = fim(tokenizer, "import os\n", "")
     a = gen.generate(GenerationRequest(prompt, max_new_tokens=6, temperature=1.0, seed=3, stop_strings=()))
     b = gen.generate(GenerationRequest(prompt, max_new_tokens=6, temperature=1.0, seed=3, stop_strings=()))
@@ -196,7 +196,7 @@ def test_padding_ids_are_never_produced(tmp_path: Path, tokenizer) -> None:
     for d in range(n_embd):  # a padding row beats every real successor: 20 > 10
         head[FIRST_PADDING_ID + d, d] = 20.0
     save_file(tensors, str(folder / "model.safetensors"))
-    loaded = load_model(ModelSpec(str(folder)))
+    loaded = load_model(ModelSpec(str(folder), device="cpu"))
     prompt = fim(tokenizer, "x", "y")
     with torch.no_grad():
         raw = loaded.model(torch.tensor([prompt])).logits[0, -1]
@@ -221,7 +221,9 @@ def test_runner_states_and_cancellation(tmp_path: Path, tokenizer) -> None:
     states: list[str] = []
     runner = ModelRunner(on_state=states.append)
     assert runner.state == "unloaded" and runner.tokenizer is None
-    runner.load(ModelSpec(str(write_scripted_checkpoint(tmp_path, "while True: pass", loop=True))))
+    runner.load(
+        ModelSpec(str(write_scripted_checkpoint(tmp_path, "while True: pass", loop=True)), device="cpu")
+    )
     assert states == ["loading", "ready"] and runner.n_ctx == 4096
     prompt = fim(runner.tokenizer, "a", "b")
 

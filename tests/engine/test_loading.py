@@ -66,7 +66,7 @@ def test_missing_tensor_is_named(ckpt: Path, via: str) -> None:
 
             AutoModelForCausalLM.from_pretrained(ckpt)
         else:
-            load_model(ModelSpec(str(ckpt)))
+            load_model(ModelSpec(str(ckpt), device="cpu"))
 
 
 def test_wrong_shape_is_named(ckpt: Path) -> None:
@@ -74,7 +74,7 @@ def test_wrong_shape_is_named(ckpt: Path) -> None:
     with pytest.raises(
         ModelLoadError, match=r"wrong shapes: ln_f\.weight \[65\] \(config\.json implies \[64\]\)"
     ):
-        load_model(ModelSpec(str(ckpt)))
+        load_model(ModelSpec(str(ckpt), device="cpu"))
 
 
 def test_unexpected_and_half_legacy_tensors_are_named(ckpt: Path) -> None:
@@ -86,7 +86,7 @@ def test_unexpected_and_half_legacy_tensors_are_named(ckpt: Path) -> None:
     with pytest.raises(
         ModelLoadError, match=r"unexpected tensors: transformer\.extra\.weight, transformer\.h\.0\.attn\.k"
     ):
-        load_model(ModelSpec(str(ckpt)))
+        load_model(ModelSpec(str(ckpt), device="cpu"))
 
 
 def test_pickle_only_folder_is_refused_unless_allowed(ckpt: Path) -> None:
@@ -94,31 +94,31 @@ def test_pickle_only_folder_is_refused_unless_allowed(ckpt: Path) -> None:
     torch.save(tensors, ckpt / "pytorch_model.bin")
     (ckpt / "model.safetensors").unlink()
     with pytest.raises(ModelLoadError, match="only pickle weights"):
-        load_model(ModelSpec(str(ckpt)))
-    loaded = load_model(ModelSpec(str(ckpt), allow_pickle=True))
+        load_model(ModelSpec(str(ckpt), device="cpu"))
+    loaded = load_model(ModelSpec(str(ckpt), device="cpu", allow_pickle=True))
     torch.testing.assert_close(loaded.model.lm_head.weight, tensors["lm_head.weight"])
 
 
 def test_missing_tokenizer_config_or_folder(ckpt: Path, tmp_path: Path) -> None:
     (ckpt / "tokenizer.json").unlink()
     with pytest.raises(ModelLoadError, match="no tokenizer.json"):
-        load_model(ModelSpec(str(ckpt)))
+        load_model(ModelSpec(str(ckpt), device="cpu"))
     (ckpt / "config.json").unlink()
     with pytest.raises(ModelLoadError, match="no config.json"):
-        load_model(ModelSpec(str(ckpt)))
+        load_model(ModelSpec(str(ckpt), device="cpu"))
     with pytest.raises(ModelLoadError, match="not found"):
-        load_model(ModelSpec(str(tmp_path / "nowhere" / "at all")))
+        load_model(ModelSpec(str(tmp_path / "nowhere" / "at all"), device="cpu"))
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ModelLoadError, match="expected 'gpt_refact'"):
-        load_model(ModelSpec(str(tmp_path / "empty")))
+        load_model(ModelSpec(str(tmp_path / "empty"), device="cpu"))
 
 
 def test_runner_reports_load_errors(ckpt: Path) -> None:
     (ckpt / "model.safetensors").unlink()
     runner = ModelRunner()
     with pytest.raises(ModelLoadError):
-        runner.load(ModelSpec(str(ckpt)))
+        runner.load(ModelSpec(str(ckpt), device="cpu"))
     assert runner.state == "error" and "no model weights" in runner.error
 
 

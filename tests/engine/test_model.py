@@ -54,7 +54,7 @@ def reference_logits(folder: Path, ids: list[int], n_head: int, n_layer: int) ->
 
 @pytest.fixture(scope="module")
 def fused(random_ckpt):
-    return load_model(ModelSpec(str(random_ckpt)))
+    return load_model(ModelSpec(str(random_ckpt), device="cpu"))
 
 
 def test_logits_match_reference(fused, random_ckpt) -> None:
@@ -92,7 +92,7 @@ def test_fused_projections_keep_names_and_logits_and_undo_themselves_when_moved(
     from refact_lsp.engine.loading import load_weights, read_config
 
     plain = load_weights(random_ckpt, read_config(random_ckpt), device=torch.device("cpu"), dtype=None)
-    fused = load_model(ModelSpec(str(random_ckpt))).model
+    fused = load_model(ModelSpec(str(random_ckpt), device="cpu")).model
     attn = fused.transformer.h[0].attn
     assert plain.transformer.h[0].attn.qkv_weight is None and attn.qkv_weight is not None
     assert attn.q.weight.data_ptr() == attn.qkv_weight.data_ptr()
@@ -108,7 +108,7 @@ def test_fused_projections_keep_names_and_logits_and_undo_themselves_when_moved(
 
 
 def test_legacy_layout_gives_identical_logits(fused, legacy_ckpt) -> None:
-    legacy = load_model(ModelSpec(str(legacy_ckpt)))
+    legacy = load_model(ModelSpec(str(legacy_ckpt), device="cpu"))
     assert "transformer.h.0.attn.k.weight" in load_file(str(legacy_ckpt / "model.safetensors"))
     with torch.no_grad():
         a = fused.model(torch.tensor([IDS])).logits
@@ -153,7 +153,7 @@ def test_cache_truncate_and_continue_matches_fresh_prefill(fused) -> None:
 
 
 def test_bfloat16_forward_is_close_to_float32(random_ckpt, fused) -> None:
-    bf16 = load_model(ModelSpec(str(random_ckpt), dtype="bfloat16"))
+    bf16 = load_model(ModelSpec(str(random_ckpt), device="cpu", dtype="bfloat16"))
     assert bf16.model.lm_head.weight.dtype == torch.bfloat16
     with torch.no_grad():
         a = fused.model(torch.tensor([IDS])).logits[0]
