@@ -38,6 +38,7 @@ import torch
 import refact_lsp.engine.model as model_module
 from refact_lsp.dev.checkpoints import fixture_tokenizer_path, random_model
 from refact_lsp.dev.op_count import decode_step_ops
+from refact_lsp.engine import triton_decode
 from refact_lsp.engine.generate import GenerationRequest, Generator, sample_next
 from refact_lsp.engine.loading import LoadedModel, resolve_device
 from refact_lsp.engine.quantize import quantize_int8
@@ -299,18 +300,44 @@ def profile_decode_step(loaded: LoadedModel, prompt: list[int], device: torch.de
             SUMMARY.append(line)
 
 
-DECODE_VARIANTS: list[tuple[str, dict[str, bool], bool]] = [
-    # (label, Generator options, residual adds inside the output GEMMs: compiled steps add apart always)
-    ("CUDA graph (default)", {}, True),
-    ("CUDA graph, residual adds apart", {}, False),
-    ("torch.compile", {"compile_decode": True}, True),
-    ("torch.compile + FlexAttention", {"compile_decode": True, "flex_decode": True}, True),
+DECODE_VARIANTS: list[tuple[str, dict[str, bool], dict[str, object]]] = [
+    # (label, Generator options, module constants set for the run: see ``patched``)
+    ("CUDA graph, torch's kernels", {"triton_kernels": False}, {}),
+    ("CUDA graph, Triton kernels (the default)", {"triton_kernels": True}, {}),
+    (
+        "CUDA graph, Triton kernels, 64 keys per attention program",
+        {"triton_kernels": True},
+        {"KEYS_PER_PROGRAM": 64},
+    ),
+    (
+        "CUDA graph, Triton kernels, 256 keys per attention program",
+        {"triton_kernels": True},
+        {"KEYS_PER_PROGRAM": 256},
+    ),
+    ("CUDA graph, torch's kernels, residual adds apart", {"triton_kernels": False}, {"ADD_INTO_GEMM": False}),
 ]
+COMPILE_VARIANT = ("torch.compile, then a CUDA graph (adds apart)", {"compile_decode": True}, {})
+
+
+@contextmanager
+def patched(constants: dict[str, object]) -> Iterator[None]:
+    """The model's or the Triton step's module constants (``ADD_INTO_GEMM``, ``KEYS_PER_PROGRAM``) set for
+    the block: what the bench compares, without a setting in the product."""
+    saved = []
+    for name, value in constants.items():
+        module = model_module if hasattr(model_module, name) else triton_decode
+        saved.append((module, name, getattr(module, name)))
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for m, name, value in saved:
+            setattr(m, name, value)
 
 
 def decode_report(args: argparse.Namespace, device: torch.device, tok: RefactTokenizer) -> None:
-    """Ways of running the bf16 decode step, each against the default on the same weights: logits of
-    the same teacher-forced tokens, decode ms/token (fast path, no KV reuse), and a kernel profile."""
+    """Ways of running the bf16 decode step, each against the first on the same weights: logits of the
+    same teacher-forced tokens, decode ms/token (fast path, no KV reuse), and a kernel profile."""
     loaded = make_loaded(args.shapes, torch.bfloat16, device, tok)
     prompt = random_prompt(args.prompt_len)
     forced = random_prompt(args.prompt_len + 16)[-16:]
@@ -318,9 +345,8 @@ def decode_report(args: argparse.Namespace, device: torch.device, tok: RefactTok
     _, floor = decode_floor_ms(loaded, bw)
     print(f"   bandwidth {bw:.0f} GB/s: floor {floor:.2f} ms/token")
     ref = None
-    for label, options, add_into_gemm in DECODE_VARIANTS:
-        with section(label):
-            model_module.ADD_INTO_GEMM = add_into_gemm
+    for label, options, constants in DECODE_VARIANTS + ([COMPILE_VARIANT] if args.compile else []):
+        with section(label), patched(constants):
             gen = Generator(loaded, fast_path=True, **options)
             t = time.perf_counter()
             prefill(gen, prompt)
@@ -332,8 +358,9 @@ def decode_report(args: argparse.Namespace, device: torch.device, tok: RefactTok
             mx, mean, agree, _ = drift(ref, logits)
             _, dec, _ = time_generator(gen, prompt, args.steps, args.repeats)
             line = (
-                f"{label}: decode {dec:.2f} ms/token (x{dec / floor:.2f} the floor); against the default: "
-                f"max abs logit diff {mx:.4f}, top-1 {agree:.0f}%; graph captured {bool(gen._graphs)}; "
+                f"{label}: decode {dec:.2f} ms/token (x{dec / floor:.2f} the floor); against the first: "
+                f"max abs logit diff {mx:.4f}, top-1 {agree:.0f}%; graph captured {bool(gen._graphs)}, "
+                f"Triton kernels {gen.triton_kernels}; "
                 f"first prefill + 16 steps {first:.1f} s (capture, compile)"
             )
             print(f"   {line}")
@@ -342,7 +369,6 @@ def decode_report(args: argparse.Namespace, device: torch.device, tok: RefactTok
                 profile_step(gen, prompt, device, label)
             del gen
             free(device)
-    model_module.ADD_INTO_GEMM = True
 
 
 def speed_report(args: argparse.Namespace, device: torch.device, tok: RefactTokenizer) -> None:
@@ -447,15 +473,15 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
     with section("bf16 speed: prefill and decode, with and without the fast path"):
         floor = st.get("floor", float("nan"))
         modes: list[tuple[str, dict[str, bool], str | None]] = [
-            ("fast path: SDPA prefill, CUDA-graph decode", {"fast_path": True}, None),
+            ("fast path: SDPA prefill, CUDA-graph decode (Triton kernels)", {"fast_path": True}, None),
             (
                 "fast path, static eager decode (no CUDA graphs)",
                 {"fast_path": True, "cuda_graphs": False},
                 None,
             ),
             (
-                "fast path, decode step through torch.compile, then a CUDA graph",
-                {"fast_path": True, "compile_decode": True},
+                "fast path with torch's kernels in the decode step",
+                {"fast_path": True, "triton_kernels": False},
                 None,
             ),
             ("no fast path: matmul prefill, dynamic eager decode", {"fast_path": False}, None),
@@ -572,6 +598,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--report", choices=("speed", "gpu", "int8", "decode"), default=None)
     ap.add_argument("--profile", action="store_true", help="decode: a kernel profile of each variant")
+    ap.add_argument("--compile", action="store_true", help="decode: also torch.compile (about 40 s more)")
     ap.add_argument("--shapes", default=None, help="speed: tiny,real; int8: mid")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--prompt-len", type=int, default=None, help="gpu: 2000; others: 256")

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole GPU check in one go, for a CUDA machine lent for a few minutes (at most 9 minutes, about 7 on an H100):
-# the engine's tests on CUDA (graph replay per KV slot, bf16 against float32), bench/engine.py's GPU
-# report (bf16 drift, decode ms/token, operations per decode step, transformers' generate) and the
-# keystroke replay through the real server with the 1.6B shape.
+# The whole GPU check in one go, for a CUDA machine lent for a few minutes (at most 12 minutes, about 4 on an
+# H100): the engine's tests on CUDA (graph replay per KV slot, the Triton kernels, bf16 against float32),
+# bench/engine.py's decode report (the decode step's variants with kernel profiles) and GPU report (bf16 drift,
+# decode ms/token, operations per decode step, transformers' generate), and the keystroke replay through the
+# real server with the 1.6B shape.
 #
 #     bash bench/gpu.sh [WHEEL_DIR]
 #
@@ -29,11 +30,14 @@ cat "$out/device.txt"
 timeout 120 python3 -m pytest -q -p no:cacheprovider tests/engine >"$out/pytest_engine.log" 2>&1
 echo "tests/engine on this machine: rc=$? ($(tail -1 "$out/pytest_engine.log"))"
 
+timeout 150 python3 bench/engine.py --report decode --profile >"$out/engine_decode.log" 2>&1
+echo "bench/engine.py --report decode: rc=$?"
 timeout 200 python3 bench/engine.py --report gpu >"$out/engine_gpu.log" 2>&1
 echo "bench/engine.py --report gpu: rc=$?"
 timeout 240 python3 bench/keystrokes.py --device cuda --dtype bfloat16 --shape real --context 2048 \
     --max-new-tokens 16 --single-line >"$out/keystrokes_gpu.log" 2>&1
 echo "bench/keystrokes.py: rc=$?"
 
+grep -A12 "== summary" "$out/engine_decode.log" | grep -v "^ - decode step" | cut -c1-240
 grep -A30 "== summary" "$out/engine_gpu.log" | cut -c1-240
 grep -A12 "== summary" "$out/keystrokes_gpu.log" | cut -c1-240

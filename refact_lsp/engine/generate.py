@@ -27,10 +27,11 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from refact_lsp.dev.faults import maybe_inject
+from refact_lsp.engine import triton_decode
 from refact_lsp.engine.cuda_graph import DecodeGraph
 from refact_lsp.engine.kv_cache import KVCache
 from refact_lsp.engine.loading import LoadedModel
-from refact_lsp.engine.tokenizer import EOT_ID, FIRST_PADDING_ID
+from refact_lsp.engine.tokenizer import EOT_ID, FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
 
 StopReason = Literal["eot", "stop_string", "max_tokens", "time_budget", "cancelled"]
 SHORT_TAIL = 8
@@ -169,7 +170,9 @@ class Generator:
     """Runs requests on one loaded model; keeps the last request's KV cache. One caller at a time.
 
     ``fast_path`` (default: on for CUDA) prefills with SDPA and decodes with static shapes; ``cuda_graphs``
-    (default: with the fast path on CUDA) replays that decode step as a CUDA graph.
+    (default: with the fast path on CUDA) replays that decode step as a CUDA graph; ``triton_kernels``
+    (default: with the fast path where :func:`triton_decode.supports` the model) runs the decode step's
+    norms, attention and activation as Triton kernels, and falls back to torch's if they fail.
     """
 
     def __init__(
@@ -179,7 +182,7 @@ class Generator:
         fast_path: bool | None = None,
         cuda_graphs: bool | None = None,
         compile_decode: bool = False,
-        flex_decode: bool = False,
+        triton_kernels: bool | None = None,
     ):
         self.loaded = loaded
         self.model = loaded.model
@@ -191,8 +194,14 @@ class Generator:
         self.cuda_graphs = self.fast_path and on_cuda and (cuda_graphs is None or cuda_graphs)
         self.compile_decode = compile_decode and self.cuda_graphs
         """Compile the decode step with ``torch.compile`` before capturing it (CUDA graphs only)."""
-        self.flex_decode = flex_decode and self.compile_decode
-        """In the compiled decode step, attention through FlexAttention (one generated kernel per layer)."""
+        wanted = triton_decode.supports(self.model, self.device) if triton_kernels is None else triton_kernels
+        self.triton_kernels = (
+            wanted
+            and self.fast_path
+            and not self.compile_decode
+            and triton_decode.can_run(self.model, self.device)
+        )
+        """The decode step through :func:`triton_decode.decode_step`."""
         self.sdpa_prefill = True
         """Prefill with ``scaled_dot_product_attention`` (on every device: same logits, less memory)."""
         self._caches: list[KVCache] = []  # least recently used first; the last is ``cache``
@@ -239,6 +248,18 @@ class Generator:
         for cache in self._caches:
             cache.reset()
 
+    def warm_up(self) -> None:
+        """On CUDA, one tiny generation: the Triton kernels' compilation, cuBLAS's set-up and the first KV
+        slot's graph capture happen now (at load, in the background) instead of in the first request.
+        Nothing of it stays cached but the captured graph."""
+        if self.device.type != "cuda":
+            return
+        prompt = [FIM_SUFFIX_ID, FIM_PREFIX_ID, FIM_MIDDLE_ID]  # short: the prompt's tail is decoded too
+        self.generate(
+            GenerationRequest(prompt, max_new_tokens=2, temperature=0.0, stop_strings=(), kv_reuse=False)
+        )
+        self.reset_cache()
+
     def release_memory(self) -> None:
         """Drop the KV caches and the decode graphs (rebuilt on the next request) and free device memory."""
         self._caches, self._graphs = [], {}
@@ -274,25 +295,32 @@ class Generator:
             self._step_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
         self._step_token.fill_(token)
         self._step_pos.fill_(pos)
-        logits = self.model.decode_step(self._step_token, self._step_pos, cache)
+        logits = self._step()(self._step_token, self._step_pos, cache)
         cache.commit([token])
         return logits
 
-    def _compiled_step(self) -> Callable[..., torch.Tensor] | None:
-        """``decode_step`` through ``torch.compile`` (fused kernels) when ``compile_decode`` is on."""
-        if not self.compile_decode:
-            return None
-        self.model.drop_stale_fusions()  # the compiled step trusts the fused q/kv weights it finds
-        step = functools.partial(self.model.decode_step, flex=self.flex_decode)
-        return torch.compile(step, fullgraph=True, dynamic=False)
+    def _step(self) -> Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor]:
+        """The static decode step: ``torch.compile``'d (``compile_decode``), with the Triton kernels
+        (``triton_kernels``), or the model's own."""
+        if self.compile_decode:
+            self.model.drop_stale_fusions()  # the compiled step trusts the fused q/kv weights it finds
+            return torch.compile(self.model.decode_step, fullgraph=True, dynamic=False)
+        if self.triton_kernels:
+            return functools.partial(triton_decode.decode_step, self.model)
+        return self.model.decode_step
 
     def _capture(self, token: int, pos: int) -> DecodeGraph | None:
-        """Capture the decode step; on failure log a warning and decode eagerly from now on."""
+        """Capture the decode step. If the Triton kernels fail (their compilation, say), capture torch's
+        step instead; if that fails too, log a warning and decode eagerly from now on."""
         try:
-            return DecodeGraph(self.model, self.cache, token, pos, step=self._compiled_step())
+            return DecodeGraph(self.model, self.cache, token, pos, step=self._step())
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # capture is best effort: the eager step computes the same thing
+            if self.triton_kernels:
+                log.warning("Triton decode kernels failed, using torch's: %s: %s", type(e).__name__, e)
+                self.triton_kernels = False
+                return self._capture(token, pos)
             log.warning("CUDA graph capture failed, decoding without graphs: %s: %s", type(e).__name__, e)
             self.cuda_graphs = False
             return None

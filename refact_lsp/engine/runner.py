@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ from refact_lsp.engine.loading import (
     load_model,
 )
 from refact_lsp.engine.tokenizer import RefactTokenizer
+
+log = logging.getLogger(__name__)
 
 RunnerState = Literal["unloaded", "downloading", "loading", "ready", "error"]
 
@@ -87,6 +90,10 @@ class ModelRunner:
                 raise ModelLoadError(self.error) from e
             with self._gen_lock:
                 self._loaded, self._generator = loaded, Generator(loaded)
+                try:
+                    self._generator.warm_up()
+                except Exception as e:  # the first request pays instead (or reports what is wrong)
+                    log.warning("warm-up failed: %s: %s", type(e).__name__, e)
             # torch, transformers and the model are a few hundred thousand long-lived objects: frozen,
             # the cyclic GC no longer walks them all in the middle of a keystroke's request
             gc.collect()

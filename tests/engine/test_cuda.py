@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from refact_lsp.engine import triton_decode
 from refact_lsp.engine.generate import KV_SLOTS, GenerationRequest, Generator
 from refact_lsp.engine.loading import LoadedModel, ModelSpec, load_model
 from refact_lsp.engine.tokenizer import FIRST_PADDING_ID
@@ -62,3 +63,43 @@ def test_bf16_decode_stays_close_to_float32(random_ckpt, bf16) -> None:
     diff = (ref - low).abs()
     assert 0 < diff.max() < 0.25
     assert (ref.argmax(-1) == low.argmax(-1)).float().mean() >= 0.75
+
+
+def test_triton_kernels_are_the_default_and_agree_with_torchs_step(bf16) -> None:
+    """With 16-bit weights on CUDA the captured decode step runs the Triton kernels; teacher-forced, its
+    logits stay within bf16 rounding of the torch step's."""
+    kernels, plain = Generator(bf16), Generator(bf16, triton_kernels=False)
+    assert kernels.triton_kernels and not plain.triton_kernels
+    prompt = random_prompts(1, 50)[0]
+    tokens = plain.generate(greedy(prompt, 12)).token_ids
+    logits = []
+    with torch.inference_mode():
+        for gen in (kernels, plain):
+            gen.reset_cache()
+            got = [gen._forward(prompt).float()] + [gen._decode(t).float() for t in tokens[:-1]]
+            logits.append(torch.stack(got)[:, :FIRST_PADDING_ID])
+    assert kernels._graphs and kernels.triton_kernels, "the kernels failed and the generator fell back"
+    diff = (logits[0] - logits[1]).abs()
+    assert diff.max() < 0.15
+    assert (logits[0].argmax(-1) == logits[1].argmax(-1)).float().mean() >= 0.9
+
+
+def test_failing_triton_kernels_fall_back_to_torchs_step(bf16, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image for this device")
+
+    monkeypatch.setattr(triton_decode, "decode_step", broken)
+    gen = Generator(bf16)
+    assert gen.triton_kernels
+    prompt = random_prompts(1, 30)[0]
+    got = gen.generate(greedy(prompt)).token_ids
+    assert not gen.triton_kernels and gen.cuda_graphs and gen._graphs  # torch's step, still captured
+    assert got == Generator(bf16, triton_kernels=False).generate(greedy(prompt)).token_ids
+
+
+def test_warm_up_compiles_and_captures_before_the_first_request(bf16) -> None:
+    gen = Generator(bf16)
+    gen.warm_up()
+    assert gen._graphs and gen.cache.length == 0  # a graph for the first slot, no tokens left behind
+    prompt = random_prompts(1, 30)[0]
+    assert gen.generate(greedy(prompt)).token_ids == Generator(bf16).generate(greedy(prompt)).token_ids

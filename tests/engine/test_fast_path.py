@@ -168,4 +168,6 @@ def test_fault_injection_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_generator_uses_no_fast_path_on_cpu_by_default(fp32) -> None:
     gen = Generator(fp32)
-    assert (gen.fast_path, gen.cuda_graphs) == (False, False)
+    assert (gen.fast_path, gen.cuda_graphs, gen.triton_kernels) == (False, False, False)
+    gen.warm_up()  # nothing to compile or capture on the CPU: no cache is even made
+    assert gen._caches == []

@@ -1,0 +1,221 @@
+"""The GPU decode step with three small Triton kernels where the torch step launches many small ones.
+
+An H100 profile of the CUDA-graph decode step (``bench/engine.py --report gpu``, 1.6B shape, 2k-token cache)
+found, besides the GEMVs, about 310 us per token in 65 LayerNorm launches of one 2048-wide row each and about
+460 us in the five kernels of each layer's attention (scores + ALiBi, a copy of the bias, softmax, the
+values, a split-K reduction). Here:
+
+- :func:`layer_norm`: one row, one program (LayerNorm without bias, float32 statistics);
+- :func:`silu_mul`: ``silu(gate) * up`` of the fused ``gate_up`` output in one pass;
+- :func:`attention`: one query's multi-query attention over the static cache, split along the cache
+  (flash-decoding): each program scores a block of keys for all heads at once (the heads share the one
+  K/V head), adds ALiBi and the causal mask from ``pos`` on the device, keeps an online softmax, and a
+  second kernel merges the blocks.
+
+Written by hand: torch has no fused kernel for one ALiBi query over a multi-query cache (FlexAttention
+under ``torch.compile`` took 140 us per layer on the H100, ``torch.compile`` of the whole step was slower
+than the eager graph), and flash-attn, which has one, is not a dependency. The kernels need CUDA and
+Triton (shipped with CUDA builds of torch); with ``TRITON_INTERPRET=1`` they run on the CPU, which is how
+the tests check them against the torch step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU builds of torch come without Triton
+    triton = None
+
+KEYS_PER_PROGRAM = 128
+"""Cache positions one attention program covers (a 4096-token cache: 32 programs)."""
+KEY_BLOCK = 64
+"""Keys scored per inner step: one ``[heads, 64] @ [64, KEY_BLOCK]`` product."""
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+"""Triton's CPU interpreter (the tests): its ``tl.dot`` misreads bfloat16 operands (Triton 3.6), so there
+the products run on float32 copies."""
+
+
+def available() -> bool:
+    """Whether Triton is importable (the kernels still need a CUDA device, or ``TRITON_INTERPRET=1``)."""
+    return triton is not None
+
+
+def can_run(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether :func:`decode_step` takes ``model`` on ``device``: Triton is installed, the device is CUDA (or
+    Triton's CPU interpreter is on: the tests), and the head dim is what ``tl.dot`` takes (a power of two,
+    at least 16)."""
+    d = model.config.head_dim
+    return available() and (device.type == "cuda" or INTERPRETED) and d >= 16 and d & (d - 1) == 0
+
+
+def supports(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether :func:`decode_step` is the default for ``model`` on ``device``: CUDA and 16-bit weights."""
+    dtype = model.transformer.wte.weight.dtype
+    return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and can_run(model, device)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _layer_norm_kernel(x_ptr, w_ptr, out_ptr, n, eps, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        mask = offs < n
+        x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=0) / n
+        d = tl.where(mask, x - mean, 0.0)
+        var = tl.sum(d * d, axis=0) / n
+        w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        y = d * (1.0 / tl.sqrt(var + eps)) * w
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _silu_mul_kernel(gate_up_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        gate = tl.load(gate_up_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        up = tl.load(gate_up_ptr + n + offs, mask=mask, other=0.0).to(tl.float32)
+        y = gate / (1.0 + tl.exp(-gate)) * up
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _attention_blocks_kernel(
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        pos_ptr,
+        slopes_ptr,
+        acc_ptr,
+        max_ptr,
+        sum_ptr,
+        scale,
+        H: tl.constexpr,
+        HP: tl.constexpr,
+        D: tl.constexpr,
+        KEYS: tl.constexpr,
+        BLOCK: tl.constexpr,
+        UPCAST: tl.constexpr,
+    ):
+        """Program ``i``: keys ``[i * KEYS, (i + 1) * KEYS)`` up to ``pos``; unnormalised output, row max
+        and row sum per head into the workspace (max -inf and sum 0 when it has no key)."""
+        i = tl.program_id(0)
+        pos = tl.load(pos_ptr)
+        heads = tl.arange(0, HP)  # padded to what tl.dot takes (16 rows at least); the padding is zeros
+        real = heads < H
+        dims = tl.arange(0, D)
+        q = tl.load(q_ptr + heads[:, None] * D + dims[None, :], mask=real[:, None], other=0.0)
+        if UPCAST:
+            q = q.to(tl.float32)
+        slopes = tl.load(slopes_ptr + heads, mask=real, other=0.0)
+        row_max = tl.full([HP], float("-inf"), tl.float32)
+        row_sum = tl.zeros([HP], tl.float32)
+        acc = tl.zeros([HP, D], tl.float32)
+        for offset in range(0, KEYS, BLOCK):
+            start = i * KEYS + offset
+            if start <= pos:  # every block scored here holds at least one key: the max stays finite
+                keys = start + tl.arange(0, BLOCK)
+                valid = keys <= pos  # (pos < capacity) slots after it may hold anything, NaN too: not read
+                k = tl.load(k_ptr + keys[:, None] * D + dims[None, :], mask=valid[:, None], other=0.0)
+                v = tl.load(v_ptr + keys[:, None] * D + dims[None, :], mask=valid[:, None], other=0.0)
+                if UPCAST:
+                    k, v = k.to(tl.float32), v.to(tl.float32)
+                s = tl.dot(q, tl.trans(k)) * scale
+                s = s - slopes[:, None] * (pos - keys)[None, :].to(tl.float32)
+                s = tl.where(valid[None, :], s, float("-inf"))
+                new_max = tl.maximum(row_max, tl.max(s, axis=1))
+                p = tl.exp(s - new_max[:, None])
+                rescale = tl.exp(row_max - new_max)
+                row_sum = row_sum * rescale + tl.sum(p, axis=1)
+                acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+                row_max = new_max
+        out = i * H * D + heads[:, None] * D + dims[None, :]
+        tl.store(acc_ptr + out, acc, mask=real[:, None])
+        tl.store(max_ptr + i * H + heads, row_max, mask=real)
+        tl.store(sum_ptr + i * H + heads, row_sum, mask=real)
+
+    @triton.jit
+    def _attention_merge_kernel(
+        acc_ptr, max_ptr, sum_ptr, out_ptr, n_blocks, H: tl.constexpr, D: tl.constexpr, NB: tl.constexpr
+    ):
+        """Program ``h``: head ``h``'s output from the blocks' partial results."""
+        h = tl.program_id(0)
+        blocks = tl.arange(0, NB)
+        dims = tl.arange(0, D)
+        used = blocks < n_blocks
+        block_max = tl.load(max_ptr + blocks * H + h, mask=used, other=float("-inf"))
+        block_sum = tl.load(sum_ptr + blocks * H + h, mask=used, other=0.0)
+        top = tl.max(block_max, axis=0)  # finite: block 0 always holds key 0
+        weight = tl.where(block_max > float("-inf"), tl.exp(block_max - top), 0.0)
+        acc = tl.load(
+            acc_ptr + blocks[:, None] * H * D + h * D + dims[None, :], mask=used[:, None], other=0.0
+        )
+        y = tl.sum(acc * weight[:, None], axis=0) / tl.sum(block_sum * weight, axis=0)
+        tl.store(out_ptr + h * D + dims, y.to(out_ptr.dtype.element_ty))
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LayerNorm without bias of one row (``x`` holds ``weight.numel()`` contiguous values)."""
+    n = weight.numel()
+    out = torch.empty_like(x)
+    _layer_norm_kernel[(1,)](x, weight, out, n, eps, BLOCK=triton.next_power_of_2(n), num_warps=8)
+    return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for one row ``[..., 2n]`` holding gate then up; ``[..., n]``."""
+    n = gate_up.shape[-1] // 2
+    out = gate_up.new_empty((*gate_up.shape[:-1], n))
+    block = 1024
+    _silu_mul_kernel[(triton.cdiv(n, block),)](gate_up, out, n, BLOCK=block, num_warps=4)
+    return out
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, slopes: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """One query position's attention, all heads over the one K/V head: ``q`` ``[H * D]`` contiguous,
+    ``k``/``v`` ``[capacity, D]`` contiguous, keys after ``pos[0]`` masked, ALiBi ``-slopes[h] * (pos - j)``.
+    Returns ``[H * D]`` in ``q``'s dtype."""
+    capacity, d = k.shape
+    h = slopes.numel()
+    n_blocks = triton.cdiv(capacity, KEYS_PER_PROGRAM)
+    acc = torch.empty((n_blocks, h, d), dtype=torch.float32, device=q.device)
+    row_max = torch.empty((n_blocks, h), dtype=torch.float32, device=q.device)
+    row_sum = torch.empty((n_blocks, h), dtype=torch.float32, device=q.device)
+    padded = max(16, triton.next_power_of_2(h))
+    _attention_blocks_kernel[(n_blocks,)](
+        q, k, v, pos, slopes, acc, row_max, row_sum, scale,
+        H=h, HP=padded, D=d, KEYS=KEYS_PER_PROGRAM, BLOCK=KEY_BLOCK, UPCAST=INTERPRETED, num_warps=4,
+    )  # fmt: skip
+    out = torch.empty(h * d, dtype=q.dtype, device=q.device)
+    nb = triton.next_power_of_2(n_blocks)
+    _attention_merge_kernel[(h,)](acc, row_max, row_sum, out, n_blocks, H=h, D=d, NB=nb, num_warps=4)
+    return out
+
+
+def decode_step(model: Any, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
+    """``model.decode_step`` (same arguments, same result within rounding) with the kernels above for
+    the norms, the attention and the MLP activation; the GEMMs stay cuBLAS's (``add_linear``)."""
+    from refact_lsp.engine.model import add_linear
+
+    cfg = model.config
+    n_embd, head_dim, eps = cfg.n_embd, cfg.head_dim, cfg.layer_norm_epsilon
+    scale = 1.0 / math.sqrt(head_dim)
+    x = model.transformer.wte(token)  # [1, 1, C]
+    slopes = model.slopes(x.device)
+    slot = kv_cache.slot(pos)
+    for block in model.transformer.h:
+        attn, mlp = block.attn, block.mlp
+        q, kv = attn._project(layer_norm(x, block.ln_1.weight, eps))
+        k, v = slot.update_kv(kv.view(1, 1, 1, 2 * head_dim), attn.layer_idx)  # [1, 1, capacity, D] each
+        y = attention(q.reshape(n_embd), k[0, 0], v[0, 0], pos, slopes, scale)
+        x = add_linear(x, attn.c_proj, y.view(1, 1, n_embd))
+        h = silu_mul(mlp.gate_up_proj(layer_norm(x, block.ln_2.weight, eps)))
+        x = add_linear(x, mlp.c_proj, h)
+    return model.lm_head(layer_norm(x, model.ln_f.weight, eps))[0, -1]
