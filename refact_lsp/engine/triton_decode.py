@@ -101,6 +101,7 @@ if triton is not None:
         KEYS: tl.constexpr,
         BLOCK: tl.constexpr,
         UPCAST: tl.constexpr,
+        PRECISION: tl.constexpr,
     ):
         """Program ``i``: keys ``[i * KEYS, (i + 1) * KEYS)`` up to ``pos``; unnormalised output, row max
         and row sum per head into the workspace (max -inf and sum 0 when it has no key)."""
@@ -125,14 +126,14 @@ if triton is not None:
                 v = tl.load(v_ptr + keys[:, None] * D + dims[None, :], mask=valid[:, None], other=0.0)
                 if UPCAST:
                     k, v = k.to(tl.float32), v.to(tl.float32)
-                s = tl.dot(q, tl.trans(k)) * scale
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
                 s = s - slopes[:, None] * (pos - keys)[None, :].to(tl.float32)
                 s = tl.where(valid[None, :], s, float("-inf"))
                 new_max = tl.maximum(row_max, tl.max(s, axis=1))
                 p = tl.exp(s - new_max[:, None])
                 rescale = tl.exp(row_max - new_max)
                 row_sum = row_sum * rescale + tl.sum(p, axis=1)
-                acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+                acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
                 row_max = new_max
         out = i * H * D + heads[:, None] * D + dims[None, :]
         tl.store(acc_ptr + out, acc, mask=real[:, None])
@@ -189,9 +190,11 @@ def attention(
     row_max = torch.empty((n_blocks, h), dtype=torch.float32, device=q.device)
     row_sum = torch.empty((n_blocks, h), dtype=torch.float32, device=q.device)
     padded = max(16, triton.next_power_of_2(h))
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"  # tf32: Triton's default (16-bit inputs)
     _attention_blocks_kernel[(n_blocks,)](
         q, k, v, pos, slopes, acc, row_max, row_sum, scale,
-        H=h, HP=padded, D=d, KEYS=KEYS_PER_PROGRAM, BLOCK=KEY_BLOCK, UPCAST=INTERPRETED, num_warps=4,
+        H=h, HP=padded, D=d, KEYS=KEYS_PER_PROGRAM, BLOCK=KEY_BLOCK, UPCAST=INTERPRETED, PRECISION=precision,
+        num_warps=4,
     )  # fmt: skip
     out = torch.empty(h * d, dtype=q.dtype, device=q.device)
     nb = triton.next_power_of_2(n_blocks)
