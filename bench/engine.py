@@ -3,6 +3,7 @@
     PYTHONPATH=. python bench/engine.py --report speed --shapes tiny,mid --prompt-len 64 --steps 8
     PYTHONPATH=. python bench/engine.py --report gpu      # CUDA: 1.6B bf16 fast path, ~2k-token prompt
     PYTHONPATH=. python bench/engine.py --report int8 --shapes mid,real --prompt-len 64 --steps 8   # CPU
+    PYTHONPATH=. python bench/engine.py --report decode --profile   # CUDA: the decode step's variants
 
 Reports (default: ``gpu`` on CUDA, ``speed`` elsewhere):
 
@@ -13,6 +14,9 @@ Reports (default: ``gpu`` on CUDA, ``speed`` elsewhere):
   prefill and of the graph-replayed decode, prefill tokens/s, decode ms/token with and without CUDA graphs,
   one keystroke with KV reuse, and transformers' ``generate`` on the same model. Each section catches its
   own errors and the run goes on; a summary closes it.
+- ``decode``: ways of running the bf16 decode step (torch's kernels, the Triton kernels with three attention
+  splits, residual adds apart; ``--compile``: torch.compile) against each other: ms/token, logit drift, and
+  with ``--profile`` the kernel time per kernel of each captured step.
 - ``int8``: CPU dynamic int8 (Linear weights) against float32 on the same weights: logit drift, top-1
   agreement, prefill tokens/s and decode ms/token.
 

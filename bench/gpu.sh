@@ -23,7 +23,6 @@ export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
     python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-    git log -1 --format='commit %h %s' 2>/dev/null
 } >"$out/device.txt" 2>&1
 cat "$out/device.txt"
 

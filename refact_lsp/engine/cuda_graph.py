@@ -30,7 +30,7 @@ class DecodeGraph:
         pos: int,
         step: Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor] | None = None,
     ):
-        """``step`` defaults to ``model.decode_step`` (a ``torch.compile``'d one fuses its small kernels)."""
+        """``step`` defaults to ``model.decode_step`` (the generator passes its Triton or compiled step)."""
         step = step or model.decode_step
         device = cache.k.device
         if device.type != "cuda":
