@@ -322,7 +322,7 @@ class Generator:
                 self.triton_kernels = False
                 return self._capture(token, pos)
             log.warning("CUDA graph capture failed, decoding without graphs: %s: %s", type(e).__name__, e)
-            self.cuda_graphs = False
+            self.cuda_graphs = self.compile_decode = False  # compiling is for a captured step only
             return None
 
     @torch.inference_mode()

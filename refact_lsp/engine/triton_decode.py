@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from refact_lsp.engine.model import add_linear
+
 try:
     import triton
     import triton.language as tl
@@ -206,8 +208,6 @@ def attention(
 def decode_step(model: Any, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
     """``model.decode_step`` (same arguments, same result within rounding) with the kernels above for
     the norms, the attention and the MLP activation; the GEMMs stay cuBLAS's (``add_linear``)."""
-    from refact_lsp.engine.model import add_linear
-
     cfg = model.config
     n_embd, head_dim, eps = cfg.n_embd, cfg.head_dim, cfg.layer_norm_epsilon
     scale = 1.0 / math.sqrt(head_dim)
