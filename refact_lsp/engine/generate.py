@@ -19,7 +19,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -338,9 +337,12 @@ class Generator:
         memory (the generator stays usable).
         """
         try:
+            if self.device.type != "cuda":
+                return self._generate(request, should_stop, on_token)
             # cuDNN's attention builds a plan per new sequence length (about a second on an H100) and every
-            # prompt length is new: only the attention kernels without per-shape setup are allowed
-            with sdpa_kernel(SDPA_BACKENDS) if self.device.type == "cuda" else nullcontext():
+            # prompt length is new: only the attention kernels without per-shape setup are allowed. The
+            # model's GPU is made the current one: Triton launches and graph captures go to the current GPU.
+            with sdpa_kernel(SDPA_BACKENDS), torch.cuda.device(self.device):
                 return self._generate(request, should_stop, on_token)
         except torch.OutOfMemoryError as e:
             reason = str(e).splitlines()[0] if str(e) else "out of memory"
