@@ -452,9 +452,8 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
         per_mode = {}
         for label, graphs in (("CUDA graph", True), ("static eager", False)):
             gen = Generator(loaded, fast_path=True, cuda_graphs=graphs)
+            prefill(gen, prompt)
             with torch.inference_mode():
-                for start in range(0, n, 512):
-                    gen._forward(prompt[start : start + 512])
                 got = [gen._decode(t).float()[REAL].clone() for t in ref_tokens[:-1]]
             per_mode[label] = torch.stack(got)
             captured = bool(gen._graphs)
@@ -504,9 +503,8 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
 
     with section("the host's share of a decode step: graph replays alone vs whole greedy steps"):
         gen = Generator(loaded, fast_path=True)
+        prefill(gen, prompt)
         with torch.inference_mode():
-            for start in range(0, n, 512):
-                gen._forward(prompt[start : start + 512])
             token, pos = prompt[-1], gen.cache.length
             gen._decode(token)  # captures the slot's graph
             graph = gen._graphs.get(gen.cache)
