@@ -14,9 +14,10 @@ Reports (default: ``gpu`` on CUDA, ``speed`` elsewhere):
   prefill and of the graph-replayed decode, prefill tokens/s, decode ms/token with and without CUDA graphs,
   one keystroke with KV reuse, and transformers' ``generate`` on the same model. Each section catches its
   own errors and the run goes on; a summary closes it.
-- ``decode``: ways of running the bf16 decode step (torch's kernels, the Triton kernels with three attention
-  splits, residual adds apart; ``--compile``: torch.compile) against each other: ms/token, logit drift, and
-  with ``--profile`` the kernel time per kernel of each captured step.
+- ``decode``: ways of running the bf16 decode step (torch's kernels, the Triton kernels, the fused GEMVs
+  (tiles autotuned, or fixed) with and without one-launch attention and programmatic dependent launch;
+  ``--compile``: torch.compile) against each other: ms/token, logit drift, and with ``--profile`` the kernel
+  time per kernel of each captured step and each weight's GEMV alone, cuBLAS against the fused kernel.
 - ``int8``: CPU dynamic int8 (Linear weights) against float32 on the same weights: logit drift, top-1
   agreement, prefill tokens/s and decode ms/token.
 
@@ -42,7 +43,7 @@ import torch
 import refact_lsp.engine.model as model_module
 from refact_lsp.dev.checkpoints import fixture_tokenizer_path, random_model
 from refact_lsp.dev.op_count import decode_step_ops
-from refact_lsp.engine import triton_decode
+from refact_lsp.engine import triton_decode, triton_gemv
 from refact_lsp.engine.generate import GenerationRequest, Generator, sample_next
 from refact_lsp.engine.loading import LoadedModel, resolve_device
 from refact_lsp.engine.quantize import quantize_int8
@@ -287,49 +288,84 @@ def profile_decode_step(loaded: LoadedModel, prompt: list[int], device: torch.de
         profile_step(gen, prompt, device, label)
         del gen
         free(device)
-    layer, head = loaded.model.transformer.h[0], loaded.model.lm_head
+    weight_gemvs(loaded, device)
+
+
+def weight_gemvs(loaded: LoadedModel, device: torch.device) -> None:
+    """Each weight's one-row product alone, kernel time and read bandwidth: cuBLAS (``F.linear``), and on
+    CUDA with Triton the fused GEMV the step would run instead (LayerNorm in for q+kv, gate_up and the head,
+    SwiGLU out for gate_up, the residual add for the two c_proj)."""
+    model = loaded.model
+    layer, cfg = model.transformer.h[0], model.config
+    eps = cfg.layer_norm_epsilon
     weights = {"attn q+kv": layer.attn.qkv_weight, "attn c_proj": layer.attn.c_proj.weight}
     weights |= {"mlp gate_up": layer.mlp.gate_up_proj.weight, "mlp c_proj": layer.mlp.c_proj.weight}
-    weights["lm_head"] = head.weight
+    weights["lm_head"] = model.lm_head.weight
+    fused = {
+        "attn q+kv": lambda x, w: triton_gemv.norm_linear(x, layer.ln_1.weight, eps, w),
+        "attn c_proj": lambda x, w: triton_gemv.add_linear_(torch.zeros_like(x[: w.shape[0]]), x, w),
+        "mlp gate_up": lambda x, w: triton_gemv.norm_swiglu(x, layer.ln_2.weight, eps, w),
+        "mlp c_proj": lambda x, w: triton_gemv.add_linear_(x.new_zeros(w.shape[0]), x, w),
+        "lm_head": lambda x, w: triton_gemv.norm_linear(x, model.ln_f.weight, eps, w),
+    }
+    with_triton = triton_decode.can_run(model, device)  # CUDA, or the interpreter (a dry run)
     with torch.inference_mode():
         for label, w in weights.items():
             if w is None:
                 continue
-            x = torch.randn(1, w.shape[1], device=device, dtype=w.dtype)
-            gemv = functools.partial(torch.nn.functional.linear, x, w)
-            us = sum(t for t, _ in kernel_times_us(gemv, device, 20).values())
-            gbs = w.numel() * w.element_size() / us / 1e3
-            line = f"{label} {tuple(w.shape)} alone: {us:.1f} us, {gbs:.0f} GB/s"
+            x = torch.randn(w.shape[1], device=device, dtype=w.dtype)
+            kinds = {"cuBLAS": functools.partial(torch.nn.functional.linear, x[None], w)}
+            if with_triton:
+                kinds["fused GEMV"] = functools.partial(fused[label], x, w)
+            parts = []
+            for kind, gemv in kinds.items():
+                us = sum(t for t, _ in kernel_times_us(gemv, device, 20).values())
+                parts.append(f"{kind} {us:.1f} us, {w.numel() * w.element_size() / us / 1e3:.0f} GB/s")
+            line = f"{label} {tuple(w.shape)} alone: " + "; ".join(parts)
             print(f"   {line}")
             SUMMARY.append(line)
 
 
+FUSED = {"FUSED_GEMV": True}
+ONE_LAUNCH_PDL = {"FUSED_GEMV": True, "MERGE_IN_LAST_PROGRAM": True, "PDL": True}
 DECODE_VARIANTS: list[tuple[str, dict[str, bool], dict[str, object]]] = [
-    # (label, Generator options, module constants set for the run: see ``patched``)
+    # (label, Generator options, module constants set for the run: see ``patched``). Earlier runs also
+    # compared 64 and 256 keys per attention program and residual adds apart (docs/benchmarks.md).
     ("CUDA graph, torch's kernels", {"triton_kernels": False}, {}),
     ("CUDA graph, Triton kernels (the default)", {"triton_kernels": True}, {}),
+    ("CUDA graph, Triton kernels, fused GEMVs", {"triton_kernels": True}, FUSED),
     (
-        "CUDA graph, Triton kernels, 64 keys per attention program",
+        "CUDA graph, Triton kernels, fused GEMVs, one attention launch",
         {"triton_kernels": True},
-        {"KEYS_PER_PROGRAM": 64},
+        FUSED | {"MERGE_IN_LAST_PROGRAM": True},
     ),
     (
-        "CUDA graph, Triton kernels, 256 keys per attention program",
+        "CUDA graph, Triton kernels, fused GEMVs, one attention launch, PDL",
         {"triton_kernels": True},
-        {"KEYS_PER_PROGRAM": 256},
+        ONE_LAUNCH_PDL,
     ),
-    ("CUDA graph, torch's kernels, residual adds apart", {"triton_kernels": False}, {"ADD_INTO_GEMM": False}),
+    (
+        "... the same, every GEMV in 4 rows x 4 warps (not autotuned)",
+        {"triton_kernels": True},
+        ONE_LAUNCH_PDL | {"AUTOTUNE": False},
+    ),
+    (
+        "... the same, every GEMV in 2 rows x 8 warps (not autotuned)",
+        {"triton_kernels": True},
+        ONE_LAUNCH_PDL | {"AUTOTUNE": False, "ROWS_PER_PROGRAM": 2, "GEMV_WARPS": 8},
+    ),
 ]
 COMPILE_VARIANT = ("torch.compile, then a CUDA graph (adds apart)", {"compile_decode": True}, {})
 
 
 @contextmanager
 def patched(constants: dict[str, object]) -> Iterator[None]:
-    """The model's or the Triton step's module constants (``ADD_INTO_GEMM``, ``KEYS_PER_PROGRAM``) set for
-    the block: what the bench compares, without a setting in the product."""
+    """The model's, the Triton step's or the GEMV kernels' module constants (``ADD_INTO_GEMM``,
+    ``KEYS_PER_PROGRAM``, ``FUSED_GEMV``, ``ROWS_PER_PROGRAM``...) set for the block: what the bench
+    compares, without a setting in the product."""
     saved = []
     for name, value in constants.items():
-        module = model_module if hasattr(model_module, name) else triton_decode
+        module = next(m for m in (model_module, triton_decode, triton_gemv) if hasattr(m, name))
         saved.append((module, name, getattr(module, name)))
         setattr(module, name, value)
     try:
@@ -373,6 +409,16 @@ def decode_report(args: argparse.Namespace, device: torch.device, tok: RefactTok
                 profile_step(gen, prompt, device, label)
             del gen
             free(device)
+    chosen = triton_gemv.chosen_tiles().items()
+    if chosen:
+        line = "GEMV tiles the autotuner chose: " + "; ".join(
+            f"{k}: {r} rows x {w} warps" for k, (r, w) in chosen
+        )
+        print(f"   {line}")
+        SUMMARY.append(line)
+    if args.profile:
+        with section("each weight's GEMV alone"):
+            weight_gemvs(loaded, device)
 
 
 def speed_report(args: argparse.Namespace, device: torch.device, tok: RefactTokenizer) -> None:

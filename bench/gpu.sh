@@ -26,10 +26,10 @@ export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
 } >"$out/device.txt" 2>&1
 cat "$out/device.txt"
 
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/engine >"$out/pytest_engine.log" 2>&1
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/engine >"$out/pytest_engine.log" 2>&1
 echo "tests/engine on this machine: rc=$? ($(tail -1 "$out/pytest_engine.log"))"
 
-timeout 150 python3 bench/engine.py --report decode --profile >"$out/engine_decode.log" 2>&1
+timeout 200 python3 bench/engine.py --report decode --profile >"$out/engine_decode.log" 2>&1
 echo "bench/engine.py --report decode: rc=$?"
 timeout 200 python3 bench/engine.py --report gpu >"$out/engine_gpu.log" 2>&1
 echo "bench/engine.py --report gpu: rc=$?"
@@ -37,6 +37,6 @@ timeout 240 python3 bench/keystrokes.py --device cuda --dtype bfloat16 --shape r
     --max-new-tokens 16 --single-line >"$out/keystrokes_gpu.log" 2>&1
 echo "bench/keystrokes.py: rc=$?"
 
-grep -A12 "== summary" "$out/engine_decode.log" | grep -v "^ - decode step" | cut -c1-240
+grep -A40 "== summary" "$out/engine_decode.log" | grep -v "^ - decode step" | cut -c1-240
 grep -A30 "== summary" "$out/engine_gpu.log" | cut -c1-240
 grep -A12 "== summary" "$out/keystrokes_gpu.log" | cut -c1-240

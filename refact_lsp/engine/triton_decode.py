@@ -23,31 +23,31 @@ the tests check them against the torch step.
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import torch
 
+from refact_lsp.engine import triton_gemv
 from refact_lsp.engine.model import add_linear
+from refact_lsp.engine.triton_env import INTERPRETED, available, triton
 
-try:
-    import triton
+if triton is not None:
     import triton.language as tl
-except ImportError:  # CPU builds of torch come without Triton
-    triton = None
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 KEYS_PER_PROGRAM = 128
 """Cache positions one attention program covers (a 4096-token cache: 32 programs)."""
 KEY_BLOCK = 64
 """Keys scored per inner step: one ``[heads, 64] @ [64, KEY_BLOCK]`` product."""
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-"""Triton's CPU interpreter (the tests): its ``tl.dot`` misreads bfloat16 operands (Triton 3.6), so there
-the products run on float32 copies."""
-
-
-def available() -> bool:
-    """Whether Triton is importable (the kernels still need a CUDA device, or ``TRITON_INTERPRET=1``)."""
-    return triton is not None
+FUSED_GEMV = False
+"""The step's projections as :mod:`triton_gemv`'s GEMVs with the LayerNorms, the activation, the residual
+adds and the KV write fused in (6 launches a layer instead of 11; 5 with ``MERGE_IN_LAST_PROGRAM``). Off
+until a GPU run has timed it."""
+MERGE_IN_LAST_PROGRAM = False
+"""With ``FUSED_GEMV``: attention in one launch (the last block program merges). Off until timed."""
+PDL = False
+"""With ``FUSED_GEMV``, on Hopper or later: programmatic dependent launch (each kernel loads its weights
+while the one before finishes). Off until timed."""
 
 
 def can_run(model: torch.nn.Module, device: torch.device) -> bool:
@@ -97,7 +97,10 @@ if triton is not None:
         acc_ptr,
         max_ptr,
         sum_ptr,
+        counter_ptr,
+        out_ptr,
         scale,
+        N_BLOCKS: tl.constexpr,
         H: tl.constexpr,
         HP: tl.constexpr,
         D: tl.constexpr,
@@ -105,9 +108,16 @@ if triton is not None:
         BLOCK: tl.constexpr,
         UPCAST: tl.constexpr,
         PRECISION: tl.constexpr,
+        MERGE: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """Program ``i``: keys ``[i * KEYS, (i + 1) * KEYS)`` up to ``pos``; unnormalised output, row max
-        and row sum per head into the workspace (max -inf and sum 0 when it has no key)."""
+        and row sum per head into the workspace (max -inf and sum 0 when it has no key). With MERGE, the
+        program that finishes last (``counter_ptr`` counts them) merges all blocks into ``out_ptr`` and
+        sets the counter back to 0."""
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         i = tl.program_id(0)
         pos = tl.load(pos_ptr)
         heads = tl.arange(0, HP)  # padded to what tl.dot takes (16 rows at least); the padding is zeros
@@ -142,12 +152,50 @@ if triton is not None:
         tl.store(acc_ptr + out, acc, mask=real[:, None])
         tl.store(max_ptr + i * H + heads, row_max, mask=real)
         tl.store(sum_ptr + i * H + heads, row_sum, mask=real)
+        if MERGE:
+            tl.debug_barrier()  # all of this program's stores happen before its release below
+            if tl.atomic_add(counter_ptr, 1, sem="acq_rel") == N_BLOCKS - 1:
+                _merge_blocks(acc_ptr, max_ptr, sum_ptr, out_ptr, N_BLOCKS, heads, real, dims, H, D)
+                tl.store(counter_ptr, 0)  # ready for the next launch
+
+    @triton.jit
+    def _merge_blocks(acc_ptr, max_ptr, sum_ptr, out_ptr, N_BLOCKS: tl.constexpr, heads, real, dims, H, D):
+        """All heads' outputs from the blocks' partial results, block by block (``.cg``: read from L2,
+        where the other programs' stores are)."""
+        top = tl.full(heads.shape, float("-inf"), tl.float32)
+        for b in range(0, N_BLOCKS):
+            m = tl.load(max_ptr + b * H + heads, mask=real, other=float("-inf"), cache_modifier=".cg")
+            top = tl.maximum(top, m)
+        top = tl.where(real, top, 0.0)  # finite: block 0 holds key 0 (the padding heads have no blocks)
+        numerator = tl.zeros([heads.shape[0], dims.shape[0]], tl.float32)
+        denominator = tl.zeros(heads.shape, tl.float32)
+        at = heads[:, None] * D + dims[None, :]
+        for b in range(0, N_BLOCKS):
+            m = tl.load(max_ptr + b * H + heads, mask=real, other=float("-inf"), cache_modifier=".cg")
+            weight = tl.exp(m - top)  # 0 for a block without keys (max -inf)
+            row_sum = tl.load(sum_ptr + b * H + heads, mask=real, other=0.0, cache_modifier=".cg")
+            block = tl.load(acc_ptr + b * H * D + at, mask=real[:, None], other=0.0, cache_modifier=".cg")
+            denominator += weight * row_sum
+            numerator += weight[:, None] * block
+        y = numerator / tl.where(real, denominator, 1.0)[:, None]
+        tl.store(out_ptr + at, y.to(out_ptr.dtype.element_ty), mask=real[:, None])
 
     @triton.jit
     def _attention_merge_kernel(
-        acc_ptr, max_ptr, sum_ptr, out_ptr, n_blocks, H: tl.constexpr, D: tl.constexpr, NB: tl.constexpr
+        acc_ptr,
+        max_ptr,
+        sum_ptr,
+        out_ptr,
+        n_blocks,
+        H: tl.constexpr,
+        D: tl.constexpr,
+        NB: tl.constexpr,
+        PDL: tl.constexpr,
     ):
         """Program ``h``: head ``h``'s output from the blocks' partial results."""
+        if PDL:
+            gdc_wait()
+            gdc_launch_dependents()
         h = tl.program_id(0)
         blocks = tl.arange(0, NB)
         dims = tl.arange(0, D)
@@ -181,11 +229,23 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, slopes: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    pos: torch.Tensor,
+    slopes: torch.Tensor,
+    scale: float,
+    *,
+    merge_in_last_program: bool = False,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """One query position's attention, all heads over the one K/V head: ``q`` ``[H * D]`` contiguous,
     ``k``/``v`` ``[capacity, D]`` contiguous, keys after ``pos[0]`` masked, ALiBi ``-slopes[h] * (pos - j)``.
-    Returns ``[H * D]`` in ``q``'s dtype."""
+    Returns ``[H * D]`` in ``q``'s dtype.
+
+    The blocks' partial results are merged by a second kernel, or with ``merge_in_last_program`` by the
+    block program that finishes last (one launch instead of two). ``pdl``: launched with programmatic
+    dependent launch (see :mod:`triton_gemv`)."""
     capacity, d = k.shape
     h = slopes.numel()
     n_blocks = triton.cdiv(capacity, KEYS_PER_PROGRAM)
@@ -194,20 +254,40 @@ def attention(
     row_sum = torch.empty((n_blocks, h), dtype=torch.float32, device=q.device)
     padded = max(16, triton.next_power_of_2(h))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"  # tf32: Triton's default (16-bit inputs)
-    _attention_blocks_kernel[(n_blocks,)](
-        q, k, v, pos, slopes, acc, row_max, row_sum, scale,
-        H=h, HP=padded, D=d, KEYS=KEYS_PER_PROGRAM, BLOCK=KEY_BLOCK, UPCAST=INTERPRETED, PRECISION=precision,
-        num_warps=4,
-    )  # fmt: skip
     out = torch.empty(h * d, dtype=q.dtype, device=q.device)
-    nb = triton.next_power_of_2(n_blocks)
-    _attention_merge_kernel[(h,)](acc, row_max, row_sum, out, n_blocks, H=h, D=d, NB=nb, num_warps=4)
+    options = {"launch_pdl": True} if pdl else {}
+    _attention_blocks_kernel[(n_blocks,)](
+        q, k, v, pos, slopes, acc, row_max, row_sum, _merge_counter(q.device), out, scale, N_BLOCKS=n_blocks,
+        H=h, HP=padded, D=d, KEYS=KEYS_PER_PROGRAM, BLOCK=KEY_BLOCK, UPCAST=INTERPRETED, PRECISION=precision,
+        MERGE=merge_in_last_program, PDL=pdl, num_warps=4, **options,
+    )  # fmt: skip
+    if not merge_in_last_program:
+        nb = triton.next_power_of_2(n_blocks)
+        _attention_merge_kernel[(h,)](
+            acc, row_max, row_sum, out, n_blocks, H=h, D=d, NB=nb, PDL=pdl, num_warps=4, **options
+        )
     return out
+
+
+_merge_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def _merge_counter(device: torch.device) -> torch.Tensor:
+    """The attention programs' finish counter on ``device``: 0 between launches (the merging program
+    sets it back), shared by the launches one after another on the device, and kept for good (a captured
+    graph holds its address)."""
+    counter = _merge_counters.get(device)
+    if counter is None:
+        counter = _merge_counters[device] = torch.zeros(1, dtype=torch.int32, device=device)
+    return counter
 
 
 def decode_step(model: Any, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
     """``model.decode_step`` (same arguments, same result within rounding) with the kernels above for
-    the norms, the attention and the MLP activation; the GEMMs stay cuBLAS's (``add_linear``)."""
+    the norms, the attention and the MLP activation; the GEMMs stay cuBLAS's (``add_linear``), or with
+    ``FUSED_GEMV`` become :mod:`triton_gemv`'s."""
+    if FUSED_GEMV and _fusable(model):
+        return _fused_decode_step(model, token, pos, kv_cache)
     cfg = model.config
     n_embd, head_dim, eps = cfg.n_embd, cfg.head_dim, cfg.layer_norm_epsilon
     scale = 1.0 / math.sqrt(head_dim)
@@ -223,3 +303,35 @@ def decode_step(model: Any, token: torch.Tensor, pos: torch.Tensor, kv_cache: An
         h = silu_mul(mlp.gate_up_proj(layer_norm(x, block.ln_2.weight, eps)))
         x = add_linear(x, mlp.c_proj, h)
     return model.lm_head(layer_norm(x, model.ln_f.weight, eps))[0, -1]
+
+
+def _fusable(model: Any) -> bool:
+    """Whether every projection is a plain Linear with contiguous weights and each layer's q and kv are
+    one tensor (what :func:`_fused_decode_step` reads): not after quantization or a ``.to()``."""
+    linears = [model.lm_head]
+    for block in model.transformer.h:
+        if block.attn.fused_weight() is None:
+            return False
+        linears += [block.attn.c_proj, block.mlp.gate_up_proj, block.mlp.c_proj]
+    return all(type(m) is torch.nn.Linear and m.weight.is_contiguous() for m in linears)
+
+
+def _fused_decode_step(model: Any, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
+    """:func:`decode_step` as five kernels a layer: the q/kv GEMV (LayerNorm in, K and V into the cache),
+    attention, the output GEMV adding into the residual, the gate/up GEMV (LayerNorm in, SwiGLU out) and
+    the down GEMV adding into the residual."""
+    cfg = model.config
+    eps, scale = cfg.layer_norm_epsilon, 1.0 / math.sqrt(cfg.head_dim)
+    x = model.transformer.wte(token).view(cfg.n_embd)  # the residual stream, updated in place
+    slopes = model.slopes(x.device)
+    pdl = PDL and x.device.type == "cuda" and torch.cuda.get_device_capability(x.device)[0] >= 9
+    merge = MERGE_IN_LAST_PROGRAM
+    for block in model.transformer.h:
+        attn, mlp = block.attn, block.mlp
+        layer = kv_cache.kv[attn.layer_idx]  # [2, 1, capacity, D]: the K plane, then the V plane
+        q = triton_gemv.norm_qkv_into_cache(x, block.ln_1.weight, eps, attn.qkv_weight, layer, pos, pdl)
+        y = attention(q, layer[0, 0], layer[1, 0], pos, slopes, scale, merge_in_last_program=merge, pdl=pdl)
+        triton_gemv.add_linear_(x, y, attn.c_proj.weight, pdl)
+        h = triton_gemv.norm_swiglu(x, block.ln_2.weight, eps, mlp.gate_up_proj.weight, pdl)
+        triton_gemv.add_linear_(x, h, mlp.c_proj.weight, pdl)
+    return triton_gemv.norm_linear(x, model.ln_f.weight, eps, model.lm_head.weight, pdl)

@@ -65,9 +65,23 @@ def test_bf16_decode_stays_close_to_float32(random_ckpt, bf16) -> None:
     assert (ref.argmax(-1) == low.argmax(-1)).float().mean() >= 0.75
 
 
-def test_triton_kernels_are_the_default_and_agree_with_torchs_step(bf16) -> None:
+TRITON_VARIANTS = {
+    "default": {},
+    "fused GEMVs, one attention launch, PDL": {
+        "FUSED_GEMV": True,
+        "MERGE_IN_LAST_PROGRAM": True,
+        "PDL": True,
+    },
+}
+
+
+@pytest.mark.parametrize("variant", TRITON_VARIANTS)
+def test_triton_kernels_are_the_default_and_agree_with_torchs_step(bf16, variant, monkeypatch) -> None:
     """With 16-bit weights on CUDA the captured decode step runs the Triton kernels; teacher-forced, its
-    logits stay within bf16 rounding of the torch step's."""
+    logits stay within bf16 rounding of the torch step's, and the graph replays generate what the same
+    step generates eagerly (with PDL: launches captured into the graph as eager ones)."""
+    for name, value in TRITON_VARIANTS[variant].items():
+        monkeypatch.setattr(triton_decode, name, value)
     kernels, plain = Generator(bf16), Generator(bf16, triton_kernels=False)
     assert kernels.triton_kernels and not plain.triton_kernels
     prompt = random_prompts(1, 50)[0]
@@ -82,6 +96,12 @@ def test_triton_kernels_are_the_default_and_agree_with_torchs_step(bf16) -> None
     diff = (logits[0] - logits[1]).abs()
     assert diff.max() < 0.15
     assert (logits[0].argmax(-1) == logits[1].argmax(-1)).float().mean() >= 0.9
+    eager = Generator(bf16, cuda_graphs=False)
+    assert eager.triton_kernels
+    kernels.reset_cache()
+    for grown in (prompt, prompt + [1000]):  # the second request reuses the first one's cache
+        assert kernels.generate(greedy(grown)).token_ids == eager.generate(greedy(grown)).token_ids
+    assert kernels._graphs and kernels.triton_kernels
 
 
 def test_failing_triton_kernels_fall_back_to_torchs_step(bf16, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,9 +33,13 @@ def reference_attention(q, k, v, pos: int, slopes, scale: float) -> torch.Tensor
     [(32, 64, 4096, 1999), (32, 64, 4096, 0), (4, 16, 256, 255), (8, 64, 300, 130), (8, 64, 300, 299)],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_attention_matches_softmax_attention(heads, head_dim, capacity, pos, dtype) -> None:
+@pytest.mark.parametrize("merge_in_last_program", [False, True])
+def test_attention_matches_softmax_attention(
+    heads, head_dim, capacity, pos, dtype, merge_in_last_program
+) -> None:
     """Any head count (padded to 16 inside), any capacity (a partial last block), the first and the last
-    slot; slots after ``pos`` hold garbage that must not leak in."""
+    slot; slots after ``pos`` hold garbage that must not leak in. Merged by a second kernel or by the
+    last block program (twice: its counter must be back at 0 for the next launch)."""
     g = torch.Generator(device=DEVICE).manual_seed(pos)
     q = torch.randn(heads * head_dim, generator=g, device=DEVICE).to(dtype)
     k = torch.randn(capacity, head_dim, generator=g, device=DEVICE).to(dtype)
@@ -43,11 +47,20 @@ def test_attention_matches_softmax_attention(heads, head_dim, capacity, pos, dty
     k[pos + 1 :], v[pos + 1 :] = 1e4, float("nan")  # beyond the position: masked, never read into the sum
     slopes = alibi_slopes(heads, device=DEVICE)
     scale = 1 / math.sqrt(head_dim)
-    got = triton_decode.attention(q, k, v, torch.tensor([pos], device=DEVICE), slopes, scale)
-    assert got.dtype == dtype and got.shape == (heads * head_dim,)
     want = reference_attention(q, k, v, pos, slopes, scale)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+    for _ in range(2 if merge_in_last_program else 1):
+        got = triton_decode.attention(
+            q,
+            k,
+            v,
+            torch.tensor([pos], device=DEVICE),
+            slopes,
+            scale,
+            merge_in_last_program=merge_in_last_program,
+        )
+        assert got.dtype == dtype and got.shape == (heads * head_dim,)
+        torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -65,10 +78,32 @@ def test_layer_norm_and_silu_mul_match_torch(dtype) -> None:
     torch.testing.assert_close(got.float(), F.silu(gate) * up, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize(("shape", "dtype"), [("tiny", torch.float32), ("mid", torch.bfloat16)])
-def test_decode_step_equals_the_models_step(shape, dtype) -> None:
+STEP_VARIANTS = {
+    "cuBLAS GEMMs": {},
+    "fused GEMVs": {"FUSED_GEMV": True},
+    "fused GEMVs, one attention launch, PDL": {
+        "FUSED_GEMV": True,
+        "MERGE_IN_LAST_PROGRAM": True,
+        "PDL": True,
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "variant"),
+    [("tiny", torch.float32, variant) for variant in STEP_VARIANTS]
+    + [
+        ("mid", torch.bfloat16, "cuBLAS GEMMs"),
+        ("mid", torch.bfloat16, "fused GEMVs, one attention launch, PDL"),
+    ],
+)
+def test_decode_step_equals_the_models_step(shape, dtype, variant, monkeypatch) -> None:
     """The whole step over a cache filled by a prefill: the same logits and the same cache rows as
-    ``model.decode_step`` (float32: to rounding; bf16: within bf16's tolerance)."""
+    ``model.decode_step`` (float32: to rounding; bf16: within bf16's tolerance), in each of the Triton
+    step's variants (``PDL`` only changes anything on a Hopper GPU; the fused GEMVs alone in bf16 are
+    ``test_triton_gemv.py``'s)."""
+    for name, value in STEP_VARIANTS[variant].items():
+        monkeypatch.setattr(triton_decode, name, value)
     model = random_model(shape, dtype=dtype, device=DEVICE, n_positions=256)
     model.fuse_projections()
     cfg = model.config

@@ -1,0 +1,265 @@
+"""One-row GEMV kernels (``y = x @ W.T`` for a decode step) with the work around them fused in: the
+LayerNorm before, and after, the SwiGLU activation, the residual add or the write of the new keys and
+values into the KV cache.
+
+Why: on an H100 the torch decode step of the 1.6B shape spends about 150 us per token between kernels
+and 210 us in the LayerNorm, SiLU and KV-write kernels around its GEMMs (``bench/engine.py --report
+decode --profile``). Here each layer's four projections are four kernels and nothing else:
+
+- ``qkv``: ``LN1(x) @ [Wq; Wkv].T``; q to a buffer, K and V straight into cache slot ``pos``;
+- ``c_proj``: ``x += y @ Wo.T`` in place (the residual add);
+- ``gate_up``: ``silu(LN2(x) @ Wg.T) * (LN2(x) @ Wu.T)``: a program reads matching gate and up rows;
+- ``down``: ``x += h @ Wd.T`` in place;
+
+and the head is ``LN_f(x) @ W_head.T``. The LayerNorm is recomputed by every program from the row in
+L2 (a 2048-wide row: a few hundred ns), which is cheaper than a kernel of its own.
+
+Each program reads ``ROWS_PER_PROGRAM`` weight rows, ``K_CHUNK`` columns at a time, and sums their
+products with the input in float32 (the input rounded to the weights' dtype first, as torch's LayerNorm
+output is). With ``pdl`` (programmatic dependent launch, Hopper and later) a kernel starts while the one
+before it finishes: it loads its first weight chunk, which no kernel of the step writes, then waits
+(``gdc_wait``) before it reads anything the step computes, and lets the next kernel start in turn.
+
+Written by hand: torch has no GEMV with a LayerNorm prologue or these epilogues (``torch.compile``'s
+was slower than cuBLAS on the H100, ``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from refact_lsp.engine.triton_env import INTERPRETED, triton
+
+if triton is not None:
+    import triton.language as tl
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+    from triton.testing import do_bench
+
+AUTOTUNE = True
+"""On a GPU, each weight shape's tile (``TILES``) is chosen at its first call by timing them all (Triton's
+autotuner, ``triton.testing.do_bench`` with the L2 cache flushed: about 30 ms a tile). The generator's
+warm-up makes that first call before any graph is captured."""
+TILES = [(rows, warps) for rows in (2, 4, 8) for warps in (4, 8)]
+"""(weight rows per program, warps per program) that the autotuner times."""
+ROWS_PER_PROGRAM = 4
+"""Weight rows per program without ``AUTOTUNE`` (in the interpreter, which runs programs one after another,
+at most ``INTERPRETED_PROGRAMS`` larger ones)."""
+GEMV_WARPS = 4
+"""Warps per program without ``AUTOTUNE``."""
+INTERPRETED_PROGRAMS = 32
+K_CHUNK = 2048
+"""Columns per load: a whole 2048-wide row at once, the 5632-wide down projection in three."""
+PLAIN, SWIGLU, RESIDUAL, QKV = 0, 1, 2, 3
+"""What a program does with its sums (the kernel's ``EPILOGUE``)."""
+if triton is not None:  # the same for the kernel: Triton reads only constexpr globals
+    _SWIGLU, _RESIDUAL, _QKV = tl.constexpr(SWIGLU), tl.constexpr(RESIDUAL), tl.constexpr(QKV)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _input_chunk(x_ptr, norm_ptr, at, K: tl.constexpr, mean, rstd, NORM: tl.constexpr):
+        """Input columns ``at`` in float32 (0 past ``K``): LayerNormed and rounded to the input's dtype,
+        as torch's LayerNorm output is, when NORM."""
+        inside = at < K
+        xs = tl.load(x_ptr + at, mask=inside, other=0.0)
+        if NORM:
+            gain = tl.load(norm_ptr + at, mask=inside, other=0.0).to(tl.float32)
+            xs = ((xs.to(tl.float32) - mean) * rstd * gain).to(x_ptr.dtype.element_ty)
+        return tl.where(inside, xs.to(tl.float32), 0.0)
+
+    @triton.jit
+    def _gemv_kernel(
+        x_ptr,
+        norm_ptr,
+        w_ptr,
+        out_ptr,
+        cache_ptr,
+        pos_ptr,
+        n_rows,
+        eps,
+        q_rows,
+        capacity,
+        K: tl.constexpr,
+        NORM: tl.constexpr,
+        EPILOGUE: tl.constexpr,
+        HEAD_DIM: tl.constexpr,
+        ROWS: tl.constexpr,
+        CHUNK: tl.constexpr,
+        PDL: tl.constexpr,
+    ):
+        """Rows ``[i * ROWS, (i + 1) * ROWS)`` of ``W`` (``[n_rows, K]``, or ``[2 * n_rows, K]`` gate over up
+        for SWIGLU) times ``x`` (``[K]``, LayerNormed with ``norm_ptr``'s gain when NORM)."""
+        i = tl.program_id(0)
+        rows = i * ROWS + tl.arange(0, ROWS)
+        live = rows < n_rows
+        cols = tl.arange(0, CHUNK)
+        # the first chunk of weights: no kernel of the step writes them, so they load before the wait
+        w = tl.load(
+            w_ptr + rows[:, None] * K + cols[None, :], mask=live[:, None] & (cols < K)[None, :], other=0.0
+        )
+        if EPILOGUE == _SWIGLU:
+            up_rows = rows + n_rows
+            w_up = tl.load(
+                w_ptr + up_rows[:, None] * K + cols[None, :],
+                mask=live[:, None] & (cols < K)[None, :],
+                other=0.0,
+            )
+        if PDL:
+            gdc_wait()  # the previous kernel's writes (x, the cache) are visible from here on
+            gdc_launch_dependents()
+        mean = 0.0
+        rstd = 1.0
+        if NORM:  # biased variance in float32, as torch's LayerNorm
+            total = tl.zeros([CHUNK], tl.float32)
+            for start in tl.static_range(0, K, CHUNK):
+                at = start + cols
+                total += tl.load(x_ptr + at, mask=at < K, other=0.0).to(tl.float32)
+            mean = tl.sum(total, axis=0) / K
+            squares = tl.zeros([CHUNK], tl.float32)
+            for start in tl.static_range(0, K, CHUNK):
+                at = start + cols
+                d = tl.load(x_ptr + at, mask=at < K, other=0.0).to(tl.float32) - mean
+                squares += tl.where(at < K, d * d, 0.0)
+            rstd = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
+        xs = _input_chunk(x_ptr, norm_ptr, cols, K, mean, rstd, NORM)
+        acc = tl.sum(w.to(tl.float32) * xs[None, :], axis=1)
+        if EPILOGUE == _SWIGLU:
+            acc_up = tl.sum(w_up.to(tl.float32) * xs[None, :], axis=1)
+        for start in tl.static_range(CHUNK, K, CHUNK):  # the down projection's further chunks (unrolled)
+            at = start + cols
+            mask = live[:, None] & (at < K)[None, :]
+            xs = _input_chunk(x_ptr, norm_ptr, at, K, mean, rstd, NORM)
+            w = tl.load(w_ptr + rows[:, None] * K + at[None, :], mask=mask, other=0.0)
+            acc += tl.sum(w.to(tl.float32) * xs[None, :], axis=1)
+            if EPILOGUE == _SWIGLU:
+                w_up = tl.load(w_ptr + up_rows[:, None] * K + at[None, :], mask=mask, other=0.0)
+                acc_up += tl.sum(w_up.to(tl.float32) * xs[None, :], axis=1)
+        dtype = out_ptr.dtype.element_ty
+        if EPILOGUE == _SWIGLU:  # gate and up rounded as torch's GEMM output is, then silu(gate) * up
+            gate = acc.to(dtype).to(tl.float32)
+            up = acc_up.to(dtype).to(tl.float32)
+            tl.store(out_ptr + rows, (gate / (1.0 + tl.exp(-gate)) * up).to(dtype), mask=live)
+        elif EPILOGUE == _RESIDUAL:  # out += the product, rounded once (as addmm_)
+            old = tl.load(out_ptr + rows, mask=live, other=0.0).to(tl.float32)
+            tl.store(out_ptr + rows, (old + acc).to(dtype), mask=live)
+        elif EPILOGUE == _QKV:  # rows past q are K then V: into the cache's K and V planes at pos
+            tl.store(out_ptr + rows, acc.to(dtype), mask=live & (rows < q_rows))
+            pos = tl.load(pos_ptr)
+            j = rows - q_rows
+            plane = j // HEAD_DIM
+            slot = cache_ptr + plane * capacity * HEAD_DIM + pos * HEAD_DIM + j % HEAD_DIM
+            tl.store(slot, acc.to(cache_ptr.dtype.element_ty), mask=live & (rows >= q_rows))
+        else:
+            tl.store(out_ptr + rows, acc.to(dtype), mask=live)
+
+
+if triton is not None:
+    _gemv_autotuned = triton.autotune(
+        configs=[triton.Config({"ROWS": rows}, num_warps=warps) for rows, warps in TILES],
+        key=["n_rows", "K", "NORM", "EPILOGUE"],
+        restore_value=["out_ptr", "cache_ptr"],  # the in-place epilogues: each timing starts from the same x
+        do_bench=lambda fn: do_bench(fn, warmup=5, rep=25),
+    )(_gemv_kernel)
+
+
+def chosen_tiles() -> dict[str, tuple[int, int]]:
+    """What the autotuner chose so far: {"n_rows x K, NORM, EPILOGUE": (rows, warps)}."""
+    if triton is None:
+        return {}
+    chosen = {}
+    for key, config in _gemv_autotuned.cache.items():
+        n_rows, k, norm, epilogue = key[:4]
+        chosen[f"{n_rows} x {k}, norm {norm}, epilogue {epilogue}"] = (
+            config.kwargs["ROWS"],
+            config.num_warps,
+        )
+    return chosen
+
+
+def _launch(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    out: torch.Tensor,
+    n_rows: int,
+    *,
+    norm: torch.Tensor | None = None,
+    eps: float = 0.0,
+    epilogue: int = PLAIN,
+    cache: torch.Tensor | None = None,
+    pos: torch.Tensor | None = None,
+    head_dim: int = 1,
+    pdl: bool = False,
+) -> None:
+    k = weight.shape[1]
+    if x.numel() != k or not (x.is_contiguous() and weight.is_contiguous()):
+        raise ValueError(f"GEMV: x {tuple(x.shape)} against weight {tuple(weight.shape)} (both contiguous)")
+    capacity = cache.shape[-2] if cache is not None else 0
+    args = (
+        x, norm if norm is not None else weight, weight, out,
+        cache if cache is not None else out, pos if pos is not None else out,
+        n_rows, eps, out.numel(), capacity,
+    )  # fmt: skip
+    options = {
+        "K": k, "NORM": norm is not None, "EPILOGUE": epilogue, "HEAD_DIM": head_dim,
+        "CHUNK": min(K_CHUNK, triton.next_power_of_2(k)), "PDL": pdl,
+    }  # fmt: skip
+    if pdl:
+        options["launch_pdl"] = True
+    if AUTOTUNE and not INTERPRETED:
+        _gemv_autotuned[lambda meta: (triton.cdiv(n_rows, meta["ROWS"]),)](*args, **options)
+        return
+    rows = ROWS_PER_PROGRAM
+    if INTERPRETED:
+        rows = max(rows, triton.next_power_of_2(triton.cdiv(n_rows, INTERPRETED_PROGRAMS)))
+    _gemv_kernel[(triton.cdiv(n_rows, rows),)](*args, ROWS=rows, num_warps=GEMV_WARPS, **options)
+
+
+def norm_linear(
+    x: torch.Tensor, norm: torch.Tensor, eps: float, weight: torch.Tensor, pdl: bool = False
+) -> torch.Tensor:
+    """``layer_norm(x) @ weight.T`` (LayerNorm without bias, gain ``norm``) for one row: ``[n_out]``."""
+    out = x.new_empty(weight.shape[0])
+    _launch(x, weight, out, weight.shape[0], norm=norm, eps=eps, pdl=pdl)
+    return out
+
+
+def norm_swiglu(
+    x: torch.Tensor, norm: torch.Tensor, eps: float, gate_up: torch.Tensor, pdl: bool = False
+) -> torch.Tensor:
+    """``silu(g) * u`` where ``g | u = layer_norm(x) @ gate_up.T`` (``gate_up``: gate rows over up rows)."""
+    n = gate_up.shape[0] // 2
+    out = x.new_empty(n)
+    _launch(x, gate_up, out, n, norm=norm, eps=eps, epilogue=SWIGLU, pdl=pdl)
+    return out
+
+
+def add_linear_(residual: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, pdl: bool = False) -> None:
+    """``residual += x @ weight.T`` in place (one row; ``residual`` contiguous)."""
+    if residual.numel() != weight.shape[0] or not residual.is_contiguous():
+        raise ValueError(f"GEMV: residual {tuple(residual.shape)} against weight {tuple(weight.shape)}")
+    _launch(x, weight, residual, weight.shape[0], epilogue=RESIDUAL, pdl=pdl)
+
+
+def norm_qkv_into_cache(
+    x: torch.Tensor,
+    norm: torch.Tensor,
+    eps: float,
+    qkv: torch.Tensor,
+    cache_layer: torch.Tensor,
+    pos: torch.Tensor,
+    pdl: bool = False,
+) -> torch.Tensor:
+    """``layer_norm(x) @ qkv.T`` where ``qkv`` holds q's rows over one head's K then V rows: returns q
+    (``[n_q]``) and writes K and V into slot ``pos[0]`` of ``cache_layer`` (``[2, 1, capacity, head_dim]``
+    contiguous: the K plane, then the V plane)."""
+    head_dim = cache_layer.shape[-1]
+    n_q = qkv.shape[0] - 2 * head_dim
+    if cache_layer.shape[:2] != (2, 1) or not cache_layer.is_contiguous() or n_q <= 0:
+        raise ValueError(f"GEMV: qkv {tuple(qkv.shape)} against cache {tuple(cache_layer.shape)}")
+    q = x.new_empty(n_q)
+    _launch(
+        x, qkv, q, qkv.shape[0], norm=norm, eps=eps, epilogue=QKV, cache=cache_layer, pos=pos,
+        head_dim=head_dim, pdl=pdl,
+    )  # fmt: skip
+    return q

@@ -1,0 +1,53 @@
+"""Every Triton kernel call of the decode step compiles for an H100 (sm_90) with Triton's own ptxas, no GPU
+needed (``refact_lsp.dev.hopper_kernels``), without register spills, with 16-byte loads, and with the
+wait that programmatic dependent launch needs where the step launches that way. Skipped where Triton is
+not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from refact_lsp.engine import triton_env, triton_gemv
+
+pytestmark = pytest.mark.skipif(not triton_env.available(), reason="Triton is not installed")
+
+
+@pytest.fixture(scope="module")
+def reports() -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, not interpreted
+    out = subprocess.run(
+        [sys.executable, "-m", "refact_lsp.dev.hopper_kernels", "--json"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def test_every_kernel_call_compiles_for_hopper(reports) -> None:
+    """The default step's kernels, the attention variants, and each GEMV in each tile the autotuner times."""
+    calls = {r["call"] for r in reports}
+    assert {"layer_norm", "silu_mul", "attention"} <= calls
+    gemvs = {c for c in calls if "GEMV" in c}
+    assert len(gemvs) == 5 * len(triton_gemv.TILES)
+    assert "down GEMV into the residual, 8 rows x 4 warps" in gemvs
+    merged = [r for r in reports if r["call"].startswith("attention (merge")]
+    assert [r["kernel"] for r in merged] == ["_attention_blocks_kernel"]  # one launch: no merge kernel
+
+
+def test_no_kernel_spills_and_all_load_16_bytes_at_a_time(reports) -> None:
+    for r in reports:
+        assert r["spilled_bytes"] == 0, r
+        assert r["vector_loads"], r
+        assert 0 < r["registers"] <= 255, r
+
+
+def test_kernels_launched_with_pdl_wait_for_the_previous_kernel(reports) -> None:
+    """The GEMVs and the PDL attention variants wait; the default step's kernels have no wait in them."""
+    for r in reports:
+        pdl = "GEMV" in r["call"] or "pdl=True" in r["call"]
+        assert r["waits_for_the_previous_kernel"] == pdl, r

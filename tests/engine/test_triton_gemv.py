@@ -1,0 +1,95 @@
+"""The fused GEMV kernels against torch: on a GPU compiled, elsewhere in Triton's CPU interpreter
+(``tests/conftest.py``). Skipped where Triton is not installed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from refact_lsp.engine import triton_decode, triton_gemv
+
+pytestmark = pytest.mark.skipif(not triton_decode.available(), reason="Triton is not installed")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def tolerance(dtype: torch.dtype) -> float:
+    return 1e-4 if dtype == torch.float32 else 3e-2
+
+
+def randn(*shape: int, seed: int, dtype: torch.dtype, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    return (scale * torch.randn(*shape, generator=g, device=DEVICE)).to(dtype)
+
+
+def normed(x: torch.Tensor, gain: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """torch's LayerNorm output in ``x``'s dtype (what the kernels round the input to)."""
+    return F.layer_norm(x.float(), (x.numel(),), gain.float(), None, eps).to(x.dtype).float()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "k"), [(100, 64), (2048, 2048), (70, 3000)])
+def test_norm_linear_is_layer_norm_then_the_product(n, k, dtype) -> None:
+    """Row counts that do not fill the last program; a width of several chunks (3000 > K_CHUNK)
+    normalises over all of them."""
+    x = randn(k, seed=1, dtype=dtype, scale=3.0) + 1
+    gain, w = randn(k, seed=2, dtype=dtype), randn(n, k, seed=3, dtype=dtype, scale=0.05)
+    got = triton_gemv.norm_linear(x, gain, 1e-5, w)
+    assert got.shape == (n,) and got.dtype == dtype
+    want = normed(x, gain) @ w.float().T
+    torch.testing.assert_close(got.float(), want, atol=tolerance(dtype), rtol=tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_norm_swiglu_is_silu_of_gate_times_up(dtype) -> None:
+    k, n = 256, 360
+    x, gain = randn(k, seed=4, dtype=dtype, scale=2.0), randn(k, seed=5, dtype=dtype)
+    gate_up = randn(2 * n, k, seed=6, dtype=dtype, scale=0.1)
+    got = triton_gemv.norm_swiglu(x, gain, 1e-5, gate_up)
+    assert got.shape == (n,) and got.dtype == dtype
+    gate, up = (normed(x, gain) @ gate_up.float().T).chunk(2)
+    want = F.silu(gate.to(dtype).float()) * up.to(dtype).float()
+    torch.testing.assert_close(got.float(), want, atol=tolerance(dtype), rtol=tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_add_linear_adds_into_the_residual_in_place(dtype) -> None:
+    """The down projection's shape: a 5632-wide input in three chunks, the last one partial."""
+    n, k = 96, 5632
+    residual, x = randn(n, seed=7, dtype=dtype), randn(k, seed=8, dtype=dtype)
+    w = randn(n, k, seed=9, dtype=dtype, scale=0.02)
+    want = residual.float() + x.float() @ w.float().T
+    same = residual.data_ptr()
+    triton_gemv.add_linear_(residual, x, w)
+    assert residual.data_ptr() == same
+    torch.testing.assert_close(residual.float(), want, atol=tolerance(dtype), rtol=tolerance(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_norm_qkv_returns_q_and_writes_k_and_v_into_the_cache_slot(dtype) -> None:
+    """q comes back; K and V land in slot ``pos`` of their planes and nowhere else."""
+    k, n_q, head_dim, capacity, pos = 128, 128, 16, 40, 17
+    x, gain = randn(k, seed=10, dtype=dtype, scale=2.0), randn(k, seed=11, dtype=dtype)
+    qkv = randn(n_q + 2 * head_dim, k, seed=12, dtype=dtype, scale=0.1)
+    cache = torch.full((2, 1, capacity, head_dim), 7.0, dtype=dtype, device=DEVICE)
+    q = triton_gemv.norm_qkv_into_cache(x, gain, 1e-5, qkv, cache, torch.tensor([pos], device=DEVICE))
+    want = normed(x, gain) @ qkv.float().T
+    tol = tolerance(dtype)
+    assert q.shape == (n_q,) and q.dtype == dtype
+    torch.testing.assert_close(q.float(), want[:n_q], atol=tol, rtol=tol)
+    torch.testing.assert_close(cache[0, 0, pos].float(), want[n_q : n_q + head_dim], atol=tol, rtol=tol)
+    torch.testing.assert_close(cache[1, 0, pos].float(), want[n_q + head_dim :], atol=tol, rtol=tol)
+    untouched = torch.ones(capacity, dtype=torch.bool)
+    untouched[pos] = False
+    assert bool((cache[:, :, untouched.to(DEVICE)] == 7.0).all())
+
+
+def test_shapes_that_do_not_fit_are_refused() -> None:
+    w = torch.zeros(8, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="GEMV"):
+        triton_gemv.norm_linear(torch.zeros(15, device=DEVICE), torch.ones(15, device=DEVICE), 1e-5, w)
+    with pytest.raises(ValueError, match="GEMV"):
+        triton_gemv.add_linear_(torch.zeros(7, device=DEVICE), torch.zeros(16, device=DEVICE), w)
+    with pytest.raises(ValueError, match="GEMV"):
+        triton_gemv.norm_linear(torch.zeros(16, device=DEVICE), torch.ones(16, device=DEVICE), 1e-5, w.T)
