@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The whole GPU check in one go, for a CUDA machine lent for a few minutes (at most 12 minutes, about 4 on an
-# H100): the engine's tests on CUDA (graph replay per KV slot, the Triton kernels, bf16 against float32),
-# bench/engine.py's decode report (the decode step's variants with kernel profiles) and GPU report (bf16 drift,
-# decode ms/token, operations per decode step, transformers' generate), and the keystroke replay through the
-# real server with the 1.6B shape.
+# The whole GPU check in one go, for a CUDA machine lent for a few minutes (about 8 minutes on an H100 for all
+# steps; a command may run 10): the engine's tests on CUDA (graph replay per KV slot, the Triton kernels in
+# each variant, bf16 against float32), bench/engine.py's decode report (the decode step's variants with kernel
+# profiles, each weight's GEMV alone), the keystroke replay through the real server with the 1.6B shape (with
+# the default decode step, then with the fused GEMVs, one-launch attention and PDL), and the GPU report (bf16
+# drift, decode ms/token, transformers' generate).
 #
-#     bash bench/gpu.sh [WHEEL_DIR]
+#     bash bench/gpu.sh [WHEEL_DIR] [STEP ...]     # STEP: tests decode keystrokes keystrokes-fused gpu
 #
 # The machine needs torch with CUDA, transformers, tokenizers, safetensors, pytest; WHEEL_DIR holds
 # wheels of what it lacks (pygls, lsprotocol, cattrs, attrs, pytest-asyncio, pytest-lsp), installed
@@ -18,7 +19,11 @@ site=$(mktemp -d)
 if [ -n "${1:-}" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$1"/*.whl || exit 1
 fi
+shift || true
+steps=" ${*:-tests decode keystrokes keystrokes-fused gpu} "
 export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
+keystrokes="bench/keystrokes.py --device cuda --dtype bfloat16 --shape real --context 2048 --max-new-tokens 16 --single-line"
+fused="FUSED_GEMV=True,MERGE_IN_LAST_PROGRAM=True,PDL=True"
 
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -26,17 +31,29 @@ export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
 } >"$out/device.txt" 2>&1
 cat "$out/device.txt"
 
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/engine >"$out/pytest_engine.log" 2>&1
-echo "tests/engine on this machine: rc=$? ($(tail -1 "$out/pytest_engine.log"))"
-
-timeout 200 python3 bench/engine.py --report decode --profile >"$out/engine_decode.log" 2>&1
-echo "bench/engine.py --report decode: rc=$?"
-timeout 200 python3 bench/engine.py --report gpu >"$out/engine_gpu.log" 2>&1
-echo "bench/engine.py --report gpu: rc=$?"
-timeout 240 python3 bench/keystrokes.py --device cuda --dtype bfloat16 --shape real --context 2048 \
-    --max-new-tokens 16 --single-line >"$out/keystrokes_gpu.log" 2>&1
-echo "bench/keystrokes.py: rc=$?"
-
-grep -A40 "== summary" "$out/engine_decode.log" | grep -v "^ - decode step" | cut -c1-240
-grep -A30 "== summary" "$out/engine_gpu.log" | cut -c1-240
-grep -A12 "== summary" "$out/keystrokes_gpu.log" | cut -c1-240
+if [[ $steps == *" tests "* ]]; then
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/engine >"$out/pytest_engine.log" 2>&1
+    echo "tests/engine on this machine: rc=$? ($(tail -1 "$out/pytest_engine.log"))"
+    grep -E "^(FAILED|ERROR)" "$out/pytest_engine.log" | cut -c1-240
+fi
+if [[ $steps == *" decode "* ]]; then
+    timeout 200 python3 bench/engine.py --report decode --profile >"$out/engine_decode.log" 2>&1
+    echo "bench/engine.py --report decode: rc=$?"
+    grep -A40 "== summary" "$out/engine_decode.log" | grep -v "^ - decode step" | cut -c1-240
+fi
+if [[ $steps == *" keystrokes "* ]]; then
+    timeout 200 python3 $keystrokes >"$out/keystrokes_gpu.log" 2>&1
+    echo "bench/keystrokes.py: rc=$?"
+    grep -A12 "== summary" "$out/keystrokes_gpu.log" | cut -c1-240
+fi
+if [[ $steps == *" keystrokes-fused "* ]]; then
+    timeout 150 python3 $keystrokes --sections replay --no-hf --decode-constants "$fused" \
+        >"$out/keystrokes_gpu_fused.log" 2>&1
+    echo "bench/keystrokes.py --decode-constants $fused: rc=$?"
+    grep -A12 "== summary" "$out/keystrokes_gpu_fused.log" | cut -c1-240
+fi
+if [[ $steps == *" gpu "* ]]; then
+    timeout 200 python3 bench/engine.py --report gpu >"$out/engine_gpu.log" 2>&1
+    echo "bench/engine.py --report gpu: rc=$?"
+    grep -A30 "== summary" "$out/engine_gpu.log" | cut -c1-240
+fi

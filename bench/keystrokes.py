@@ -31,6 +31,7 @@ Each section catches its own errors and the run goes on.
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import os
 import platform
@@ -105,10 +106,23 @@ class Client:
         def _show(params: types.ShowMessageParams) -> None:
             print(f"   server says: {params.message}")
 
-    async def start(self, model: Path, settings: dict[str, Any], device: str, dtype: str) -> None:
+    async def start(
+        self, model: Path, settings: dict[str, Any], device: str, dtype: str, constants: dict[str, Any]
+    ) -> None:
+        """``python -m refact_lsp`` on ``model``; with ``constants``, the decode kernels' module constants
+        (``triton_decode``'s or ``triton_gemv``'s) are set in the server process before it starts."""
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "PYTHONPATH": path}
-        args = ["-m", "refact_lsp", "--stdio", "--model", str(model), "--device", device, "--dtype", dtype]
+        server = ["-m", "refact_lsp"]
+        if constants:
+            sets = "".join(f"setattr(owner({n!r}), {n!r}, {v!r}); " for n, v in constants.items())
+            server = [
+                "-c",
+                "import runpy; from refact_lsp.engine import triton_decode, triton_gemv; "
+                "owner = lambda n: triton_decode if hasattr(triton_decode, n) else triton_gemv; "
+                f"{sets}runpy.run_module('refact_lsp', run_name='__main__', alter_sys=True)",
+            ]
+        args = [*server, "--stdio", "--model", str(model), "--device", device, "--dtype", dtype]
         await self.lsp.start_io(sys.executable, *args, env=env, cwd=str(REPO))
         caps = types.ClientCapabilities(
             general=types.GeneralClientCapabilities(position_encodings=[types.PositionEncodingKind.Utf32])
@@ -633,7 +647,9 @@ async def main_async(args) -> None:
         model_dir = write_checkpoint(args, Path(tmp))
         client = Client()
         t = time.perf_counter()
-        await client.start(model_dir, {**base_settings(args), **DEFAULT}, args.device, args.dtype)
+        await client.start(
+            model_dir, {**base_settings(args), **DEFAULT}, args.device, args.dtype, args.decode_constants
+        )
         s = await client.wait(lambda s: s["model"]["state"] in ("ready", "error"), 600, "the model")
         print(f"server ready in {time.perf_counter() - t:.1f} s: {s['model']}")
         if s["model"]["state"] != "ready":
@@ -653,6 +669,19 @@ async def main_async(args) -> None:
             await client.stop()
         if args.hf and "default" in runs:
             hf_section(args, model_dir, runs)
+
+
+def decode_constants(value: str) -> dict[str, Any]:
+    """``NAME=VALUE,...`` (Python literals) for module constants of ``triton_decode`` or ``triton_gemv``."""
+    from refact_lsp.engine import triton_decode, triton_gemv
+
+    constants = {}
+    for item in filter(None, value.split(",")):
+        name, _, literal = item.partition("=")
+        if not any(hasattr(m, name) for m in (triton_decode, triton_gemv)):
+            raise argparse.ArgumentTypeError(f"no such constant in triton_decode or triton_gemv: {name}")
+        constants[name] = ast.literal_eval(literal)
+    return constants
 
 
 def main() -> None:
@@ -694,6 +723,12 @@ def main() -> None:
         type=lambda value: set(value.split(",")),
         default={"replay", "overhead", "edits"},
         help="comma-separated: replay (with hits and transformers), overhead, edits (default: all)",
+    )
+    ap.add_argument(
+        "--decode-constants",
+        type=decode_constants,
+        default={},
+        help="the decode kernels' module constants in the server, e.g. FUSED_GEMV=True,PDL=True",
     )
     args = ap.parse_args()
     if args.naive_keys is None:
