@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import torch
 
-from refact_lsp.engine.triton_env import INTERPRETED, triton
+from refact_lsp.engine.triton_env import INTERPRETED, triton, wait_for_the_previous_kernel
 
 if triton is not None:
     import triton.language as tl
-    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
     from triton.testing import do_bench
 
 AUTOTUNE = True
@@ -105,9 +104,9 @@ if triton is not None:
                 mask=live[:, None] & (cols < K)[None, :],
                 other=0.0,
             )
-        if PDL:
-            gdc_wait()  # the previous kernel's writes (x, the cache) are visible from here on
-            gdc_launch_dependents()
+        wait_for_the_previous_kernel(
+            PDL
+        )  # the previous kernel's writes (x, the cache) are visible from here on
         mean = 0.0
         rstd = 1.0
         if NORM:  # biased variance in float32, as torch's LayerNorm
@@ -159,7 +158,7 @@ if triton is not None:
         configs=[triton.Config({"ROWS": rows}, num_warps=warps) for rows, warps in TILES],
         key=["n_rows", "K", "NORM", "EPILOGUE"],
         restore_value=["out_ptr", "cache_ptr"],  # the in-place epilogues: each timing starts from the same x
-        do_bench=lambda fn: do_bench(fn, warmup=5, rep=25),
+        do_bench=lambda fn, quantiles: do_bench(fn, warmup=5, rep=25, quantiles=quantiles),
     )(_gemv_kernel)
 
 

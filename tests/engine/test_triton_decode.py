@@ -100,8 +100,8 @@ STEP_VARIANTS = {
 def test_decode_step_equals_the_models_step(shape, dtype, variant, monkeypatch) -> None:
     """The whole step over a cache filled by a prefill: the same logits and the same cache rows as
     ``model.decode_step`` (float32: to rounding; bf16: within bf16's tolerance), in each of the Triton
-    step's variants (``PDL`` only changes anything on a Hopper GPU; the fused GEMVs alone in bf16 are
-    ``test_triton_gemv.py``'s)."""
+    step's variants (in the interpreter ``PDL`` launches the same way, without its waits; the fused GEMVs
+    alone in bf16 are ``test_triton_gemv.py``'s)."""
     for name, value in STEP_VARIANTS[variant].items():
         monkeypatch.setattr(triton_decode, name, value)
     model = random_model(shape, dtype=dtype, device=DEVICE, n_positions=256)

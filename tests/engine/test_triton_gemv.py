@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -93,3 +95,38 @@ def test_shapes_that_do_not_fit_are_refused() -> None:
         triton_gemv.add_linear_(torch.zeros(7, device=DEVICE), torch.zeros(16, device=DEVICE), w)
     with pytest.raises(ValueError, match="GEMV"):
         triton_gemv.norm_linear(torch.zeros(16, device=DEVICE), torch.ones(16, device=DEVICE), 1e-5, w.T)
+
+
+def test_autotuned_tiles_give_the_same_results_and_in_place_outputs_change_once(monkeypatch) -> None:
+    """The GPU path: Triton's autotuner runs each tile several times on the real arguments before keeping
+    one, so the in-place outputs (the residual, the cache slot) are restored between its timings. Here its
+    timer is a CPU clock and the interpreter stands in for the GPU."""
+    timings = []
+
+    def cpu_timer(fn, warmup, rep, quantiles):
+        start = time.perf_counter()
+        for _ in range(2):
+            fn()
+        timings.append(time.perf_counter() - start)
+        return [timings[-1]] * len(quantiles)
+
+    monkeypatch.setattr(triton_gemv, "INTERPRETED", False)
+    monkeypatch.setattr(triton_gemv, "do_bench", cpu_timer)
+    dtype = torch.float32
+    n, k, head_dim, capacity, pos = 96, 64, 16, 8, 3
+    residual, x = randn(n, seed=13, dtype=dtype), randn(k, seed=14, dtype=dtype)
+    w = randn(n, k, seed=15, dtype=dtype, scale=0.1)
+    want = residual.float() + x.float() @ w.float().T
+    triton_gemv.add_linear_(residual, x, w)
+    assert len(timings) == len(triton_gemv.TILES)  # every tile timed once, at the first call of this shape
+    torch.testing.assert_close(residual, want, atol=1e-4, rtol=1e-4)  # added once, not once per timing
+    gain = randn(k, seed=16, dtype=dtype)
+    cache = torch.zeros((2, 1, capacity, head_dim), dtype=dtype, device=DEVICE)
+    q = triton_gemv.norm_qkv_into_cache(x, gain, 1e-5, w, cache, torch.tensor([pos], device=DEVICE))
+    full = normed(x, gain) @ w.float().T
+    torch.testing.assert_close(q, full[: n - 2 * head_dim], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cache[:, 0, pos].reshape(-1), full[n - 2 * head_dim :], atol=1e-4, rtol=1e-4)
+    assert int((cache != 0).sum()) == 2 * head_dim  # the slot only, after every tile's timings
+    chosen = triton_gemv.chosen_tiles()
+    assert f"{n} x {k}, norm False, epilogue {triton_gemv.RESIDUAL}" in chosen
+    assert all(tile in triton_gemv.TILES for tile in chosen.values())
