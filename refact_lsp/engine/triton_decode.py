@@ -152,30 +152,59 @@ if triton is not None:
         if MERGE:
             tl.debug_barrier()  # all of this program's stores happen before its release below
             if tl.atomic_add(counter_ptr, 1, sem="acq_rel") == N_BLOCKS - 1:
-                _merge_blocks(acc_ptr, max_ptr, sum_ptr, out_ptr, N_BLOCKS, heads, real, dims, H, D)
+                nbp: tl.constexpr = triton.next_power_of_2(N_BLOCKS)
+                _merge_blocks(
+                    acc_ptr, max_ptr, sum_ptr, out_ptr, pos, KEYS, nbp, min(4, nbp), heads, real, dims, H, D
+                )
                 tl.store(counter_ptr, 0)  # ready for the next launch
 
     @triton.jit
-    def _merge_blocks(acc_ptr, max_ptr, sum_ptr, out_ptr, N_BLOCKS: tl.constexpr, heads, real, dims, H, D):
-        """All heads' outputs from the blocks' partial results, block by block (``.cg``: read from L2,
-        where the other programs' stores are)."""
-        top = tl.full(heads.shape, float("-inf"), tl.float32)
-        for b in range(0, N_BLOCKS):
-            m = tl.load(max_ptr + b * H + heads, mask=real, other=float("-inf"), cache_modifier=".cg")
-            top = tl.maximum(top, m)
-        top = tl.where(real, top, 0.0)  # finite: block 0 holds key 0 (the padding heads have no blocks)
+    def _merge_blocks(
+        acc_ptr,
+        max_ptr,
+        sum_ptr,
+        out_ptr,
+        pos,
+        KEYS,
+        NBP: tl.constexpr,
+        GROUP: tl.constexpr,
+        heads,
+        real,
+        dims,
+        H,
+        D,
+    ):
+        """All heads' outputs from the partial results of the blocks that hold keys (``.cg``: read from L2,
+        where the other programs' stores are): the maxima and sums as one ``[blocks, heads]`` tile, the
+        outputs ``GROUP`` blocks at a time (``[GROUP, heads, D]``: 32 KB of loads in flight an iteration)."""
+        used = pos // KEYS + 1
+        blocks = tl.arange(0, NBP)
+        live = (blocks < used)[:, None] & real[None, :]
+        cell = blocks[:, None] * H + heads[None, :]
+        maxima = tl.load(max_ptr + cell, mask=live, other=float("-inf"), cache_modifier=".cg")
+        top = tl.where(real, tl.max(maxima, axis=0), 0.0)  # finite: block 0 holds key 0
+        sums = tl.load(sum_ptr + cell, mask=live, other=0.0, cache_modifier=".cg")
+        denominator = tl.sum(
+            tl.exp(maxima - top[None, :]) * sums, axis=0
+        )  # exp(-inf) = 0: no keys, no weight
         numerator = tl.zeros([heads.shape[0], dims.shape[0]], tl.float32)
-        denominator = tl.zeros(heads.shape, tl.float32)
-        at = heads[:, None] * D + dims[None, :]
-        for b in range(0, N_BLOCKS):
-            m = tl.load(max_ptr + b * H + heads, mask=real, other=float("-inf"), cache_modifier=".cg")
-            weight = tl.exp(m - top)  # 0 for a block without keys (max -inf)
-            row_sum = tl.load(sum_ptr + b * H + heads, mask=real, other=0.0, cache_modifier=".cg")
-            block = tl.load(acc_ptr + b * H * D + at, mask=real[:, None], other=0.0, cache_modifier=".cg")
-            denominator += weight * row_sum
-            numerator += weight[:, None] * block
+        for first in range(0, NBP, GROUP):
+            group = first + tl.arange(0, GROUP)
+            group_live = (group < used)[:, None] & real[None, :]
+            group_cell = group[:, None] * H + heads[None, :]
+            m = tl.load(max_ptr + group_cell, mask=group_live, other=float("-inf"), cache_modifier=".cg")
+            weight = tl.exp(m - top[None, :])
+            block = tl.load(
+                acc_ptr + group_cell[:, :, None] * D + dims[None, None, :],
+                mask=group_live[:, :, None],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            numerator += tl.sum(block * weight[:, :, None], axis=0)
         y = numerator / tl.where(real, denominator, 1.0)[:, None]
-        tl.store(out_ptr + at, y.to(out_ptr.dtype.element_ty), mask=real[:, None])
+        tl.store(
+            out_ptr + heads[:, None] * D + dims[None, :], y.to(out_ptr.dtype.element_ty), mask=real[:, None]
+        )
 
     @triton.jit
     def _attention_merge_kernel(
