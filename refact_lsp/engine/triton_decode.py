@@ -112,7 +112,7 @@ if triton is not None:
     ):
         """Program ``i``: keys ``[i * KEYS, (i + 1) * KEYS)`` up to ``pos``; unnormalised output, row max
         and row sum per head into the workspace (max -inf and sum 0 when it has no key). With MERGE, the
-        program that finishes last (``counter_ptr`` counts them) merges all blocks into ``out_ptr`` and
+        program that finishes last (``counter_ptr`` counts them) merges the blocks into ``out_ptr`` and
         sets the counter back to 0."""
         wait_for_the_previous_kernel(PDL)
         i = tl.program_id(0)
@@ -184,9 +184,8 @@ if triton is not None:
         maxima = tl.load(max_ptr + cell, mask=live, other=float("-inf"), cache_modifier=".cg")
         top = tl.where(real, tl.max(maxima, axis=0), 0.0)  # finite: block 0 holds key 0
         sums = tl.load(sum_ptr + cell, mask=live, other=0.0, cache_modifier=".cg")
-        denominator = tl.sum(
-            tl.exp(maxima - top[None, :]) * sums, axis=0
-        )  # exp(-inf) = 0: no keys, no weight
+        # a block without keys has max -inf: weight exp(-inf) = 0
+        denominator = tl.sum(tl.exp(maxima - top[None, :]) * sums, axis=0)
         numerator = tl.zeros([heads.shape[0], dims.shape[0]], tl.float32)
         for first in range(0, NBP, GROUP):
             group = first + tl.arange(0, GROUP)
@@ -298,8 +297,8 @@ _merge_counters: dict[torch.device, torch.Tensor] = {}
 
 def _merge_counter(device: torch.device) -> torch.Tensor:
     """The attention programs' finish counter on ``device``: 0 between launches (the merging program
-    sets it back), shared by the launches one after another on the device, and kept for good (a captured
-    graph holds its address)."""
+    sets it back), shared by the launches one after another on the device (the generator runs one request
+    at a time), and kept for good (a captured graph holds its address)."""
     counter = _merge_counters.get(device)
     if counter is None:
         counter = _merge_counters[device] = torch.zeros(1, dtype=torch.int32, device=device)
@@ -341,9 +340,9 @@ def _fusable(model: Any) -> bool:
 
 
 def _fused_decode_step(model: Any, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
-    """:func:`decode_step` as five kernels a layer: the q/kv GEMV (LayerNorm in, K and V into the cache),
-    attention, the output GEMV adding into the residual, the gate/up GEMV (LayerNorm in, SwiGLU out) and
-    the down GEMV adding into the residual."""
+    """:func:`decode_step` as five or six kernels a layer: the q/kv GEMV (LayerNorm in, K and V into the
+    cache), attention (one launch with ``MERGE_IN_LAST_PROGRAM``, else two), the output GEMV adding into the
+    residual, the gate/up GEMV (LayerNorm in, SwiGLU out) and the down GEMV adding into the residual."""
     cfg = model.config
     eps, scale = cfg.layer_norm_epsilon, 1.0 / math.sqrt(cfg.head_dim)
     x = model.transformer.wte(token).view(cfg.n_embd)  # the residual stream, updated in place
