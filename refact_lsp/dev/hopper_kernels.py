@@ -45,6 +45,9 @@ class KernelReport:
     """Whether the PTX loads global memory 16 bytes at a time (``ld.global.v4``)."""
     waits_for_the_previous_kernel: bool
     """``griddepcontrol.wait`` in the PTX: what a kernel launched with programmatic dependent launch needs."""
+    loads_before_the_wait: int
+    """Global loads (``LDG``) that the machine code issues before that wait (``ACQBULK``): what overlaps the
+    previous kernel (the GEMVs' first chunk of weights)."""
 
 
 class _Target:
@@ -90,18 +93,28 @@ def _compiling_instead_of_launching(capability: int, compiled: list[Any]):
         JITFunction.run = launch
 
 
-def _resource_usage(cubin: bytes) -> dict[str, int]:
-    """``cuobjdump -res-usage``'s REG, LOCAL and SHARED of the one function in ``cubin``."""
+def _cuobjdump(cubin: bytes, option: str) -> str:
+    """The output of Triton's own ``cuobjdump`` with ``option`` on ``cubin``."""
     import triton.backends.nvidia as nvidia
 
     tool = Path(nvidia.__file__).parent / "bin" / "cuobjdump"
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        text = subprocess.run(
-            [str(tool), "-res-usage", f.name], capture_output=True, text=True, check=True
-        ).stdout
+        return subprocess.run([str(tool), option, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def _resource_usage(cubin: bytes) -> dict[str, int]:
+    """``cuobjdump -res-usage``'s REG, LOCAL and SHARED of the one function in ``cubin``."""
+    text = _cuobjdump(cubin, "-res-usage")
     return {key: int(re.search(rf"\b{key}:(\d+)", text).group(1)) for key in ("REG", "LOCAL", "SHARED")}
+
+
+def _loads_before_the_wait(cubin: bytes) -> int:
+    """``LDG`` instructions before the first ``ACQBULK`` (``griddepcontrol.wait``) in the SASS, or 0."""
+    sass = _cuobjdump(cubin, "-sass").splitlines()
+    wait = next((i for i, line in enumerate(sass) if "ACQBULK" in line), 0)
+    return sum("LDG" in line for line in sass[:wait])
 
 
 def _calls(capability: int) -> list[tuple[str, Any]]:
@@ -204,6 +217,7 @@ def _compile(label: str, call: Any, capability: int) -> list[KernelReport]:
                 shared_bytes=usage["SHARED"],
                 vector_loads="ld.global.v4" in ptx,
                 waits_for_the_previous_kernel="griddepcontrol.wait" in ptx,
+                loads_before_the_wait=_loads_before_the_wait(kernel.asm["cubin"]),
             )
         )
     return reports
@@ -222,7 +236,7 @@ def main() -> None:
         print(
             f"{r.call:62} {r.kernel:26} regs {r.registers:3}  spilled {r.spilled_bytes:4} B  "
             f"shared {r.shared_bytes:6} B  16-byte loads {r.vector_loads!s:5}  "
-            f"waits {r.waits_for_the_previous_kernel}"
+            f"waits {r.waits_for_the_previous_kernel!s:5}  loads before the wait {r.loads_before_the_wait}"
         )
 
 
