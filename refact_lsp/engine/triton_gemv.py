@@ -2,17 +2,18 @@
 LayerNorm before, and after, the SwiGLU activation, the residual add or the write of the new keys and
 values into the KV cache.
 
-Why: on an H100 the torch decode step of the 1.6B shape spends about 150 us per token between kernels
-and 210 us in the LayerNorm, SiLU and KV-write kernels around its GEMMs (``bench/engine.py --report
-decode --profile``). Here each layer's four projections are four kernels and nothing else:
+Why: on an H100 the default decode step of the 1.6B shape (cuBLAS GEMMs, :mod:`triton_decode`'s
+norms, attention and SiLU) spent 151 us per token between kernels and 209 us in the LayerNorm, SiLU and
+KV-write kernels around its GEMMs (``bench/engine.py --report decode --profile``, ``docs/benchmarks.md``).
+Here each layer's four projections are four kernels and nothing else:
 
 - ``qkv``: ``LN1(x) @ [Wq; Wkv].T``; q to a buffer, K and V straight into cache slot ``pos``;
 - ``c_proj``: ``x += y @ Wo.T`` in place (the residual add);
 - ``gate_up``: ``silu(LN2(x) @ Wg.T) * (LN2(x) @ Wu.T)``: a program reads matching gate and up rows;
 - ``down``: ``x += h @ Wd.T`` in place;
 
-and the head is ``LN_f(x) @ W_head.T``. The LayerNorm is recomputed by every program from the row in
-L2 (a 2048-wide row: a few hundred ns), which is cheaper than a kernel of its own.
+and the head is ``LN_f(x) @ W_head.T``. Every program recomputes the LayerNorm of the one input row (2048
+values, read from L2) instead of a kernel of its own writing it out for the next one.
 
 Each program reads ``ROWS_PER_PROGRAM`` weight rows, ``K_CHUNK`` columns at a time, and sums their
 products with the input in float32 (the input rounded to the weights' dtype first, as torch's LayerNorm
@@ -190,6 +191,8 @@ def _launch(
     head_dim: int = 1,
     pdl: bool = False,
 ) -> None:
+    """One launch of the GEMV kernel over ``n_rows`` output rows: autotuned on a GPU (``AUTOTUNE``), else
+    ``ROWS_PER_PROGRAM`` x ``GEMV_WARPS``; a shape it cannot take raises ``ValueError``."""
     k = weight.shape[1]
     if x.numel() != k or not (x.is_contiguous() and weight.is_contiguous()):
         raise ValueError(f"GEMV: x {tuple(x.shape)} against weight {tuple(weight.shape)} (both contiguous)")
