@@ -45,8 +45,9 @@ until a GPU run has timed it."""
 MERGE_IN_LAST_PROGRAM = False
 """With ``FUSED_GEMV``: attention in one launch (the last block program merges). Off until timed."""
 PDL = False
-"""With ``FUSED_GEMV``, on Hopper or later: programmatic dependent launch (each kernel loads its weights
-while the one before finishes). Off until timed."""
+"""With ``FUSED_GEMV``, on Hopper or later: programmatic dependent launch (each GEMV loads its weights, each
+attention program the keys and values before the position, while the kernel before it finishes). Off until
+timed."""
 
 
 def can_run(model: torch.nn.Module, device: torch.device) -> bool:
@@ -113,9 +114,15 @@ if triton is not None:
         """Program ``i``: keys ``[i * KEYS, (i + 1) * KEYS)`` up to ``pos``; unnormalised output, row max
         and row sum per head into the workspace (max -inf and sum 0 when it has no key). With MERGE, the
         program that finishes last (``counter_ptr`` counts them) merges the blocks into ``out_ptr`` and
-        sets the counter back to 0."""
-        wait_for_the_previous_kernel(PDL)
+        sets the counter back to 0. With PDL (and one block a program), the keys and values before ``pos``
+        load before the wait: only the slot at ``pos`` is the previous kernel's to write."""
         i = tl.program_id(0)
+        if PDL:  # pos and the slots before it were written before the step (see attention())
+            early = i * KEYS + tl.arange(0, BLOCK)
+            before = (tl.load(pos_ptr) > early)[:, None]
+            k_before = tl.load(k_ptr + early[:, None] * D + tl.arange(0, D)[None, :], mask=before, other=0.0)
+            v_before = tl.load(v_ptr + early[:, None] * D + tl.arange(0, D)[None, :], mask=before, other=0.0)
+        wait_for_the_previous_kernel(PDL)
         pos = tl.load(pos_ptr)
         heads = tl.arange(0, HP)  # padded to what tl.dot takes (16 rows at least); the padding is zeros
         real = heads < H
@@ -132,8 +139,13 @@ if triton is not None:
             if start <= pos:  # every block scored here holds at least one key: the max stays finite
                 keys = start + tl.arange(0, BLOCK)
                 valid = keys <= pos  # (pos < capacity) slots after it may hold anything, NaN too: not read
-                k = tl.load(k_ptr + keys[:, None] * D + dims[None, :], mask=valid[:, None], other=0.0)
-                v = tl.load(v_ptr + keys[:, None] * D + dims[None, :], mask=valid[:, None], other=0.0)
+                if PDL:  # the one slot written since: zeros elsewhere, as the early tiles are zero there
+                    now = (keys == pos)[:, None]
+                    k = k_before + tl.load(k_ptr + keys[:, None] * D + dims[None, :], mask=now, other=0.0)
+                    v = v_before + tl.load(v_ptr + keys[:, None] * D + dims[None, :], mask=now, other=0.0)
+                else:
+                    k = tl.load(k_ptr + keys[:, None] * D + dims[None, :], mask=valid[:, None], other=0.0)
+                    v = tl.load(v_ptr + keys[:, None] * D + dims[None, :], mask=valid[:, None], other=0.0)
                 if UPCAST:
                     k, v = k.to(tl.float32), v.to(tl.float32)
                 s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
@@ -268,7 +280,9 @@ def attention(
 
     The blocks' partial results are merged by a second kernel, or with ``merge_in_last_program`` by the
     block program that finishes last (one launch instead of two). ``pdl``: launched with programmatic
-    dependent launch (see :mod:`triton_gemv`)."""
+    dependent launch (see :mod:`triton_gemv`), each program one block of keys whose slots before ``pos``
+    it reads before waiting for the previous kernel: that kernel may write ``q`` and the slot at ``pos``,
+    not ``pos`` itself or the slots before it."""
     capacity, d = k.shape
     h = slopes.numel()
     n_blocks = triton.cdiv(capacity, KEYS_PER_PROGRAM)
@@ -281,7 +295,8 @@ def attention(
     options = {"launch_pdl": True} if pdl else {}
     _attention_blocks_kernel[(n_blocks,)](
         q, k, v, pos, slopes, acc, row_max, row_sum, _merge_counter(q.device), out, scale, N_BLOCKS=n_blocks,
-        H=h, HP=padded, D=d, KEYS=KEYS_PER_PROGRAM, BLOCK=KEY_BLOCK, UPCAST=INTERPRETED, PRECISION=precision,
+        H=h, HP=padded, D=d, KEYS=KEYS_PER_PROGRAM, BLOCK=KEYS_PER_PROGRAM if pdl else KEY_BLOCK,
+        UPCAST=INTERPRETED, PRECISION=precision,
         MERGE=merge_in_last_program, PDL=pdl, num_warps=4, **options,
     )  # fmt: skip
     if not merge_in_last_program:

@@ -33,13 +33,14 @@ def reference_attention(q, k, v, pos: int, slopes, scale: float) -> torch.Tensor
     [(32, 64, 4096, 1999), (32, 64, 4096, 0), (4, 16, 256, 255), (8, 64, 300, 130), (8, 64, 300, 299)],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("merge_in_last_program", [False, True])
+@pytest.mark.parametrize(("merge_in_last_program", "pdl"), [(False, False), (True, False), (True, True)])
 def test_attention_matches_softmax_attention(
-    heads, head_dim, capacity, pos, dtype, merge_in_last_program
+    heads, head_dim, capacity, pos, dtype, merge_in_last_program, pdl
 ) -> None:
     """Any head count (padded to 16 inside), any capacity (a partial last block), the first and the last
     slot; slots after ``pos`` hold garbage that must not leak in. Merged by a second kernel or by the
-    last block program (twice: its counter must be back at 0 for the next launch)."""
+    last block program (twice: its counter must be back at 0 for the next launch); with ``pdl``, the slots
+    before ``pos`` loaded apart from the one at it."""
     g = torch.Generator(device=DEVICE).manual_seed(pos)
     q = torch.randn(heads * head_dim, generator=g, device=DEVICE).to(dtype)
     k = torch.randn(capacity, head_dim, generator=g, device=DEVICE).to(dtype)
@@ -58,6 +59,7 @@ def test_attention_matches_softmax_attention(
             slopes,
             scale,
             merge_in_last_program=merge_in_last_program,
+            pdl=pdl,
         )
         assert got.dtype == dtype and got.shape == (heads * head_dim,)
         torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
