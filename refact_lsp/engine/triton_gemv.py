@@ -37,8 +37,9 @@ if triton is not None:
 
 AUTOTUNE = True
 """On a GPU, each weight shape's tile (``TILES``) is chosen at its first call by timing them all (Triton's
-autotuner, ``triton.testing.do_bench`` with the L2 cache flushed: about 30 ms a tile). The generator's
-warm-up makes that first call before any graph is captured."""
+autotuner, ``triton.testing.do_bench`` with the L2 cache flushed: about 30 ms a tile, after compiling each),
+and the choice is kept in Triton's cache folder for the next start. The generator's warm-up makes that first
+call before any graph is captured."""
 TILES = [(rows, warps) for rows in (2, 4, 8) for warps in (4, 8)]
 """(weight rows per program, warps per program) that the autotuner times."""
 ROWS_PER_PROGRAM = 4
@@ -160,6 +161,7 @@ if triton is not None:
         key=["n_rows", "K", "NORM", "EPILOGUE"],
         restore_value=["out_ptr", "cache_ptr"],  # the in-place epilogues: each timing starts from the same x
         do_bench=lambda fn, quantiles: do_bench(fn, warmup=5, rep=25, quantiles=quantiles),
+        cache_results=True,  # on disk with Triton's compiled kernels: the next start skips the timings
     )(_gemv_kernel)
 
 

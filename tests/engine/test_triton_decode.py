@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from refact_lsp.dev.checkpoints import random_model
-from refact_lsp.engine import triton_decode
+from refact_lsp.engine import triton_decode, triton_gemv
 from refact_lsp.engine.generate import GenerationRequest, Generator
 from refact_lsp.engine.kv_cache import KVCache
 from refact_lsp.engine.loading import LoadedModel, ModelSpec, load_model
@@ -18,6 +18,14 @@ from refact_lsp.engine.model import alibi_slopes
 
 pytestmark = pytest.mark.skipif(not triton_decode.available(), reason="Triton is not installed")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def one_tile(monkeypatch) -> None:
+    """One GEMV tile, not the autotuner's six: on a GPU each tile of each shape compiles (about a second
+    each); the autotuned path has a test of its own (``test_triton_gemv.py``) and is the one
+    ``test_cuda.py`` runs."""
+    monkeypatch.setattr(triton_gemv, "AUTOTUNE", False)
 
 
 def reference_attention(q, k, v, pos: int, slopes, scale: float) -> torch.Tensor:

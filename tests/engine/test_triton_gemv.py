@@ -16,6 +16,14 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16]
 
 
+@pytest.fixture(autouse=True)
+def one_tile(monkeypatch) -> None:
+    """One GEMV tile, not the autotuner's six: on a GPU each tile of each shape compiles (about a second
+    each); the autotuned path has a test of its own (``test_triton_gemv.py``) and is the one
+    ``test_cuda.py`` runs."""
+    monkeypatch.setattr(triton_gemv, "AUTOTUNE", False)
+
+
 def tolerance(dtype: torch.dtype) -> float:
     return 1e-4 if dtype == torch.float32 else 3e-2
 
@@ -111,7 +119,9 @@ def test_autotuned_tiles_give_the_same_results_and_in_place_outputs_change_once(
         return [timings[-1]] * len(quantiles)
 
     monkeypatch.setattr(triton_gemv, "INTERPRETED", False)
+    monkeypatch.setattr(triton_gemv, "AUTOTUNE", True)
     monkeypatch.setattr(triton_gemv, "do_bench", cpu_timer)
+    monkeypatch.setattr(triton_gemv._gemv_autotuned, "cache_results", False)  # time them, even on a rerun
     dtype = torch.float32
     n, k, head_dim, capacity, pos = 96, 64, 16, 8, 3
     residual, x = randn(n, seed=13, dtype=dtype), randn(k, seed=14, dtype=dtype)
