@@ -327,7 +327,7 @@ def weight_gemvs(loaded: LoadedModel, device: torch.device) -> None:
 
 
 FUSED = {"FUSED_GEMV": True}
-ONE_LAUNCH_PDL = {"FUSED_GEMV": True, "MERGE_IN_LAST_PROGRAM": True, "PDL": True}
+ONE_LAUNCH_PDL = triton_decode.FUSED_STEP
 DECODE_VARIANTS: list[tuple[str, dict[str, bool], dict[str, object]]] = [
     # (label, Generator options, module constants set for the run: see ``patched``). Earlier runs also
     # compared 64 and 256 keys per attention program and residual adds apart (docs/benchmarks.md).

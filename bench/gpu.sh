@@ -27,7 +27,6 @@ shift || true
 steps=" ${*:-tests decode keystrokes keystrokes-fused gpu} "
 export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
 keystrokes="bench/keystrokes.py --device cuda --dtype bfloat16 --shape real --context 2048 --max-new-tokens 16 --single-line"
-fused="FUSED_GEMV=True,MERGE_IN_LAST_PROGRAM=True,PDL=True"
 
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -51,6 +50,9 @@ if [[ $steps == *" keystrokes "* ]]; then
     grep -A12 "== summary" "$out/keystrokes_gpu.log" | cut -c1-240
 fi
 if [[ $steps == *" keystrokes-fused "* ]]; then
+    # the constants that switch on the whole fused step (triton_decode.FUSED_STEP), as NAME=VALUE,...
+    fused=$(python3 -c "from refact_lsp.engine.triton_decode import FUSED_STEP as s
+print(','.join(f'{k}={v}' for k, v in s.items()))") || exit 1
     timeout 200 python3 $keystrokes --sections replay --no-hf --decode-constants "$fused" \
         >"$out/keystrokes_gpu_fused.log" 2>&1
     echo "bench/keystrokes.py --decode-constants $fused: rc=$?"

@@ -96,19 +96,13 @@ if triton is not None:
         live = rows < n_rows
         cols = tl.arange(0, CHUNK)
         # the first chunk of weights: no kernel of the step writes them, so they load before the wait
-        w = tl.load(
-            w_ptr + rows[:, None] * K + cols[None, :], mask=live[:, None] & (cols < K)[None, :], other=0.0
-        )
+        first = live[:, None] & (cols < K)[None, :]
+        w = tl.load(w_ptr + rows[:, None] * K + cols[None, :], mask=first, other=0.0)
         if EPILOGUE == _SWIGLU:
             up_rows = rows + n_rows
-            w_up = tl.load(
-                w_ptr + up_rows[:, None] * K + cols[None, :],
-                mask=live[:, None] & (cols < K)[None, :],
-                other=0.0,
-            )
-        wait_for_the_previous_kernel(
-            PDL
-        )  # the previous kernel's writes (x, the cache) are visible from here on
+            w_up = tl.load(w_ptr + up_rows[:, None] * K + cols[None, :], mask=first, other=0.0)
+        # the previous kernel's writes (x, the cache) are visible from here on
+        wait_for_the_previous_kernel(PDL)
         mean = 0.0
         rstd = 1.0
         if NORM:  # biased variance in float32, as torch's LayerNorm

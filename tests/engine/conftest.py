@@ -15,6 +15,16 @@ from refact_lsp.dev.checkpoints import (
 SCRIPT = 'def hello():\n    return 42\n\t\nprint("世界🙂")'
 
 
+@pytest.fixture
+def one_gemv_tile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One GEMV tile, not the autotuner's six: on a GPU each tile of each shape compiles (about a second
+    each); the autotuned path has a test of its own (``test_triton_gemv.py``) and is the one
+    ``test_cuda.py`` runs."""
+    from refact_lsp.engine import triton_gemv
+
+    monkeypatch.setattr(triton_gemv, "AUTOTUNE", False)
+
+
 @pytest.fixture(scope="session")
 def script_text() -> str:
     return SCRIPT

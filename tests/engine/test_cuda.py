@@ -67,11 +67,7 @@ def test_bf16_decode_stays_close_to_float32(random_ckpt, bf16) -> None:
 
 TRITON_VARIANTS = {
     "default": {},
-    "fused GEMVs, one attention launch, PDL": {
-        "FUSED_GEMV": True,
-        "MERGE_IN_LAST_PROGRAM": True,
-        "PDL": True,
-    },
+    "fused GEMVs, one attention launch, PDL": triton_decode.FUSED_STEP,
 }
 
 

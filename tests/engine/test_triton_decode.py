@@ -10,22 +10,17 @@ import torch
 import torch.nn.functional as F
 
 from refact_lsp.dev.checkpoints import random_model
-from refact_lsp.engine import triton_decode, triton_gemv
+from refact_lsp.engine import triton_decode
 from refact_lsp.engine.generate import GenerationRequest, Generator
 from refact_lsp.engine.kv_cache import KVCache
 from refact_lsp.engine.loading import LoadedModel, ModelSpec, load_model
 from refact_lsp.engine.model import alibi_slopes
 
-pytestmark = pytest.mark.skipif(not triton_decode.available(), reason="Triton is not installed")
+pytestmark = [
+    pytest.mark.skipif(not triton_decode.available(), reason="Triton is not installed"),
+    pytest.mark.usefixtures("one_gemv_tile"),
+]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture(autouse=True)
-def one_tile(monkeypatch) -> None:
-    """One GEMV tile, not the autotuner's six: on a GPU each tile of each shape compiles (about a second
-    each); the autotuned path has a test of its own (``test_triton_gemv.py``) and is the one
-    ``test_cuda.py`` runs."""
-    monkeypatch.setattr(triton_gemv, "AUTOTUNE", False)
 
 
 def reference_attention(q, k, v, pos: int, slopes, scale: float) -> torch.Tensor:
@@ -91,11 +86,7 @@ def test_layer_norm_and_silu_mul_match_torch(dtype) -> None:
 STEP_VARIANTS = {
     "cuBLAS GEMMs": {},
     "fused GEMVs": {"FUSED_GEMV": True},
-    "fused GEMVs, one attention launch, PDL": {
-        "FUSED_GEMV": True,
-        "MERGE_IN_LAST_PROGRAM": True,
-        "PDL": True,
-    },
+    "fused GEMVs, one attention launch, PDL": triton_decode.FUSED_STEP,
 }
 
 

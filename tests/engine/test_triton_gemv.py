@@ -11,17 +11,12 @@ import torch.nn.functional as F
 
 from refact_lsp.engine import triton_decode, triton_gemv
 
-pytestmark = pytest.mark.skipif(not triton_decode.available(), reason="Triton is not installed")
+pytestmark = [
+    pytest.mark.skipif(not triton_decode.available(), reason="Triton is not installed"),
+    pytest.mark.usefixtures("one_gemv_tile"),
+]
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16]
-
-
-@pytest.fixture(autouse=True)
-def one_tile(monkeypatch) -> None:
-    """One GEMV tile, not the autotuner's six: on a GPU each tile of each shape compiles (about a second
-    each); the autotuned path has a test of its own (``test_triton_gemv.py``) and is the one
-    ``test_cuda.py`` runs."""
-    monkeypatch.setattr(triton_gemv, "AUTOTUNE", False)
 
 
 def tolerance(dtype: torch.dtype) -> float:
