@@ -44,8 +44,6 @@ adds and the KV write fused in (6 launches a layer instead of 11; 5 with ``MERGE
 until a GPU run has timed it."""
 MERGE_IN_LAST_PROGRAM = False
 """With ``FUSED_GEMV``: attention in one launch (the last block program merges). Off until timed."""
-FUSED_STEP = {"FUSED_GEMV": True, "MERGE_IN_LAST_PROGRAM": True, "PDL": True}
-"""The three constants above that switch on the whole fused step (what the tests and benches set)."""
 PDL = False
 """With ``FUSED_GEMV``, on Hopper or later: programmatic dependent launch (each GEMV loads its weights, each
 attention program the keys and values before the position, while the kernel before it finishes). Off until

@@ -3,13 +3,16 @@ corrupt frames and messages that only look like messages."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from refact_lsp.transport import Framer, FramingError
+from refact_lsp.transport import Framer, FramingError, pipe_reader
 
 from .framing_cases import corrupt_framing_round, write_raw
 from .fuzz_cases import check_answer, start_fuzz_server
@@ -64,6 +67,29 @@ def test_megabytes_of_garbage_are_dropped_not_kept() -> None:
         framer.feed(b"x" * 65536)
     assert len(framer._buf) < 70_000
     assert bodies(framer.feed(b"\r\n" + frame(b"{}"))) == [b"{}"]
+
+
+async def test_a_pipe_is_read_on_the_event_loop(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    read_fd, write_fd = os.pipe()
+    with open(read_fd, "rb") as source, open(tmp_path / "out", "wb") as stdout:
+        read = await pipe_reader(loop, source, stdout)
+        assert read is not None
+        os.write(write_fd, frame(b"{}"))
+        assert await read() == frame(b"{}")
+        os.close(write_fd)
+        assert await read() == b""  # the end of input
+
+
+async def test_what_is_not_a_pipe_is_read_on_a_thread(tmp_path: Path) -> None:
+    loop = asyncio.get_running_loop()
+    (tmp_path / "in").write_bytes(frame(b"{}"))
+    with open(tmp_path / "in", "rb") as file, open(tmp_path / "out", "wb") as stdout:
+        assert await pipe_reader(loop, file, stdout) is None  # a regular file: no readiness events
+        assert await pipe_reader(loop, io.BytesIO(), stdout) is None  # no file descriptor
+    read_fd, write_fd = os.pipe()
+    with open(read_fd, "rb") as source, open(write_fd, "wb") as same_pipe:
+        assert await pipe_reader(loop, source, same_pipe) is None  # the output shares the pipe
 
 
 @pytest.fixture(scope="module")
