@@ -158,15 +158,18 @@ def serve_stdio(server: Any, stdin: BinaryIO | None = None, stdout: BinaryIO | N
 async def pipe_reader(
     loop: asyncio.AbstractEventLoop, source: BinaryIO, stdout: BinaryIO
 ) -> Callable[[], Awaitable[bytes]] | None:
-    """Reads ``source`` on the event loop itself when it is a pipe (how editors start the server): the
-    loop wakes when bytes arrive, instead of a pool thread that reads and wakes the loop (one thread
-    hand-off less per message). None where that is not safe: not POSIX, not a pipe (a file, a terminal,
-    a socket that may share its non-blocking flag with ``stdout``), or the same pipe as ``stdout``."""
+    """Reads ``source`` on the event loop itself when it is a pipe or a socket (what editors start the
+    server with: Emacs a pipe, VS Code and Neovim a socket pair each for stdin and stdout): the loop wakes
+    when bytes arrive, instead of a pool thread that reads and wakes the loop (one thread hand-off less
+    per message). None where that is not safe: not POSIX, a file or a terminal, or ``stdout`` on the same
+    pipe or socket (the reader makes ``source`` non-blocking, which would make writes to it fail)."""
     if os.name != "posix":
         return None
     try:
-        mode = os.fstat(source.fileno()).st_mode
-        if not stat.S_ISFIFO(mode) or os.path.samestat(os.fstat(source.fileno()), os.fstat(stdout.fileno())):
+        here = os.fstat(source.fileno())
+        if not (stat.S_ISFIFO(here.st_mode) or stat.S_ISSOCK(here.st_mode)):
+            return None
+        if os.path.samestat(here, os.fstat(stdout.fileno())):
             return None
         reader = asyncio.StreamReader(limit=READ_CHUNK)
         await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), source)

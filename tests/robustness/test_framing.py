@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,9 +70,14 @@ def test_megabytes_of_garbage_are_dropped_not_kept() -> None:
     assert bodies(framer.feed(b"\r\n" + frame(b"{}"))) == [b"{}"]
 
 
-async def test_a_pipe_is_read_on_the_event_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["pipe", "socket pair"])
+async def test_a_pipe_or_socket_is_read_on_the_event_loop(kind: str, tmp_path: Path) -> None:
     loop = asyncio.get_running_loop()
-    read_fd, write_fd = os.pipe()
+    if kind == "pipe":
+        read_fd, write_fd = os.pipe()
+    else:  # how libuv (VS Code, Neovim) connects a child's stdin
+        ours, theirs = socket.socketpair()
+        read_fd, write_fd = ours.detach(), theirs.detach()
     with open(read_fd, "rb") as source, open(tmp_path / "out", "wb") as stdout:
         read = await pipe_reader(loop, source, stdout)
         assert read is not None
@@ -87,9 +93,10 @@ async def test_what_is_not_a_pipe_is_read_on_a_thread(tmp_path: Path) -> None:
     with open(tmp_path / "in", "rb") as file, open(tmp_path / "out", "wb") as stdout:
         assert await pipe_reader(loop, file, stdout) is None  # a regular file: no readiness events
         assert await pipe_reader(loop, io.BytesIO(), stdout) is None  # no file descriptor
-    read_fd, write_fd = os.pipe()
-    with open(read_fd, "rb") as source, open(write_fd, "wb") as same_pipe:
-        assert await pipe_reader(loop, source, same_pipe) is None  # the output shares the pipe
+    one, other = socket.socketpair()
+    fd = one.fileno()
+    with one, other, open(fd, "rb", closefd=False) as source, open(fd, "wb", closefd=False) as same:
+        assert await pipe_reader(loop, source, same) is None  # stdin and stdout are one socket
 
 
 @pytest.fixture(scope="module")
