@@ -81,7 +81,9 @@ def _unmatched_closers(text: str) -> dict[str, int]:
 
 
 def covered_closers(completion: str, right: str) -> int:
-    """How many auto-closed characters at the start of ``right`` the completion already ends with.
+    """How many auto-closed characters at the start of ``right`` the completion types again, in order,
+    at its end or before more text (``def f(|)`` + ``x):``: single-line prompts leave the rest of the
+    line out, so the model writes the closer itself and goes on).
 
     A bracket counts only when the completion has an unmatched closer for it, a quote only when the
     completion holds an odd number of that quote (it closes a string opened before the cursor).
@@ -92,13 +94,19 @@ def covered_closers(completion: str, right: str) -> int:
     unmatched = _unmatched_closers(completion)
     for k in range(run, 0, -1):
         tail = right[:k]
-        if not completion.endswith(tail):
+        if not _in_order(tail, completion):
             continue
         if all(unmatched[ch] >= tail.count(ch) for ch in set(tail) if ch in _OPENERS) and all(
             completion.count(q) % 2 == 1 for q in set(tail) if q in "\"'`"
         ):
             return k
     return 0
+
+
+def _in_order(chars: str, text: str) -> bool:
+    """Whether ``chars`` occur in ``text`` in this order (not necessarily next to each other)."""
+    rest = iter(text)
+    return all(ch in rest for ch in chars)
 
 
 def line_edit(

@@ -93,11 +93,13 @@ def _keep_in_block(lines: list[str], ctx: PostContext) -> list[str]:
 
 
 def _drop_repeated_tail(lines: list[str], next_lines: Sequence[str]) -> list[str]:
-    """Drop the last lines of a suggestion when they repeat the lines that follow the cursor line."""
+    """Drop the last lines of a suggestion when they repeat the lines that follow the cursor line (blank
+    lines aside, on both sides)."""
     following = [line.strip() for line in next_lines if line.strip()]
-    for k in range(min(len(lines) - 1, len(following)), 0, -1):
-        if [line.strip() for line in lines[-k:]] == following[:k]:
-            return lines[:-k]
+    filled = [i for i, line in enumerate(lines) if line.strip()]
+    for k in range(min(len(filled) - 1, len(following)), 0, -1):
+        if [lines[i].strip() for i in filled[-k:]] == following[:k]:
+            return lines[: filled[-k]]
     return lines
 
 

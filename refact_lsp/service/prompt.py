@@ -330,23 +330,29 @@ def build_prompt(
 def _grow_alternately(
     win: _Window, n: int, used: int, budget: int, count: Callable[[int, int], int | None]
 ) -> None:
-    """Add whole lines above, then below, alternately, until the next one does not fit."""
+    """Add whole lines above, then below, alternately; a side stops at its first line that does not fit
+    (a window holds no gaps), and the other side goes on into the budget left."""
     above, below = win.line - 1, win.line + 1
-    while above >= 0 or below < n:
-        if above >= 0:
+    up, down = above >= 0, below < n
+    while up or down:
+        if up:
             tokens = count(above, budget - used)
             if tokens is None or used + tokens > budget:
-                return
-            used += tokens
-            win.first = above
-            above -= 1
-        if below < n:
+                up = False
+            else:
+                used += tokens
+                win.first = above
+                above -= 1
+                up = above >= 0
+        if down:
             tokens = count(below, budget - used)
             if tokens is None or used + tokens > budget:
-                return
-            used += tokens
-            win.last = below
-            below += 1
+                down = False
+            else:
+                used += tokens
+                win.last = below
+                below += 1
+                down = below < n
 
 
 def _hinted_window(

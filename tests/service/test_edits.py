@@ -28,6 +28,13 @@ def apply(line_text: str, edit: Edit) -> str:
         ("f()", 2, 'a, ")")', 'f(a, ")")'),  # a ")" inside a string literal is not a closer
         ("x = ", 4, "1", "x = 1"),
         ("if x {}", 6, "return 1; }", "if x {return 1; }"),
+        # the completion types the closer and goes on (single-line prompts leave the ")" out)
+        ("def f()", 6, "x):", "def f(x):"),
+        ("if ()", 4, "x) {", "if (x) {"),
+        ('foo("")', 5, 'a", 1)', 'foo("a", 1)'),
+        ("f(g())", 4, "x), y)", "f(g(x), y)"),
+        ("f()", 2, "a) + g(b)", "f(a) + g(b)"),
+        ("f()", 2, "g(a) + 1", "f(g(a) + 1)"),  # every ")" of it is matched: the auto-closed one stays
     ],
 )
 def test_single_line_edits(line_text, index, completion, result):

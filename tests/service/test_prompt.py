@@ -96,6 +96,13 @@ def test_budget_counts_tokens_and_alternates(encode):
     assert len(bigger.ids) > budget - budget // 16 >= len(p.ids) - 3
 
 
+def test_a_line_too_long_stops_only_its_own_side(encode):
+    lines = [*lines_of_code(40), "    DATA = " + repr(list(range(3000))), *lines_of_code(5)]
+    p = build_prompt(lines, 39, 4, encode, 2048, "multi")
+    assert p.window == (0, 39)  # every line above; below, the data line does not fit
+    assert len(p.ids) <= 2048
+
+
 def test_small_budget_keeps_only_the_cursor_line(encode):
     p = build_prompt(lines_of_code(50), 25, 20, encode, 40, "single")
     assert len(p.ids) <= 40
