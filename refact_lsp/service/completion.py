@@ -128,6 +128,7 @@ class _Request:
     line_text: str
     lines: Sequence[str]
     selection: tuple[int, int, str] | None = None  # (start index, end index, text) on the cursor line
+    version: int | None = None  # the document's version when the request was resolved
 
 
 @dataclass(frozen=True)
@@ -342,7 +343,7 @@ class CompletionService:
         doc = self.documents.get(uri)
         line, index = doc.clamp(line, character, self.encoding)
         line_text = doc.line(line)
-        request = _Request(doc, line, index, line_text, doc.lines)
+        request = _Request(doc, line, index, line_text, doc.lines, version=doc.version)
         if selection is not None and selection.start_line == line == selection.end_line:
             _, start = doc.clamp(line, selection.start_character, self.encoding)
             _, end = doc.clamp(line, selection.end_character, self.encoding)
@@ -514,11 +515,11 @@ class CompletionService:
     ) -> bool:
         """Completes where the cursor would be after replacing ``[start, end)`` of the cursor line with
         ``new_text`` and caches the answer under that position's keys. False: stopped, go no further."""
-        doc, version, settings, generation = req.doc, req.doc.version, self.settings, self._load_generation
+        doc, settings, generation = req.doc, self.settings, self._load_generation
         uri = doc.uri
         current = self.documents.get(uri) if uri in self.documents else None
-        if current is not doc or doc.version != version or self.settings is not settings or not self.ready:
-            return False
+        if current is not doc or doc.version != req.version or not self.ready:
+            return False  # the document changed since the request: its lines are not these any more
         after = accept(req.lines, req.line, start, end, new_text)
         spec = _Request(doc, after.line, after.index, after.line_text, after.lines)
         spec_mode = self._mode(spec)

@@ -12,8 +12,8 @@ ticket's stop event; the worker is released only when the job really returned, s
 more than one generation in flight.
 
 An *idle* ticket (:meth:`Scheduler.idle_ticket`, for speculative work) has the lowest priority: it
-starts only when the worker is free and nothing waits, never queues, and any new ticket (or
-:meth:`Scheduler.preempt_idle`) stops it at once, so real work waits at most for the job's next
+starts only when the worker is free and no request waits or debounces, never queues, and any new
+ticket (or :meth:`Scheduler.preempt_idle`) stops it at once, so real work waits at most for the job's next
 check of its stop event (one decode step).
 
 Usage::
@@ -274,11 +274,14 @@ class Scheduler:
         return self.worker.join(timeout)
 
     async def _acquire(self, ticket: Ticket) -> None:
+        if ticket.idle and self._pending_request():
+            raise Skipped("preempted")  # a request in its debounce will want the worker in a moment
         if not self._busy and not self._waiting:
             self._busy = True
             return
         if ticket.idle:
             raise Skipped("preempted")
+        self.preempt_idle()  # an idle job that started while this ticket debounced: stop it now
         ticket._turn = self.loop.create_future()
         self._waiting.append(ticket)
         droppable = [t for t in self._waiting if t.droppable]
@@ -295,6 +298,10 @@ class Scheduler:
                 self._release()  # the turn was handed over just as the task was cancelled
             self._forget_waiting(ticket)
             raise
+
+    def _pending_request(self) -> bool:
+        """Whether a request's ticket is alive and not running (debouncing or waiting)."""
+        return any(not t.idle and t.skipped is None and not t.running for t in self._latest.values())
 
     def _release(self) -> None:
         """The worker is free: hand it to the oldest waiting ticket."""

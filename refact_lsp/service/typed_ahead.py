@@ -20,13 +20,17 @@ from refact_lsp.service.prompt import Prompt
 def cursor_keys(prompt: Prompt, line_text: str, index: int) -> tuple[str, str]:
     """Cursor-relative cache keys for a prompt built at ``index`` in ``line_text``.
 
-    prefix = the window's text before the cursor; suffix = the window's lines after the cursor line.
-    They are the same in both modes, so typing the first character of a column-0 multi-line suggestion
-    (which switches to single-line mode) still hits.
+    prefix = the window's text before the cursor; suffix = the window's lines after the cursor line, and
+    in multi-line mode the text right of the cursor before them when it is not blank (that prompt holds it;
+    a single-line prompt leaves it out). They are the same in both modes at column 0, so typing the first
+    character of a column-0 multi-line suggestion (which switches to single-line mode) still hits.
     """
     prefix = prompt.prefix + line_text[prompt.prefix_cut : index]
-    suffix = prompt.suffix if prompt.mode == "single" else prompt.suffix.partition("\n")[2]
-    return prefix, suffix
+    if prompt.mode == "single":
+        return prefix, prompt.suffix
+    suffix = prompt.suffix.partition("\n")[2]
+    right = line_text[index:]
+    return prefix, right + "\x00" + suffix if right.strip() else suffix
 
 
 def cursor_relative(completion: str, line_text: str, index: int, prefix_cut: int) -> str | None:

@@ -220,6 +220,15 @@ async def test_an_idle_job_never_waits_for_the_worker(scheduler: Scheduler) -> N
     assert engine.calls == ["busy", "idle"]
 
 
+async def test_an_idle_job_does_not_start_while_a_request_debounces(scheduler: Scheduler) -> None:
+    engine = Engine()
+    real = asyncio.create_task(complete(scheduler, "b", engine.job("real"), debounce_s=0.05))
+    await asyncio.sleep(0)  # the request holds its ticket and debounces; the worker is free
+    assert await speculate(scheduler, engine.job("idle", steps=100), key="a") == "preempted"
+    assert await real == "real:done"
+    assert engine.calls == ["real"]
+
+
 async def test_preempting_by_key_leaves_other_documents_idle_jobs(scheduler: Scheduler) -> None:
     engine = Engine()
     idle = asyncio.create_task(speculate(scheduler, engine.job("idle", steps=3), key="a"))

@@ -116,3 +116,20 @@ def test_cursor_relative_rejects_other_indentation():
 
     assert cursor_relative("  x = 1", "    ", 4, 0) is None
     assert cursor_relative("foo", "x = ", 4, 4) == "foo"
+
+
+def test_multi_line_keys_hold_the_text_right_of_the_cursor(encode):
+    """A multi-line prompt holds the text right of the cursor: deleting it is a miss, not a stale hit."""
+    from refact_lsp.service.prompt import build_prompt
+    from refact_lsp.service.typed_ahead import cursor_keys
+
+    lines = ["import os", "x = foo()", "print(x)"]
+    cache = TypedAheadCache()
+    first = build_prompt(lines, 1, 8, encode, 500, "multi")
+    cache.put(*cursor_keys(first, lines[1], 8), "a, b")  # written knowing the ")" is there
+    assert cache.get(*cursor_keys(first, lines[1], 8)) == "a, b"
+
+    lines[1] = "x = foo("
+    second = build_prompt(lines, 1, 8, encode, 500, "multi", window_hint=first.window)
+    assert second.text != first.text
+    assert cache.get(*cursor_keys(second, lines[1], 8)) is None

@@ -1,0 +1,39 @@
+"""The completion service's guards that need no model: what it refuses to run."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from refact_lsp.service.completion import CompletionService
+
+
+class _Events:
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+class _NoModel:
+    """A runner that must not be asked to generate (the guards stop before the model)."""
+
+    n_ctx = 4096
+    state = "ready"
+
+    def __init__(self, encode):
+        self.tokenizer = type("Tokenizer", (), {"encode_text": staticmethod(encode)})()
+
+    def generate(self, *args: Any) -> Any:
+        raise AssertionError("the model ran")
+
+
+async def test_no_speculation_for_a_request_the_document_has_moved_past(encode) -> None:
+    service = CompletionService(asyncio.get_running_loop(), _Events())
+    service._runner, service._model_state = _NoModel(encode), "ready"
+    uri = "file:///a.py"
+    service.open(uri, "python", 1, "x = foo\ny = 2\n")
+    request = service._resolve(uri, 0, 7)
+    assert request is not None and request.version == 1
+    service.change(uri, 2, [((0, 0, 1, 5), "")])  # both lines deleted after the request
+    assert await service._speculate_after(request, 7, 7, "(1)", 256) is False
+    assert service.stats.speculative_runs == 0
+    service.close()
