@@ -353,7 +353,7 @@ def create_server(cli_settings: dict[str, Any] | None = None) -> RefactLanguageS
         service.encoding = str(encoding.value if hasattr(encoding, "value") else encoding)
         options = params.initialization_options
         if isinstance(options, dict):
-            apply_settings(ls, options.get(SECTION, options), reload=False)
+            apply_settings(ls, options.get(SECTION, options), reload=False, initial=True)
         log.info(
             "initialize from %s: position encoding %s",
             params.client_info.name if params.client_info else "unknown client",
@@ -363,7 +363,7 @@ def create_server(cli_settings: dict[str, Any] | None = None) -> RefactLanguageS
     @server.feature(types.INITIALIZED)
     async def initialized(ls: RefactLanguageServer, params: types.InitializedParams) -> None:
         pulled = await ls.pull_configuration()
-        if pulled:
+        if pulled is not None:  # the whole section, empty too (the client cleared every key)
             apply_settings(ls, pulled, reload=False)
         ls.service.start()
 
@@ -380,7 +380,7 @@ def create_server(cli_settings: dict[str, Any] | None = None) -> RefactLanguageS
             apply_settings(ls, settings[SECTION], reload=True)
             return
         pulled = await ls.pull_configuration()  # the pull model: settings null or for other sections
-        if pulled:
+        if pulled is not None:  # the whole section, empty too (the client cleared every key)
             apply_settings(ls, pulled, reload=True)
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
@@ -464,10 +464,13 @@ def process_snapshot() -> dict[str, Any]:
     }
 
 
-def apply_settings(ls: RefactLanguageServer, values: dict[str, Any], reload: bool) -> None:
-    """Merges client settings; a bad value is shown to the user and changes nothing."""
+def apply_settings(
+    ls: RefactLanguageServer, values: dict[str, Any], reload: bool, initial: bool = False
+) -> None:
+    """Client settings (see ``CompletionService.configure``); a bad value is shown to the user and changes
+    nothing."""
     try:
-        ls.service.configure(values, reload=reload)
+        ls.service.configure(values, reload=reload, initial=initial)
     except ServiceError as exc:
         log.warning("rejected settings: %s", exc)
         ls.settings_error(str(exc))

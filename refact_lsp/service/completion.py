@@ -157,9 +157,12 @@ class CompletionService:
         self.scheduler = Scheduler(loop)
         self.cache = TypedAheadCache(TYPED_AHEAD_ENTRIES)
         try:
-            self.settings = Settings.from_lsp(dict(base_settings or {}))
+            self._base = Settings.from_lsp(dict(base_settings or {}))
         except SettingsError as exc:
             raise ServiceError(str(exc)) from exc
+        self.settings = self._base
+        """The settings in force: the client's section over ``_base`` (the command line's settings, then
+        ``initializationOptions``)."""
         self._runner: Any = None  # engine.runner.ModelRunner, created on the worker thread
         self._model_state = "unloaded"
         self._model_error: str | None = None
@@ -178,15 +181,19 @@ class CompletionService:
 
     # Settings and the model -----------------------------------------------------------------------
 
-    def configure(self, values: dict[str, Any], reload: bool = True) -> None:
-        """Merges client settings (LSP names). Changing model, device or dtype reloads in the background."""
+    def configure(self, values: dict[str, Any], reload: bool = True, initial: bool = False) -> None:
+        """Client settings (LSP names): the client's whole ``refact`` section (pulled or pushed), over the
+        command line's settings and ``initializationOptions``, so that a key the client no longer sends
+        (or sends as null) goes back to those; ``initial``: the ``initializationOptions`` themselves.
+        Changing model, device or dtype reloads in the background. A bad value changes nothing."""
         try:
-            new = self.settings.merged(values)
+            base = self._base.merged(values) if initial else self._base
+            new = base if initial else base.merged(values)
         except SettingsError as exc:
             raise ServiceError(str(exc)) from exc
         if new != self.settings:
             self.cache.clear()  # suggestions made under other settings
-        self.settings = new
+        self._base, self.settings = base, new
         if reload and self._started and self._model_key() != self._loaded:
             self._schedule_load()
 

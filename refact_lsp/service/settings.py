@@ -1,7 +1,9 @@
 """Client settings (section ``refact``), with their LSP names and validation.
 
 Attribute names are the LSP (camelCase) names, so a setting reads the same in the client's
-configuration, in ``initializationOptions`` and here. ``null`` for a key means its default.
+configuration, in ``initializationOptions`` and here. ``null`` for a key leaves the value it is merged
+onto: the server's default for that client (the built-in default, the command line's value, then
+``initializationOptions``; see ``CompletionService.configure``).
 """
 
 from __future__ import annotations
@@ -55,13 +57,14 @@ class Settings:
         return cls().merged(data)
 
     def merged(self, data: Mapping[str, Any] | None) -> Settings:
-        """A copy with the keys in ``data`` changed (``{"refact": {...}}`` unwrapped); ``SettingsError``."""
+        """A copy with the keys in ``data`` changed (``{"refact": {...}}`` unwrapped; null changes
+        nothing); ``SettingsError``."""
         data = _unwrap(data)
         defaults = _defaults()
         changes = {}
         for key, value in data.items():
-            if key in defaults:
-                changes[key] = defaults[key] if value is None else _check(key, value)
+            if key in defaults and value is not None:
+                changes[key] = _check(key, value)
         new = dataclasses.replace(self, **changes)
         if new.contextTokens <= new.maxNewTokens:
             raise SettingsError(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from refact_lsp.service.completion import CompletionService
+import pytest
+
+from refact_lsp.service.completion import CompletionService, ServiceError
 
 
 class _Events:
@@ -36,4 +38,26 @@ async def test_no_speculation_for_a_request_the_document_has_moved_past(encode) 
     service.change(uri, 2, [((0, 0, 1, 5), "")])  # both lines deleted after the request
     assert await service._speculate_after(request, 7, 7, "(1)", 256) is False
     assert service.stats.speculative_runs == 0
+    service.close()
+
+
+async def test_a_key_the_client_no_longer_sends_goes_back_to_the_servers_default() -> None:
+    loop = asyncio.get_running_loop()
+    service = CompletionService(loop, _Events(), base_settings={"model": "/models/cli"})
+    service.configure({"temperature": 0.5}, reload=False, initial=True)  # initializationOptions
+    service.configure({"model": "/models/mine", "maxNewTokens": 8, "temperature": 0.0}, reload=False)
+    assert (service.settings.model, service.settings.maxNewTokens, service.settings.temperature) == (
+        "/models/mine",
+        8,
+        0.0,
+    )
+    service.configure({"model": None}, reload=False)  # the whole section now: model cleared, the rest gone
+    assert (service.settings.model, service.settings.maxNewTokens, service.settings.temperature) == (
+        "/models/cli",
+        50,
+        0.5,
+    )
+    with pytest.raises(ServiceError):
+        service.configure({"maxNewTokens": 0}, reload=False)  # a bad section changes nothing
+    assert service.settings.model == "/models/cli"
     service.close()

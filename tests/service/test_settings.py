@@ -19,8 +19,9 @@ def test_defaults():
 def test_from_lsp_and_merged():
     s = Settings.from_lsp({"maxNewTokens": 16, "temperature": 0, "multiline": "Never", "device": "CUDA:1"})
     assert (s.maxNewTokens, s.temperature, s.multiline, s.device) == (16, 0.0, "never", "cuda:1")
-    t = s.merged({"kvReuse": False, "maxNewTokens": None})  # null resets to the default
-    assert (t.kvReuse, t.maxNewTokens, t.multiline) == (False, 50, "never")
+    t = s.merged({"kvReuse": False, "maxNewTokens": None})  # null: the value merged onto
+    assert (t.kvReuse, t.maxNewTokens, t.multiline) == (False, 16, "never")
+    assert Settings.from_lsp({"maxNewTokens": None}).maxNewTokens == 50
     assert s.kvReuse is True  # merged returns a copy
     assert Settings.from_lsp({"refact": {"debounceMs": 5}}).debounceMs == 5
     assert Settings.from_lsp({"maxNewTokens": 32.0}).maxNewTokens == 32

@@ -6,7 +6,8 @@ export const SECTION = 'refact';
 
 /** Settings the server understands (LSP names), sent as initializationOptions and didChangeConfiguration. */
 export interface ServerSettings {
-    model?: string;
+    /** null: the server's default (its `--model`, else the Refact model), also after the user clears it. */
+    model: string | null;
     device: string;
     dtype: string;
     maxNewTokens: number;
@@ -15,10 +16,11 @@ export interface ServerSettings {
     multiline: string;
 }
 
-/** The server's settings from the VS Code configuration; an empty `model` is left out (server default). */
+/** The server's settings from the VS Code configuration; an empty `model` is null (the server's default). */
 export function serverSettings(): ServerSettings {
     const config = vscode.workspace.getConfiguration(SECTION);
     const settings: ServerSettings = {
+        model: null,
         device: config.get<string>('device', 'auto'),
         dtype: config.get<string>('dtype', 'auto'),
         maxNewTokens: config.get<number>('maxNewTokens', 50),
