@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="hub id or local folder of the checkpoint (default: the server's default model)",
     )
     parser.add_argument("--device", default=_env("device"), help="auto, cpu, cuda, cuda:N, mps")
-    parser.add_argument("--dtype", default=_env("dtype"), help="auto, float32, bfloat16, float16")
+    parser.add_argument(
+        "--dtype", default=_env("dtype"), help="auto, float32, bfloat16, float16, int8 (CPU only)"
+    )
     parser.add_argument(
         "--log-level",
         default=(_env("log_level") or "info").lower(),
@@ -137,9 +139,26 @@ def keep_private() -> None:
             os.environ[name] = value
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line (and environment), checked: a bad value exits with a usage message (status 2)
+    before anything starts, instead of a server that fails every request."""
+    from refact_lsp.service.settings import Settings, SettingsError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_level not in LOG_LEVELS:  # from the environment: argparse checks choices on flags only
+        parser.error(f"{ENV_PREFIX}LOG_LEVEL={args.log_level!r}: expected one of {', '.join(LOG_LEVELS)}")
+    try:
+        Settings.from_lsp(cli_settings(args))
+    except SettingsError as exc:
+        flag = f"--{exc.key}" if exc.key in ("model", "device", "dtype") else exc.key
+        parser.error(f"{flag} (or {ENV_PREFIX}{exc.key.upper()}): {exc}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     keep_private()
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     setup_logging(args.log_level, args.log_file)
 
     from refact_lsp.server import create_server
@@ -156,13 +175,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("refact-lsp %s serving on tcp %s:%d", __version__, host, port)
     else:
         log.info("refact-lsp %s serving on stdio", __version__)
+    code = 0
     try:
-        server.start_tcp(host, port) if args.tcp is not None else server.start_io()
+        code = server.start_tcp(host, port) if args.tcp is not None else server.start_io()
     finally:
-        _exit_cleanly(server)
+        _exit_cleanly(server, code)
+    if code:
+        sys.exit(code)
 
 
-def _exit_cleanly(server) -> None:
+def _exit_cleanly(server, code: int = 0) -> None:
     """The client went away (or said exit): stop the engine thread before the interpreter shuts down.
 
     A daemon thread still inside torch while Python finalizes aborts the process (SIGABRT); a model load
@@ -172,7 +194,7 @@ def _exit_cleanly(server) -> None:
         return
     log.warning("the engine thread did not stop in time; exiting without waiting for it")
     logging.shutdown()
-    os._exit(0)
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ EXIT_WAIT_S = 5.0
 """At exit, how long the engine thread may take to stop (a generation stops within one decode step)."""
 
 SECTION = "refact"
+SERVER_NOT_INITIALIZED = types.ErrorCodes.ServerNotInitialized.value
 PROMPT_COMMAND = "refact.prompt"
 STATS_COMMAND = "refact.stats"
 CONFIGURATION_TIMEOUT_S = 5.0
@@ -82,6 +83,7 @@ class RefactProtocol(LanguageServerProtocol):
 
     _server: RefactLanguageServer
     _client_gone = False
+    _initialize_received = False
 
     def _send_data(self, data: Any) -> None:
         """pygls' send, except that a client that is gone (broken pipe) ends the session quietly: pygls
@@ -98,6 +100,7 @@ class RefactProtocol(LanguageServerProtocol):
 
     @lsp_method(types.INITIALIZE)
     def lsp_initialize(self, params: types.InitializeParams):
+        self._initialize_received = True
         encoding = choose_position_encoding(params.capabilities)
         result = yield from super().lsp_initialize(params)
         result.capabilities.position_encoding = encoding
@@ -137,6 +140,14 @@ class RefactProtocol(LanguageServerProtocol):
             return
         if self._shutdown and getattr(message, "method", types.EXIT) != types.EXIT and hasattr(message, "id"):
             self._send_invalid_request(message.id, "the server is shutting down")  # LSP: error, not silence
+            return
+        method = getattr(message, "method", None)
+        if not self._initialize_received and method not in (None, types.INITIALIZE, types.EXIT):
+            # LSP: a request before initialize gets ServerNotInitialized, a notification is dropped
+            if hasattr(message, "id"):
+                self.send_error(message.id, SERVER_NOT_INITIALIZED, f"{method}: not initialized yet")
+            else:
+                log.warning("dropped %s: the server is not initialized", method)
             return
         if isinstance(message, _InvalidRequest):
             log.warning("invalid params for %s (request %s)", message.method, message.id)
@@ -225,13 +236,13 @@ class RefactLanguageServer(LanguageServer):
         self._shown_generation_problem = False
         self._quiet_load: str | None = None  # the source of a quiet retry without a progress bar yet
 
-    def start_io(self, stdin=None, stdout=None) -> None:
-        """Serves over stdio with this server's framing (see :mod:`refact_lsp.transport`)."""
-        serve_stdio(self, stdin, stdout)
+    def start_io(self, stdin=None, stdout=None) -> int:
+        """Serves over stdio with this server's framing (see :mod:`refact_lsp.transport`); the exit code."""
+        return serve_stdio(self, stdin, stdout)
 
-    def start_tcp(self, host: str, port: int) -> None:
-        """Serves over TCP with this server's framing (see :mod:`refact_lsp.transport`)."""
-        serve_tcp(self, host, port)
+    def start_tcp(self, host: str, port: int) -> int:
+        """Serves over TCP with this server's framing (see :mod:`refact_lsp.transport`); the exit code."""
+        return serve_tcp(self, host, port)
 
     def stop_engine(self, timeout: float = EXIT_WAIT_S) -> bool:
         """After the transport closed: stops generation and waits for the engine thread (True: ended)."""

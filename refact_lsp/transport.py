@@ -128,8 +128,9 @@ async def serve(
             await asyncio.sleep(0)  # let handlers (and cancellations) run between messages
 
 
-def serve_stdio(server: Any, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
-    """What pygls' ``start_io`` does, with :func:`serve` as the loop."""
+def serve_stdio(server: Any, stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> int:
+    """What pygls' ``start_io`` does, with :func:`serve` as the loop. Returns the process's exit code:
+    1 after an ``exit`` without ``shutdown`` (as the LSP specification asks), else 0."""
     server._stop_event = stop_event = threading.Event()
     source = stdin or sys.stdin.buffer
     server.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
@@ -145,14 +146,23 @@ def serve_stdio(server: Any, stdin: BinaryIO | None = None, stdout: BinaryIO | N
 
         await serve(read_chunk, server.protocol, stop_event, server.report_server_error)
 
+    code = 0
     try:
         asyncio.run(main())
     except BrokenPipeError:
         log.error("the connection to the client is lost: shutting down")
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         pass
+    except SystemExit as exc:  # pygls' exit handler
+        code = exit_code(exc)
     finally:
         server.shutdown()
+    return code
+
+
+def exit_code(exc: SystemExit) -> int:
+    """The process exit code that ``exc`` carries (an int, else 0 for None and 1 for anything else)."""
+    return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
 
 
 async def pipe_reader(
@@ -178,8 +188,8 @@ async def pipe_reader(
     return lambda: reader.read(READ_CHUNK)
 
 
-def serve_tcp(server: Any, host: str, port: int) -> None:
-    """What pygls' ``start_tcp`` does, with :func:`serve` as the loop."""
+def serve_tcp(server: Any, host: str, port: int) -> int:
+    """What pygls' ``start_tcp`` does, with :func:`serve` as the loop; the exit code as ``serve_stdio``."""
     server._stop_event = stop_event = threading.Event()
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -196,3 +206,6 @@ def serve_tcp(server: Any, host: str, port: int) -> None:
         asyncio.run(main())
     except asyncio.CancelledError:
         log.debug("the TCP server was cancelled")
+    except SystemExit as exc:  # pygls' exit handler
+        return exit_code(exc)
+    return 0

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from refact_lsp.cli import build_parser, cli_settings, is_loopback, parse_tcp
+from refact_lsp.cli import build_parser, cli_settings, is_loopback, parse_args, parse_tcp
 
 # Feeds `initialize` to a fresh server in a fresh interpreter and reports what got imported.
 INITIALIZE_PROBE = r"""
@@ -78,3 +79,65 @@ def test_options_come_from_flags_then_environment(monkeypatch: pytest.MonkeyPatc
     assert cli_settings(args) == {"model": "/flag/model", "dtype": "bfloat16"}
     assert args.log_level == "debug"
     assert args.tcp is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        ([], {"REFACT_LSP_LOG_LEVEL": "verbose"}, "REFACT_LSP_LOG_LEVEL='verbose'"),
+        (["--device", "gpu"], {}, "--device"),
+        ([], {"REFACT_LSP_DTYPE": "float64"}, "--dtype (or REFACT_LSP_DTYPE)"),
+    ],
+)
+def test_a_bad_option_exits_at_once_with_a_usage_message(
+    argv: list[str], env: dict[str, str], message: str, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    assert info.value.code == 2  # argparse's usage error: nothing started
+    assert message in capsys.readouterr().err
+
+
+def _lifecycle(messages: list[dict]) -> tuple[int, list[dict]]:
+    """Runs the real server on ``messages`` (framed, then end of input); its exit code and answers."""
+    stream = b"".join(
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+        for body in (json.dumps(m).encode() for m in messages)
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "refact_lsp", "--stdio", "--model", "/nowhere"],
+        input=stream,
+        capture_output=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    answers = [json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in proc.stdout.split(b"Content-Length")[1:]]
+    return proc.returncode, answers
+
+
+INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}
+EXIT = {"jsonrpc": "2.0", "method": "exit"}
+
+
+def test_exit_without_shutdown_is_exit_code_1_and_with_it_0() -> None:
+    assert _lifecycle([INITIALIZE, EXIT])[0] == 1
+    shutdown = {"jsonrpc": "2.0", "id": 2, "method": "shutdown"}
+    assert _lifecycle([INITIALIZE, shutdown, EXIT])[0] == 0
+
+
+def test_a_request_before_initialize_gets_server_not_initialized() -> None:
+    stats = {"jsonrpc": "2.0", "id": 7, "method": "workspace/executeCommand"}
+    stats["params"] = {"command": "refact.stats", "arguments": []}
+    opened = {"jsonrpc": "2.0", "method": "textDocument/didOpen"}
+    opened["params"] = {
+        "textDocument": {"uri": "file:///a.py", "languageId": "python", "version": 1, "text": ""}
+    }
+    code, answers = _lifecycle([stats, opened, INITIALIZE, {**stats, "id": 8}, EXIT])
+    by_id = {answer.get("id"): answer for answer in answers}
+    assert by_id[7]["error"]["code"] == -32002
+    assert "result" in by_id[1]
+    assert by_id[8]["result"]["documents"] == 0  # the didOpen before initialize was dropped
+    assert code == 1
