@@ -254,9 +254,11 @@ def profile_step(gen: Generator, prompt: list[int], device: torch.device, label:
     prefill(gen, prompt)
     with torch.inference_mode():
         token, pos = prompt[-1], gen.cache.length
-        gen._decode(token)  # captures the slot's graph (when graphs are on)
-        graph = gen._graphs.get(gen.cache)
-        step = functools.partial(graph.run, token, pos) if graph else functools.partial(gen._decode, token)
+        gen._decode([token])  # captures the slot's graph (when graphs are on)
+        graph = gen._graphs.get((gen.cache, 1))
+        step = (
+            functools.partial(graph.run, [token], pos) if graph else functools.partial(gen._decode, [token])
+        )
         kernels = kernel_times_us(step, device, 20)
         sync(device)
         t = time.perf_counter()
@@ -391,7 +393,7 @@ def decode_report(args: argparse.Namespace, device: torch.device, tok: RefactTok
             t = time.perf_counter()
             prefill(gen, prompt)
             with torch.inference_mode():
-                logits = torch.stack([gen._decode(token).float()[REAL] for token in forced])
+                logits = torch.stack([gen._decode([token]).float()[REAL] for token in forced])
             first = time.perf_counter() - t
             if ref is None:
                 ref = logits
@@ -500,7 +502,7 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
             gen = Generator(loaded, fast_path=True, cuda_graphs=graphs)
             prefill(gen, prompt)
             with torch.inference_mode():
-                got = [gen._decode(t).float()[REAL].clone() for t in ref_tokens[:-1]]
+                got = [gen._decode([t]).float()[REAL].clone() for t in ref_tokens[:-1]]
             per_mode[label] = torch.stack(got)
             captured = bool(gen._graphs)
             if graphs:
@@ -552,8 +554,8 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
         prefill(gen, prompt)
         with torch.inference_mode():
             token, pos = prompt[-1], gen.cache.length
-            gen._decode(token)  # captures the slot's graph
-            graph = gen._graphs.get(gen.cache)
+            gen._decode([token])  # captures the slot's graph
+            graph = gen._graphs.get((gen.cache, 1))
             if graph is None:
                 print("   no CUDA graph (not CUDA): nothing to compare")
             else:
@@ -562,7 +564,7 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
                     sync(device)
                     t = time.perf_counter()
                     for _ in range(50):  # the same slot again and again: only the timing matters
-                        logits = graph.run(token, pos)
+                        logits = graph.run([token], pos)
                         if pick:  # what the generation loop adds: choose the token on the host, then go on
                             sample_next(logits, 0.0, 1.0, None)
                     sync(device)

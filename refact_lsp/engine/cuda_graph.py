@@ -19,14 +19,15 @@ WARMUP_STEPS = 2  # on a side stream before capture, as PyTorch's CUDA-graph doc
 
 
 class DecodeGraph:
-    """``model.decode_step`` for ``cache``, captured on CUDA. Build it at the next position to be written:
-    the warm-up steps write that slot, which the real step then overwrites."""
+    """``model.decode_step`` of ``len(tokens)`` tokens for ``cache``, captured on CUDA. Build it at the
+    next positions to be written: the warm-up steps write those slots, which the real step then
+    overwrites."""
 
     def __init__(
         self,
         model: torch.nn.Module,
         cache: KVCache,
-        token: int,
+        tokens: list[int],
         pos: int,
         step: Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor] | None = None,
     ):
@@ -36,8 +37,9 @@ class DecodeGraph:
         if device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA device, not {device}")
         self.cache = cache
-        self.token = torch.full((1, 1), token, dtype=torch.long, device=device)
-        self.pos = torch.full((1,), pos, dtype=torch.long, device=device)
+        self.token = torch.tensor([tokens], dtype=torch.long, device=device)
+        self._offsets = torch.arange(len(tokens), dtype=torch.long, device=device)
+        self.pos = self._offsets + pos
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
@@ -51,9 +53,14 @@ class DecodeGraph:
             self.logits = step(self.token, self.pos, cache)
         torch.cuda.synchronize(device)
 
-    def run(self, token: int, pos: int) -> torch.Tensor:
-        """Logits ``[vocab]`` for ``token`` at ``pos`` (valid until the next ``run``)."""
-        self.token.fill_(token)
-        self.pos.fill_(pos)
+    def run(self, tokens: list[int], pos: int) -> torch.Tensor:
+        """Logits ``[vocab]`` after ``tokens`` (as many as captured) at ``pos, pos + 1, ...`` (valid until
+        the next ``run``)."""
+        if len(tokens) == 1:
+            self.token.fill_(tokens[0])
+            self.pos.fill_(pos)
+        else:
+            self.token.copy_(torch.tensor([tokens], dtype=torch.long), non_blocking=False)
+            torch.add(self._offsets, pos, out=self.pos)
         self.graph.replay()
         return self.logits

@@ -204,7 +204,7 @@ class Generator:
         self.sdpa_prefill = True
         """Prefill with ``scaled_dot_product_attention`` (on every device: same logits, less memory)."""
         self._caches: list[KVCache] = []  # least recently used first; the last is ``cache``
-        self._graphs: dict[KVCache, DecodeGraph] = {}  # a captured decode step per slot
+        self._graphs: dict[tuple[KVCache, int], DecodeGraph] = {}  # captured steps: (slot, tokens a step)
         self._step_token: torch.Tensor | None = None  # eager static decode: inputs reused in place
         self._step_pos: torch.Tensor | None = None
 
@@ -272,30 +272,35 @@ class Generator:
         sdpa = self.sdpa_prefill and len(ids) > 1  # one query row: plain matmuls are faster
         return self.model(x, kv_cache=self.cache, logits_to_keep=1, sdpa=sdpa).logits[0, -1]
 
-    def _decode(self, token: int) -> torch.Tensor:
-        """Logits after ``token``, which is appended to the cache."""
+    def _decode(self, tokens: list[int]) -> torch.Tensor:
+        """Logits after ``tokens`` (one while generating, up to ``SHORT_TAIL`` of a keystroke's prompt),
+        which are appended to the cache: one static step (a CUDA graph per slot and token count)."""
         if not self.fast_path:
-            return self._forward([token])
+            return self._forward(tokens)
         cache = self.cache
         pos = cache.length
-        if pos >= cache.capacity:
-            raise ValueError(f"KV cache overflow: position {pos} >= capacity {cache.capacity}")
+        if pos + len(tokens) > cache.capacity:
+            raise ValueError(f"KV cache overflow: {pos + len(tokens)} tokens > capacity {cache.capacity}")
         if self.cuda_graphs:
-            graph = self._graphs.get(cache)
+            key = (cache, len(tokens))
+            graph = self._graphs.get(key)
             if graph is None:
-                graph = self._capture(token, pos)
+                graph = self._capture(tokens, pos)
             if graph is not None:
-                self._graphs[cache] = graph
-                logits = graph.run(token, pos)
-                cache.commit([token])
+                self._graphs[key] = graph
+                logits = graph.run(tokens, pos)
+                cache.commit(tokens)
                 return logits
-        if self._step_token is None or self._step_pos is None:
-            self._step_token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-            self._step_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
-        self._step_token.fill_(token)
-        self._step_pos.fill_(pos)
-        logits = self._step()(self._step_token, self._step_pos, cache)
-        cache.commit([token])
+        if len(tokens) > 1:
+            token = torch.tensor([tokens], dtype=torch.long, device=self.device)
+            positions = torch.arange(pos, pos + len(tokens), dtype=torch.long, device=self.device)
+        else:
+            if self._step_token is None or self._step_pos is None:
+                self._step_token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+                self._step_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
+            token, positions = self._step_token.fill_(tokens[0]), self._step_pos.fill_(pos)
+        logits = self._step()(token, positions, cache)
+        cache.commit(tokens)
         return logits
 
     def _step(self) -> Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor]:
@@ -308,18 +313,19 @@ class Generator:
             return functools.partial(triton_decode.decode_step, self.model)
         return self.model.decode_step
 
-    def _capture(self, token: int, pos: int) -> DecodeGraph | None:
+    def _capture(self, tokens: list[int], pos: int) -> DecodeGraph | None:
         """Capture the decode step. If the Triton kernels fail (their compilation, say), capture torch's
         step instead; if that fails too, log a warning and decode eagerly from now on."""
         try:
-            return DecodeGraph(self.model, self.cache, token, pos, step=self._step())
+            return DecodeGraph(self.model, self.cache, tokens, pos, step=self._step())
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # capture is best effort: the eager step computes the same thing
             if self.triton_kernels:
                 log.warning("Triton decode kernels failed, using torch's: %s: %s", type(e).__name__, e)
                 self.triton_kernels = False
-                return self._capture(token, pos)
+                self._graphs.clear()  # every captured step runs them
+                return self._capture(tokens, pos)
             log.warning("CUDA graph capture failed, decoding without graphs: %s: %s", type(e).__name__, e)
             self.cuda_graphs = self.compile_decode = False  # compiling is for a captured step only
             return None
@@ -379,11 +385,9 @@ class Generator:
                 result.prefill_s = time.perf_counter() - t0
                 return result
             tail = prompt[start : start + chunk]
-            if self.fast_path and len(tail) <= SHORT_TAIL:
-                for token in tail:  # a keystroke's few new tokens: decode steps (a CUDA graph each)
-                    logits = self._decode(token)
-            else:
-                logits = self._forward(tail)
+            # a keystroke's few new tokens: one static step (a CUDA graph) instead of a prefill pass
+            short = self.fast_path and len(tail) <= SHORT_TAIL
+            logits = self._decode(tail) if short else self._forward(tail)
 
         gen = None
         if request.temperature > 0:
@@ -415,7 +419,7 @@ class Generator:
             elif stop():
                 reason = "cancelled"
             else:
-                logits = self._decode(token)
+                logits = self._decode([token])
         if reason != "stop_string":
             stream.finish()
         t_end = time.perf_counter()

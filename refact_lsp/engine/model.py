@@ -42,11 +42,14 @@ def alibi_bias(slopes: torch.Tensor, past: int, t: int) -> torch.Tensor:
 
 
 def alibi_bias_at(slopes: torch.Tensor, pos: torch.Tensor, capacity: int) -> torch.Tensor:
-    """Float32 ``[H, 1, capacity]`` bias of one query at position ``pos`` (a ``[1]`` device tensor) over
-    every cache slot: ``-m_h * (pos - j)`` for j <= pos, ``-inf`` after. Static shape, no host sync."""
-    rel = torch.arange(capacity, device=slopes.device, dtype=torch.float32) - pos.to(torch.float32)
-    bias = slopes[:, None, None] * rel[None, None, :]
-    return bias.masked_fill(rel[None, None, :] > 0, float("-inf"))
+    """Float32 ``[H, T, capacity]`` bias of T queries at positions ``pos`` (a ``[T]`` device tensor) over
+    every cache slot: ``-m_h * (pos_t - j)`` for j <= pos_t, ``-inf`` after. Static shape, no host sync."""
+    rel = (
+        torch.arange(capacity, device=slopes.device, dtype=torch.float32)[None, :]
+        - pos.to(torch.float32)[:, None]
+    )
+    bias = slopes[:, None, None] * rel[None]
+    return bias.masked_fill(rel[None] > 0, float("-inf"))
 
 
 class LayerNorm(nn.Module):
@@ -359,7 +362,9 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
             block.attn.fused_weight()
 
     def decode_step(self, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
-        """Logits ``[vocab]`` of one token ``[1, 1]`` at position ``pos`` (``[1]`` long), both on the device.
+        """Logits ``[vocab]`` after T tokens ``[1, T]`` at consecutive positions ``pos`` (``[T]`` long), both
+        on the device: one token per step while generating, a keystroke's few new prompt tokens at once
+        (a GPU reads the weights once for all of them).
 
         Attention here is plain batched GEMMs in the model's dtype (scores + ALiBi in one ``baddbmm``):
         SDPA's kernels parallelise over heads and queries, and the 32 folded queries of one token in one
@@ -367,9 +372,9 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
         costs about as much per kernel launched as per weight read, so each layer runs 12 operations
         (``tests/engine/test_fast_path.py`` counts them).
 
-        Static shapes, no host sync (CUDA-graph capturable): keys/values are written into slot ``pos`` of
-        the engine's preallocated cache and attention runs over all its slots, masked after ``pos``. The
-        caller checks bounds and records the token (``kv_cache.commit``).
+        Static shapes, no host sync (CUDA-graph capturable): keys/values are written into slots ``pos`` of
+        the engine's preallocated cache and attention runs over all its slots, each query masked after its
+        position. The caller checks bounds and records the tokens (``kv_cache.commit``).
         """
         x = self.transformer.wte(token)
         # attention in the model's dtype, like the SDPA prefill: no float32 copies of the cache per layer
@@ -377,7 +382,7 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
         slot = kv_cache.slot(pos)
         for block in self.transformer.h:
             x = block(x, bias, slot)
-        return self.lm_head(self.ln_f(x))[0, -1]
+        return self.lm_head(self.ln_f(x[:, -1:]))[0, -1]
 
 
 register()  # completes the registration deferred if transformers was imported mid-way

@@ -70,6 +70,10 @@ if triton is not None:
 
     @triton.jit
     def _layer_norm_kernel(x_ptr, w_ptr, out_ptr, n, eps, BLOCK: tl.constexpr):
+        """Program ``r``: row ``r``."""
+        row = tl.program_id(0) * n
+        x_ptr += row
+        out_ptr += row
         offs = tl.arange(0, BLOCK)
         mask = offs < n
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -82,6 +86,10 @@ if triton is not None:
 
     @triton.jit
     def _silu_mul_kernel(gate_up_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        """Program ``(i, r)``: block ``i`` of row ``r``."""
+        row = tl.program_id(1)
+        gate_up_ptr += row * 2 * n
+        out_ptr += row * n
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < n
         gate = tl.load(gate_up_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -249,19 +257,21 @@ if triton is not None:
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """LayerNorm without bias of one row (``x`` holds ``weight.numel()`` contiguous values)."""
+    """LayerNorm without bias of each row (``x`` contiguous, rows of ``weight.numel()`` values)."""
     n = weight.numel()
     out = torch.empty_like(x)
-    _layer_norm_kernel[(1,)](x, weight, out, n, eps, BLOCK=triton.next_power_of_2(n), num_warps=8)
+    rows = x.numel() // n
+    _layer_norm_kernel[(rows,)](x, weight, out, n, eps, BLOCK=triton.next_power_of_2(n), num_warps=8)
     return out
 
 
 def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """``silu(gate) * up`` for one row ``[..., 2n]`` holding gate then up; ``[..., n]``."""
+    """``silu(gate) * up`` for each row ``[..., 2n]`` (contiguous) holding gate then up; ``[..., n]``."""
     n = gate_up.shape[-1] // 2
     out = gate_up.new_empty((*gate_up.shape[:-1], n))
     block = 1024
-    _silu_mul_kernel[(triton.cdiv(n, block),)](gate_up, out, n, BLOCK=block, num_warps=4)
+    rows = gate_up.numel() // (2 * n)
+    _silu_mul_kernel[(triton.cdiv(n, block), rows)](gate_up, out, n, BLOCK=block, num_warps=4)
     return out
 
 
@@ -323,26 +333,30 @@ def _merge_counter(device: torch.device) -> torch.Tensor:
 
 
 def decode_step(model: Any, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
-    """``model.decode_step`` (same arguments, same result within rounding) with the kernels above for
-    the norms, the attention and the MLP activation; the GEMMs stay cuBLAS's (``add_linear``), or with
-    ``FUSED_GEMV`` become :mod:`triton_gemv`'s."""
-    if FUSED_GEMV and _fusable(model):
+    """``model.decode_step`` (same arguments, T tokens ``[1, T]`` at positions ``pos`` ``[T]``, same result
+    within rounding) with the kernels above for the norms, the attention (one launch per token) and the
+    MLP activation; the GEMMs stay cuBLAS's (``add_linear``), or for one token with ``FUSED_GEMV`` become
+    :mod:`triton_gemv`'s (one-row GEMVs)."""
+    t = token.shape[-1]
+    if FUSED_GEMV and t == 1 and _fusable(model):
         return _fused_decode_step(model, token, pos, kv_cache)
     cfg = model.config
     n_embd, head_dim, eps = cfg.n_embd, cfg.head_dim, cfg.layer_norm_epsilon
     scale = 1.0 / math.sqrt(head_dim)
-    x = model.transformer.wte(token)  # [1, 1, C]
+    x = model.transformer.wte(token)  # [1, T, C]
     slopes = model.slopes(x.device)
     slot = kv_cache.slot(pos)
     for block in model.transformer.h:
         attn, mlp = block.attn, block.mlp
         q, kv = attn._project(layer_norm(x, block.ln_1.weight, eps))
-        k, v = slot.update_kv(kv.view(1, 1, 1, 2 * head_dim), attn.layer_idx)  # [1, 1, capacity, D] each
-        y = attention(q.reshape(n_embd), k[0, 0], v[0, 0], pos, slopes, scale)
-        x = add_linear(x, attn.c_proj, y.view(1, 1, n_embd))
+        k, v = slot.update_kv(kv.view(1, 1, t, 2 * head_dim), attn.layer_idx)  # [1, 1, capacity, D] each
+        q = q.reshape(t, n_embd)
+        ys = [attention(q[i], k[0, 0], v[0, 0], pos[i : i + 1], slopes, scale) for i in range(t)]
+        y = ys[0] if t == 1 else torch.stack(ys)
+        x = add_linear(x, attn.c_proj, y.view(1, t, n_embd))
         h = silu_mul(mlp.gate_up_proj(layer_norm(x, block.ln_2.weight, eps)))
         x = add_linear(x, mlp.c_proj, h)
-    return model.lm_head(layer_norm(x, model.ln_f.weight, eps))[0, -1]
+    return model.lm_head(layer_norm(x[:, -1:], model.ln_f.weight, eps))[0, -1]
 
 
 def _fusable(model: Any) -> bool:

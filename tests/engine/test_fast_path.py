@@ -72,6 +72,25 @@ def test_static_decode_step_equals_dynamic_decode(fp32, prompts) -> None:
     torch.testing.assert_close(static.k[:, :, :, : len(ids)], dynamic.k[:, :, :, : len(ids)])
 
 
+def test_a_step_of_several_tokens_equals_one_step_each(fp32, prompts) -> None:
+    """A keystroke's few new prompt tokens go through one static step: the last one's logits and every
+    cache row as when they go one step each (each query masked after its own position)."""
+    model, ids = fp32.model, prompts[-1]
+    cfg = model.config
+    one_each, together = (KVCache(cfg.n_layer, cfg.head_dim, 64) for _ in range(2))
+    with torch.no_grad():
+        for cache in (one_each, together):
+            model(torch.tensor([ids[:-3]]), kv_cache=cache)
+            cache.k[:, :, :, len(ids) - 3 :] = float("1e4")  # stale entries past the position
+        for pos in range(len(ids) - 3, len(ids)):
+            want = model.decode_step(torch.tensor([[ids[pos]]]), torch.tensor([pos]), one_each)
+        positions = torch.arange(len(ids) - 3, len(ids))
+        got = model.decode_step(torch.tensor([ids[-3:]]), positions, together)
+    assert got.shape == want.shape == (cfg.vocab_size,)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(together.kv[:, :, :, : len(ids)], one_each.kv[:, :, :, : len(ids)])
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_decode_step_runs_12_operations_per_layer(dtype: torch.dtype) -> None:
     """What a GPU's decode step launches (a kernel per operation, give or take) bounds a small model's

@@ -71,15 +71,15 @@ def test_attention_matches_softmax_attention(
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_layer_norm_and_silu_mul_match_torch(dtype) -> None:
     g = torch.Generator(device=DEVICE).manual_seed(0)
-    x = (3 * torch.randn(1, 1, 2048, generator=g, device=DEVICE) + 1).to(dtype)
+    x = (3 * torch.randn(1, 3, 2048, generator=g, device=DEVICE) + 1).to(dtype)  # three rows
     w = torch.randn(2048, generator=g, device=DEVICE).to(dtype)
     tol = 1e-5 if dtype == torch.float32 else 4e-2
     want = F.layer_norm(x.float(), (2048,), w.float(), None, 1e-5)
     torch.testing.assert_close(triton_decode.layer_norm(x, w, 1e-5).float(), want, atol=tol, rtol=tol)
-    gate_up = torch.randn(1, 1, 2 * 5632, generator=g, device=DEVICE).to(dtype)
+    gate_up = torch.randn(1, 3, 2 * 5632, generator=g, device=DEVICE).to(dtype)
     gate, up = gate_up.float().chunk(2, dim=-1)
     got = triton_decode.silu_mul(gate_up)
-    assert got.shape == (1, 1, 5632) and got.dtype == dtype
+    assert got.shape == (1, 3, 5632) and got.dtype == dtype
     torch.testing.assert_close(got.float(), F.silu(gate) * up, atol=tol, rtol=tol)
 
 
@@ -113,8 +113,11 @@ def test_decode_step_equals_the_models_step(shape, dtype, variant, monkeypatch) 
     for step in (model.decode_step, lambda *a: triton_decode.decode_step(model, *a)):
         cache = KVCache(cfg.n_layer, cfg.head_dim, 256, device=DEVICE, dtype=dtype)
         with torch.inference_mode():
-            model(ids[:, :37], kv_cache=cache, sdpa=True)
-            out = []
+            model(ids[:, :34], kv_cache=cache, sdpa=True)
+            # a keystroke's three new prompt tokens in one step (cuBLAS GEMMs in every variant), then
+            # single steps as while generating
+            out = [step(ids[:, 34:37], torch.arange(34, 37, device=DEVICE), cache).float()]
+            cache.commit(ids[0, 34:37].tolist())
             for i in (37, 38, 39):
                 out.append(step(ids[:, i : i + 1], torch.tensor([i], device=DEVICE), cache).float())
                 cache.commit([int(ids[0, i])])
