@@ -204,6 +204,8 @@ class Generator:
         self.sdpa_prefill = True
         """Prefill with ``scaled_dot_product_attention`` (on every device: same logits, less memory)."""
         self._caches: list[KVCache] = []  # least recently used first; the last is ``cache``
+        self.multi_token_steps = True
+        """A keystroke's few new prompt tokens in one decode step (off after that step failed to capture)."""
         self._graphs: dict[tuple[KVCache, int], DecodeGraph] = {}  # captured steps: (slot, tokens a step)
         self._step_token: torch.Tensor | None = None  # eager static decode: inputs reused in place
         self._step_pos: torch.Tensor | None = None
@@ -281,11 +283,17 @@ class Generator:
         pos = cache.length
         if pos + len(tokens) > cache.capacity:
             raise ValueError(f"KV cache overflow: {pos + len(tokens)} tokens > capacity {cache.capacity}")
+        if len(tokens) > 1 and not self.multi_token_steps:
+            for token in tokens:
+                logits = self._decode([token])
+            return logits
         if self.cuda_graphs:
             key = (cache, len(tokens))
             graph = self._graphs.get(key)
             if graph is None:
                 graph = self._capture(tokens, pos)
+                if graph is None and len(tokens) > 1 and not self.multi_token_steps:
+                    return self._decode(tokens)  # one token a step, as before
             if graph is not None:
                 self._graphs[key] = graph
                 logits = graph.run(tokens, pos)
@@ -321,6 +329,15 @@ class Generator:
         except torch.OutOfMemoryError:
             raise
         except Exception as e:  # capture is best effort: the eager step computes the same thing
+            if len(tokens) > 1:  # keep the one-token step as it is: decode a tail a token at a time
+                log.warning(
+                    "a %d-token decode step failed, one token a step: %s: %s",
+                    len(tokens),
+                    type(e).__name__,
+                    e,
+                )
+                self.multi_token_steps = False
+                return None
             if self.triton_kernels:
                 log.warning("Triton decode kernels failed, using torch's: %s: %s", type(e).__name__, e)
                 self.triton_kernels = False

@@ -47,6 +47,18 @@ def test_cuda_graphs_generate_what_the_eager_step_generates(bf16) -> None:
     assert len({cache for cache, _ in graphs._graphs}) == KV_SLOTS
 
 
+def test_a_keystrokes_new_tokens_run_as_one_captured_step(bf16) -> None:
+    """A prompt grown by three tokens (typing) prefills them as one captured three-token step, and
+    generates what the same steps generate eagerly."""
+    graphs, eager = Generator(bf16), Generator(bf16, cuda_graphs=False)
+    prompt = random_prompts(1, 40)[0]
+    for grown in (prompt, prompt + [1000, 1001, 1002]):
+        a, b = eager.generate(greedy(grown)), graphs.generate(greedy(grown))
+        assert b.token_ids == a.token_ids and b.reused_tokens == a.reused_tokens
+    assert b.reused_tokens == len(prompt)
+    assert graphs.multi_token_steps and (graphs.cache, 3) in graphs._graphs
+
+
 def test_bf16_decode_stays_close_to_float32(random_ckpt, bf16) -> None:
     """Teacher-forced with float32's tokens, the bf16 graph-replayed decode (attention scores in bf16)
     stays within the bf16 forward pass's tolerance of float32."""
