@@ -287,7 +287,8 @@ class RefactLanguageServer(LanguageServer):
             self._progress = LoadProgress(self, "Refact", f"loading {source}")
 
     def model_progress(self, stage: str, message: str, percentage: int | None) -> None:
-        if self._quiet_load is not None and percentage:  # a retry that is downloading after all
+        downloading = percentage or (stage == "download" and percentage is None)  # not the 0 % start
+        if self._quiet_load is not None and downloading:  # a retry that is downloading after all
             self._start_progress(self._quiet_load)
             self._quiet_load = None
         if self._progress is not None:

@@ -18,6 +18,7 @@ def test_small_cases() -> None:
     assert common_prefix_len([], [1]) == 0
     assert common_prefix_len([1, 2], [1, 2]) == 2
     assert common_prefix_len([1, 2, 3], [1, 2]) == 2
+    assert common_prefix_len([1, 2, 3] * 100, tuple([1, 2, 3] * 100)) == 300  # a list never equals a tuple
 
 
 @given(

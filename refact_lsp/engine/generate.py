@@ -86,9 +86,14 @@ def sample_next(
         logits[FIRST_PADDING_ID:] = float("-inf")
     if temperature <= 0:
         if logits.device.type == "cpu":  # numpy's vectorised argmax: ~4 us where torch's takes ~100 us
-            return int(logits.numpy().argmax())
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits / temperature, dim=-1)
+            best = int(logits.numpy().argmax())
+        else:
+            best = int(torch.argmax(logits))
+        if math.isnan(float(logits[best])):  # argmax picks the first NaN: no token, as when sampling
+            raise ValueError("cannot pick a token: the logits are NaN")
+        return best
+    # shifted by the maximum first: a tiny temperature sends the others to -inf, never the best to inf
+    probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
     if 0 < top_p < 1:
         sorted_probs, order = torch.sort(probs, descending=True)
         before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass of strictly more likely tokens

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from safetensors import safe_open
 from refact_lsp.engine.config import GPTRefactConfig
 from refact_lsp.engine.model import GPTRefactForCausalLM
 from refact_lsp.engine.tokenizer import RefactTokenizer
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smallcloudai/Refact-1_6B-fim"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -129,33 +132,57 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 # --- locating the checkpoint ------------------------------------------------------------------
 
 
-def _progress_tqdm(on_progress: ProgressCallback) -> type:
-    """A tqdm class for ``snapshot_download(tqdm_class=...)`` that forwards its bars to ``on_progress``."""
+def _progress_tqdm(on_progress: ProgressCallback, expected_bytes: int | None = None) -> type:
+    """A tqdm class for ``snapshot_download(tqdm_class=...)`` that forwards its byte bars to ``on_progress``
+    as one percentage that only goes up.
+
+    huggingface_hub (2.x) makes three bars of it: the bytes written (its total grows as each file starts,
+    so it alone would show 100 % after the first small file), the bytes received from the network (its
+    own estimate) and a count of files. Only the first counts here, against ``expected_bytes`` (the
+    files' sizes, listed before the download): a percentage below one already sent is not sent, and 100
+    waits for the end of the download. Without the sizes only the megabytes go out, without a percentage."""
     from tqdm import tqdm
+
+    sent = {"pct": -1}
 
     class _ProgressTqdm(tqdm):
         def __init__(self, *args, **kwargs):
-            kwargs.pop("name", None)
+            name = kwargs.pop("name", None) or ""
             kwargs["disable"] = False
             kwargs["file"] = io.StringIO()
             super().__init__(*args, **kwargs)
-            self._last_pct: int | None = None
+            self._forwarded = self.unit == "B" and not name.endswith(".transfer")
 
         def update(self, n=1):
             result = super().update(n)
-            total = self.total or 0
-            if total > 0:
-                pct = max(0, min(100, int(100 * self.n / total)))
-                if pct != self._last_pct:
-                    self._last_pct = pct
-                    if self.unit == "B":
-                        msg = f"{self.desc or 'downloading'}: {self.n / 1e6:.0f}/{total / 1e6:.0f} MB"
-                    else:
-                        msg = f"{self.desc or 'downloading'}: {int(self.n)}/{int(total)}"
+            if not self._forwarded:
+                return result
+            if expected_bytes:
+                pct = max(0, min(99, int(100 * self.n / expected_bytes)))
+                if pct > sent["pct"]:
+                    sent["pct"] = pct
+                    msg = f"downloading: {self.n / 1e6:.0f}/{expected_bytes / 1e6:.0f} MB"
                     on_progress(ProgressEvent("download", msg, pct))
+            elif int(self.n / 1e8) > sent["pct"]:  # the total is not known: every 100 MB, no percentage
+                sent["pct"] = int(self.n / 1e8)
+                on_progress(ProgressEvent("download", f"downloading: {self.n / 1e6:.0f} MB", None))
             return result
 
     return _ProgressTqdm
+
+
+def _expected_bytes(repo_id: str, revision: str | None, patterns: list[str]) -> int | None:
+    """The total size of the files the download will fetch (None when the hub does not say)."""
+    try:
+        from huggingface_hub import HfApi
+        from huggingface_hub.utils import filter_repo_objects
+
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+        files = filter_repo_objects(info.siblings or [], allow_patterns=patterns, key=lambda f: f.rfilename)
+        return sum(f.size or 0 for f in files) or None
+    except Exception:  # noqa: BLE001 - only the percentage depends on it; the download reports errors
+        log.debug("no file sizes for %s", repo_id, exc_info=True)
+        return None
 
 
 def locate_checkpoint(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> Path:
@@ -180,10 +207,9 @@ def _download(repo_id: str, spec: ModelSpec, on_progress: ProgressCallback) -> P
     if spec.allow_pickle:
         patterns += ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
     on_progress(ProgressEvent("download", f"downloading {repo_id}", 0))
+    bars = _progress_tqdm(on_progress, _expected_bytes(repo_id, spec.revision, patterns))
     try:
-        folder = snapshot_download(
-            repo_id, revision=spec.revision, allow_patterns=patterns, tqdm_class=_progress_tqdm(on_progress)
-        )
+        folder = snapshot_download(repo_id, revision=spec.revision, allow_patterns=patterns, tqdm_class=bars)
     except Exception as e:  # network, auth, missing repo: all user-facing, and maybe better later
         message = f"could not download {repo_id!r}: {type(e).__name__}: {e}"
         raise ModelLoadError(message, retryable=True) from e

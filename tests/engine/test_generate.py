@@ -173,6 +173,15 @@ def test_greedy_picks_the_first_best_real_token() -> None:
     assert sample_next(torch.tensor([1.0, 5.0, 2.0]), 0.0, 1.0, None) == 1
 
 
+def test_a_tiny_temperature_is_greedy_and_nan_logits_are_an_error_either_way() -> None:
+    logits = torch.tensor([1.0, 5.0, 2.0, 4.999])
+    g = torch.Generator().manual_seed(0)
+    assert {sample_next(logits, t, 1.0, g) for t in (1e-30, 1e-40, 5e-324) for _ in range(5)} == {1}
+    for temperature in (0.0, 0.5):
+        with pytest.raises(ValueError):
+            sample_next(torch.full((4,), float("nan")), temperature, 1.0, g)
+
+
 def test_draw_follows_the_weights_and_never_draws_a_zero_weight() -> None:
     """Sampling draws from the cumulative weights (``torch.multinomial`` is ~25x slower on a CPU):
     frequencies follow the weights, zero weights (masked padding) never come, whatever the total."""

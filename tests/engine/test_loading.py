@@ -142,10 +142,36 @@ def test_device_and_dtype_resolution() -> None:
 
 def test_download_progress_is_forwarded() -> None:
     events = []
-    bar = _progress_tqdm(events.append)(total=4_000_000, unit="B", desc="Downloading")
+    bar = _progress_tqdm(events.append, expected_bytes=4_000_000)(total=4_000_000, unit="B")
     bar.update(1_000_000)
     bar.update(1)  # same percentage: not repeated
     bar.update(2_999_999)
     bar.close()
-    assert [(e.stage, e.percentage) for e in events] == [("download", 25), ("download", 100)]
-    assert events[0].message == "Downloading: 1/4 MB"
+    assert [(e.stage, e.percentage) for e in events] == [("download", 25), ("download", 99)]  # 100 at the end
+    assert events[0].message == "downloading: 1/4 MB"
+    unknown = []  # the hub did not list the sizes: megabytes only
+    bar = _progress_tqdm(unknown.append)(total=0, unit="B")
+    bar.update(250_000_000)
+    assert [(e.message, e.percentage) for e in unknown] == [("downloading: 250 MB", None)]
+
+
+def test_download_progress_only_goes_up_over_huggingface_hubs_three_bars() -> None:
+    """huggingface_hub 2.x: bytes written (its total grows as files start), network bytes and a file
+    count, updated from parallel downloads. One rising percentage of the expected bytes comes out."""
+    events = []
+    bars = _progress_tqdm(events.append, expected_bytes=3_202_001_000)
+    written = bars(name="huggingface_hub.snapshot_download", total=0, unit="B", desc="Reconstructing")
+    network = bars(name="huggingface_hub.snapshot_download.transfer", total=0, unit="B")
+    files = bars(total=3, desc="Fetching 3 files")
+    written.total, network.total = 1_000, 1_000  # the small file starts first and finishes at once
+    written.update(1_000)
+    network.update(950)
+    files.update(1)
+    written.total += 3_202_000_000
+    for _ in range(100):
+        written.update(32_020_000)
+        network.update(30_000_000)
+    files.update(2)
+    percentages = [e.percentage for e in events]
+    assert percentages == sorted(set(percentages)) and percentages[-1] == 99
+    assert percentages[0] == 0 and len(percentages) == 100  # 0 after the small file, then 1 .. 99
