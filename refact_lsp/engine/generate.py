@@ -33,6 +33,8 @@ from refact_lsp.engine.loading import LoadedModel
 from refact_lsp.engine.tokenizer import EOT_ID, FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
 
 StopReason = Literal["eot", "stop_string", "max_tokens", "time_budget", "cancelled"]
+GREEDY_BELOW = 1e-6
+"""Temperatures below this are greedy (the distribution is one-hot to float32's precision anyway)."""
 SHORT_TAIL = 8
 """With the fast path, a prompt tail of up to this many new tokens goes through the decode step."""
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
@@ -80,15 +82,14 @@ class GenerationResult:
 def sample_next(
     logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> int:
-    """Pick a token from ``[vocab]`` logits: padding ids masked; greedy when ``temperature <= 0``."""
+    """Pick a token from ``[vocab]`` logits: padding ids masked; greedy when ``temperature`` is 0 (or
+    below ``GREEDY_BELOW``, where dividing by it would overflow float32)."""
     logits = logits.float()
     if logits.shape[-1] > FIRST_PADDING_ID:
         logits[FIRST_PADDING_ID:] = float("-inf")
-    if temperature <= 0:
-        if logits.device.type == "cpu":  # numpy's vectorised argmax: ~4 us where torch's takes ~100 us
-            best = int(logits.numpy().argmax())
-        else:
-            best = int(torch.argmax(logits))
+    if temperature < GREEDY_BELOW:
+        # on a CPU numpy's vectorised argmax: ~4 us where torch's takes ~100 us
+        best = int(logits.numpy().argmax() if logits.device.type == "cpu" else torch.argmax(logits))
         if math.isnan(float(logits[best])):  # argmax picks the first NaN: no token, as when sampling
             raise ValueError("cannot pick a token: the logits are NaN")
         return best
