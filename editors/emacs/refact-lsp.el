@@ -149,8 +149,8 @@ Call it again after changing `refact-lsp-major-modes'."
 
 (defvar refact-lsp-inline-mode)
 
-(defvar-local refact-lsp-inline--overlay nil
-  "Overlay showing the current suggestion.")
+(defvar-local refact-lsp-inline--overlays nil
+  "Overlays showing the current suggestion.")
 
 (defvar-local refact-lsp-inline--suggestion nil
   "The suggestion shown: plist (:beg :end :text :tick :point).
@@ -193,25 +193,32 @@ when it was shown.")
 (defun refact-lsp-inline-dismiss ()
   "Drop the suggestion shown, if any."
   (interactive)
-  (when (overlayp refact-lsp-inline--overlay)
-    (delete-overlay refact-lsp-inline--overlay))
-  (setq refact-lsp-inline--overlay nil
+  (mapc #'delete-overlay refact-lsp-inline--overlays)
+  (setq refact-lsp-inline--overlays nil
         refact-lsp-inline--suggestion nil
         refact-lsp-inline--visible nil))
 
 (defun refact-lsp-inline--ghost (text typed covered)
-  "What to show at point for TEXT.
+  "The pieces of TEXT to show, a list: the first at point, one more after
+each character of COVERED.
 TYPED is the text from the item's range start to point, COVERED the text
-from point to the range end.  nil if TEXT does not continue TYPED.
-Characters right of point that the suggestion re-types stay where they are,
-so they are left out of the ghost when they end its only line."
+from point to the range end: characters right of point that the suggestion
+types again (an auto-closed paren), which stay where they are, so the
+pieces are TEXT cut at those characters, in order.  nil if TEXT does not
+continue TYPED."
   (when (string-prefix-p typed text)
-    (let ((ghost (substring text (length typed))))
-      (if (and (not (string-empty-p covered))
-               (not (string-search "\n" ghost))
-               (string-suffix-p covered ghost))
-          (substring ghost 0 (- (length ghost) (length covered)))
-        ghost))))
+    (let ((ghost (substring text (length typed)))
+          (pieces nil)
+          (start 0))
+      (if (or (string-empty-p covered) (string-search "\n" ghost))
+          (list ghost)
+        (catch 'unmatched
+          (dolist (char (string-to-list covered))
+            (let ((at (string-search (char-to-string char) ghost start)))
+              (unless at (throw 'unmatched (list ghost)))
+              (push (substring ghost start at) pieces)
+              (setq start (1+ at))))
+          (nreverse (cons (substring ghost start) pieces)))))))
 
 (defun refact-lsp-inline--show (item)
   "Show ITEM (an InlineCompletionItem) at point."
@@ -226,20 +233,26 @@ so they are left out of the ghost when they end its only line."
     (when (and (stringp text) (not (string-empty-p text))
                (<= beg (point) end)
                (= (line-number-at-pos beg) (line-number-at-pos end)))
-      (let ((ghost (refact-lsp-inline--ghost
-                    text
-                    (buffer-substring-no-properties beg (point))
-                    (buffer-substring-no-properties (point) end))))
-        (when (and ghost (not (string-empty-p ghost)))
+      (let ((pieces (refact-lsp-inline--ghost
+                     text
+                     (buffer-substring-no-properties beg (point))
+                     (buffer-substring-no-properties (point) end))))
+        (when (and pieces (not (string-empty-p (apply #'concat pieces))))
           (refact-lsp-inline-dismiss)
-          (setq ghost (propertize ghost 'face 'refact-lsp-ghost-face))
-          ;; Keep the cursor before the ghost text, where typing goes.
-          (put-text-property 0 1 'cursor t ghost)
-          (let ((overlay (make-overlay (point) (point) nil nil t)))
-            (overlay-put overlay 'after-string ghost)
-            (overlay-put overlay 'refact-lsp t)
-            (overlay-put overlay 'priority 1000)
-            (setq refact-lsp-inline--overlay overlay
+          ;; A piece before each covered character, the last one after them all.
+          (let ((at (point)) (overlays nil))
+            (dolist (piece pieces)
+              (unless (string-empty-p piece)
+                (setq piece (propertize piece 'face 'refact-lsp-ghost-face))
+                ;; Keep the cursor before the ghost text, where typing goes.
+                (when (= at (point)) (put-text-property 0 1 'cursor t piece))
+                (let ((overlay (make-overlay at at nil nil t)))
+                  (overlay-put overlay 'after-string piece)
+                  (overlay-put overlay 'refact-lsp t)
+                  (overlay-put overlay 'priority 1000)
+                  (push overlay overlays)))
+              (setq at (1+ at)))
+            (setq refact-lsp-inline--overlays overlays
                   refact-lsp-inline--suggestion
                   (list :beg beg :end end :text text
                         :tick (buffer-chars-modified-tick) :point (point))

@@ -22,6 +22,10 @@ SINGLE_LINE_TEXT = "a + b"
 #: Completed on a blank indented line (multi-line mode: the model writes from column 0).
 MULTILINE_TEXT = "    return a + b\n    # done"
 
+#: Completed inside an auto-closed "()": the model types the ")" and goes on, so the server's range
+#: covers the real ")" and the editor shows the text around it.
+CLOSER_TEXT = "x):"
+
 #: Settings sent as initializationOptions: greedy decoding and no debounce, so answers are exact and quick.
 TEST_SETTINGS = {"temperature": 0, "debounceMs": 0}
 
@@ -34,9 +38,11 @@ class ScriptedServer:
     settings: dict
     single_line_model: Path
     multiline_model: Path
+    closer_model: Path
     env: dict[str, str] = field(default_factory=dict)
     single_line_text: str = SINGLE_LINE_TEXT
     multiline_text: str = MULTILINE_TEXT
+    closer_text: str = CLOSER_TEXT
 
 
 @pytest.fixture(scope="session")
@@ -47,11 +53,13 @@ def scripted_server(tmp_path_factory: pytest.TempPathFactory) -> ScriptedServer:
     root = tmp_path_factory.mktemp("editor-checkpoints")
     single = write_scripted_checkpoint(root / "single-line", SINGLE_LINE_TEXT)
     multi = write_scripted_checkpoint(root / "multiline", MULTILINE_TEXT)
+    closer = write_scripted_checkpoint(root / "closer", CLOSER_TEXT)
     return ScriptedServer(
         command=[sys.executable, "-m", "refact_lsp", "--model", str(single)],
         settings=dict(TEST_SETTINGS),
         single_line_model=single,
         multiline_model=multi,
+        closer_model=closer,
         env=server_env(),
     )
 

@@ -71,6 +71,18 @@
     (and overlay (list :text (substring-no-properties (overlay-get overlay 'after-string))
                        :pos (overlay-start overlay)))))
 
+(defun scenario-displayed-line ()
+  "The line at point as displayed: its text with the ghost overlays' strings where they are."
+  (let ((text (buffer-substring-no-properties (line-beginning-position) (line-end-position)))
+        (overlays (sort (cl-remove-if-not (lambda (o) (overlay-get o 'refact-lsp))
+                                          (overlays-in (line-beginning-position) (line-end-position)))
+                        (lambda (a b) (> (overlay-start a) (overlay-start b))))))
+    (dolist (overlay overlays text)
+      (let ((at (- (overlay-start overlay) (line-beginning-position))))
+        (setq text (concat (substring text 0 at)
+                           (substring-no-properties (overlay-get overlay 'after-string))
+                           (substring text at)))))))
+
 (defun scenario-type (keys)
   (execute-kbd-macro (kbd keys)))
 
@@ -155,6 +167,20 @@
             (scenario-open "multi_capf.py" "def add(a, b):\n    ")
             (completion-at-point)
             (list :ghost ghost :text inline-text :capf_text (scenario-buffer-text)))))
+    (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL"))))
+
+(scenario-step "closer"
+  (scenario-use-model (scenario-env "REFACT_TEST_CLOSER_MODEL"))
+  (unwind-protect
+      (progn
+        (scenario-open "closer.py" "def f()")
+        (backward-char 1)  ; inside the auto-closed parens
+        (scenario-type "y DEL")
+        (scenario-ask)
+        (scenario-wait #'scenario-ghost "the ghost text")
+        (let ((displayed (scenario-displayed-line)))
+          (scenario-type "TAB")
+          (list :displayed displayed :text (scenario-buffer-text))))
     (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL"))))
 
 (let ((coding-system-for-write 'utf-8))

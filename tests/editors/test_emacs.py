@@ -58,6 +58,7 @@ def results(scripted_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
         "REFACT_TEST_DIR": str(workdir),
         "REFACT_TEST_SINGLE_LINE_MODEL": str(scripted_server.single_line_model),
         "REFACT_TEST_MULTILINE_MODEL": str(scripted_server.multiline_model),
+        "REFACT_TEST_CLOSER_MODEL": str(scripted_server.closer_model),
     }
     cmd = [binary, "--batch", "-Q", "-L", str(PACKAGE_DIR), "-l", str(SCENARIO)]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, timeout=TIMEOUT_S, check=False)
@@ -128,3 +129,11 @@ def test_multiline_overlay_and_completion_at_point(results: dict, scripted_serve
     assert step["ghost"] == {"text": "return a + b\n    # done", "pos": len("def add(a, b):\n    ") + 1}
     assert step["text"] == expected
     assert step["capf_text"] == expected
+
+
+def test_an_auto_closed_paren_the_suggestion_types_is_shown_once(results: dict) -> None:
+    """``def f(|)`` + ``x):``: the server's range covers the real ")"; the overlays show "x" before it
+    and ":" after it, and TAB gives the same line."""
+    step = _step(results, "closer")
+    assert step["displayed"] == "def f(x):"
+    assert step["text"] == "def f(x):"

@@ -262,6 +262,68 @@ def test_tab_types_a_tab_when_nothing_is_shown(nvim: Any) -> None:
     _wait(lambda: _line(nvim, 1) == "\t", "a literal tab")
 
 
+def test_ctrl_c_drops_the_suggestion(nvim: Any) -> None:
+    """<C-c> leaves insert mode without InsertLeave."""
+    _open(nvim, "ctrl_c.py", ["def add(a, b):", "    return "])
+    _insert_at_end(nvim)
+    nvim.input("x<BS>")
+    _wait(lambda: _ghost(nvim), "ghost text")
+    nvim.input("<C-c>")
+    _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    assert _ghost(nvim) == []
+
+
+def test_accept_works_from_an_expr_mapping(nvim: Any, scripted_server) -> None:
+    """The text is locked while an <expr> mapping runs: the suggestion goes in right after it."""
+    nvim.exec_lua(
+        "vim.keymap.set('i', '<C-l>', function() return require('refact').accept() and '' or 'L' end, "
+        "{ expr = true })"
+    )
+    try:
+        _open(nvim, "expr.py", ["def add(a, b):", "    return "])
+        _insert_at_end(nvim)
+        nvim.input("x<BS>")
+        _wait(lambda: _ghost(nvim), "ghost text")
+        nvim.input("<C-l>")
+        _wait(lambda: _line(nvim, 1) == f"    return {scripted_server.single_line_text}", "the accepted text")
+        assert nvim.api.get_vvar("errmsg") == ""
+    finally:
+        nvim.exec_lua("vim.keymap.del('i', '<C-l>')")
+
+
+def test_tab_does_what_the_users_own_mapping_did_when_nothing_is_shown(nvim: Any) -> None:
+    nvim.exec_lua("vim.keymap.set('i', '<Tab>', function() return 'USER' end, { expr = true })")
+    try:
+        _open(nvim, "user_tab.py", ["def add(a, b):", ""])  # the plugin maps <Tab> when it attaches
+        _insert_at_end(nvim)
+        assert _ghost(nvim) == []
+        nvim.input("<Tab>")
+        _wait(lambda: _line(nvim, 1) == "USER", "the user's mapping")
+    finally:
+        nvim.exec_lua("vim.keymap.del('i', '<Tab>')")
+
+
+def test_an_auto_closed_paren_the_suggestion_types_is_shown_once(nvim: Any, scripted_server) -> None:
+    """``def f(|)`` + ``x):``: the server's range covers the real ")", the ghost shows "x" before it and
+    ":" after it, and Tab gives ``def f(x):``."""
+    _open(nvim, "closer.py", ["def f()"])
+    _use_model(nvim, scripted_server.closer_model)
+    try:
+        nvim.current.window.cursor = (1, 6)
+        nvim.command("startinsert")
+        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        nvim.input("y<BS>")
+        marks = _wait(lambda: _ghost(nvim), "ghost text")
+        assert marks == [
+            {"row": 0, "col": 6, "text": "x", "lines": []},
+            {"row": 0, "col": 7, "text": ":", "lines": []},
+        ]
+        nvim.input("<Tab>")
+        _wait(lambda: _line(nvim, 0) == "def f(x):", "the accepted suggestion")
+    finally:
+        _use_model(nvim, scripted_server.single_line_model)
+
+
 def test_stats_and_prompt_commands(nvim: Any) -> None:
     _open(nvim, "commands.py", ["def add(a, b):", "    return "])
     nvim.exec_lua("_G.refact_notes = {}; vim.notify = function(msg) table.insert(_G.refact_notes, msg) end")

@@ -104,6 +104,52 @@ def test_bundled_extension_loads_without_node_modules(vsix: Path, tmp_path: Path
     assert out.strip().splitlines()[-1] == "function function"
 
 
+# VS Code's layered settings, as far as `refact.enable` goes: a workspace value overrides the user's.
+LAYERED_SETTINGS_MOCK = """
+const store = { global: {}, workspace: JSON.parse(process.env.WORKSPACE) };
+module.exports = {
+  ConfigurationTarget: { Global: 1, Workspace: 2, WorkspaceFolder: 3 },
+  workspace: { getConfiguration: (section) => ({
+    get: (key, fallback) => { const k = section + '.' + key;
+      return k in store.workspace ? store.workspace[k] : k in store.global ? store.global[k] : fallback; },
+    inspect: (key) => ({ globalValue: store.global[section + '.' + key],
+                         workspaceValue: store.workspace[section + '.' + key] }),
+    update: async (key, value, target) => {
+      (target === 1 ? store.global : store.workspace)[section + '.' + key] = value; },
+  }) },
+  store,
+};
+"""
+
+
+@pytest.mark.parametrize("workspace", [{}, {"refact.enable": True}])
+def test_toggling_completions_writes_where_it_takes_effect(
+    vsix: Path, tmp_path: Path, workspace: dict
+) -> None:
+    """``setCompletionsEnabled`` (the toggle command) in the workspace's settings when they set
+    ``refact.enable`` (the user's would be overridden), else in the user's."""
+    (tmp_path / "vscode.js").write_text(LAYERED_SETTINGS_MOCK)
+    bundle = tmp_path / "settings.js"
+    esbuild = REPO / "editors" / "vscode" / "node_modules" / ".bin" / "esbuild"
+    source = REPO / "editors" / "vscode" / "src" / "settings.ts"
+    bundling = [str(esbuild), str(source), "--bundle", "--platform=node", "--external:vscode"]
+    _run([*bundling, f"--outfile={bundle}"], cwd=tmp_path, timeout=60)
+    script = (
+        "const Module = require('module'); const resolve = Module._resolveFilename;"
+        "Module._resolveFilename = function (r, ...rest) {"
+        "  return r === 'vscode' ? require.resolve('./vscode.js') : resolve.call(this, r, ...rest); };"
+        "const s = require('./settings.js');"
+        "s.setCompletionsEnabled(false).then(() => console.log(JSON.stringify("
+        "  { enabled: s.completionsEnabled(), store: require('./vscode.js').store })));"
+    )
+    env = {**os.environ, "WORKSPACE": json.dumps(workspace)}
+    out = _run(["node", "-e", script], cwd=tmp_path, timeout=60, env=env)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["enabled"] is False
+    where = "workspace" if workspace else "global"
+    assert result["store"][where] == {"refact.enable": False}
+
+
 def _e2e_prerequisites() -> str | None:
     """Why the code-server test cannot run here, or None."""
     if os.environ.get(E2E_FLAG) != "1":

@@ -241,8 +241,8 @@ async function pollStats(): Promise<void> {
 }
 
 async function toggleCompletions(): Promise<void> {
-    const enabled = !completionsEnabled();
-    await setCompletionsEnabled(enabled);
+    await setCompletionsEnabled(!completionsEnabled());
+    const enabled = completionsEnabled(); // what is in effect now
     status.setEnabled(enabled);
     if (!enabled) {
         await vscode.commands.executeCommand('editor.action.inlineSuggest.hide');

@@ -39,8 +39,15 @@ export function completionsEnabled(): boolean {
     return vscode.workspace.getConfiguration(SECTION).get<boolean>('enable', true);
 }
 
+/**
+ * Sets `refact.enable` where it takes effect: in the workspace's settings when they set it (they override
+ * the user's), else in the user's settings.
+ */
 export async function setCompletionsEnabled(enabled: boolean): Promise<void> {
-    await vscode.workspace.getConfiguration(SECTION).update('enable', enabled, vscode.ConfigurationTarget.Global);
+    const config = vscode.workspace.getConfiguration(SECTION);
+    const inWorkspace = config.inspect<boolean>('enable')?.workspaceValue !== undefined;
+    const target = inWorkspace ? vscode.ConfigurationTarget.Workspace : vscode.ConfigurationTarget.Global;
+    await config.update('enable', enabled, target);
 }
 
 /**

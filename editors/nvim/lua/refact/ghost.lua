@@ -68,6 +68,24 @@ function M.current(bufnr)
   return state and state.shown
 end
 
+--- The first line's ghost cut at the characters right of the cursor that the item types again
+--- (`covered`: an auto-closed ")"), which stay where they are: a piece before each of them and one
+--- after them all. nil when they are not all in the text, in order.
+---@return string[]?
+local function pieces_around(ghost_first, covered)
+  local pieces, from = {}, 1
+  for i = 1, #covered do
+    local at = ghost_first:find(covered:sub(i, i), from, true)
+    if not at then
+      return nil
+    end
+    table.insert(pieces, ghost_first:sub(from, at - 1))
+    from = at + 1
+  end
+  table.insert(pieces, ghost_first:sub(from))
+  return pieces
+end
+
 local function render(bufnr, suggestion, cursor_col, hl_group)
   local line = api.nvim_buf_get_lines(bufnr, suggestion.row, suggestion.row + 1, true)[1]
   local typed = line:sub(suggestion.start_col + 1, cursor_col)
@@ -78,24 +96,26 @@ local function render(bufnr, suggestion, cursor_col, hl_group)
   end
   local ghost_first = first:sub(#typed + 1)
   local rest = vim.list_slice(suggestion.lines, 2)
-  -- Characters right of the cursor that the item re-types (e.g. an auto-closed ")") stay where
-  -- they are; the ghost shows what goes before them.
-  if #rest == 0 and covered ~= '' and ghost_first:sub(-#covered) == covered then
-    ghost_first = ghost_first:sub(1, -#covered - 1)
-  end
-  if ghost_first == '' and #rest == 0 then
+  -- Characters right of the cursor that the item types again (e.g. an auto-closed ")") stay where
+  -- they are; the ghost shows what goes before each of them, and what goes after them all.
+  local pieces = #rest == 0 and covered ~= '' and pieces_around(ghost_first, covered) or { ghost_first }
+  if table.concat(pieces) == '' and #rest == 0 then
     return false
   end
-  local mark = { virt_text_pos = 'inline', hl_mode = 'combine', right_gravity = false }
-  if ghost_first ~= '' then
-    mark.virt_text = { { ghost_first, hl_group } }
+  for i, piece in ipairs(pieces) do
+    local mark = { virt_text_pos = 'inline', hl_mode = 'combine', right_gravity = false }
+    if piece ~= '' then
+      mark.virt_text = { { piece, hl_group } }
+    end
+    if i == 1 and #rest > 0 then
+      mark.virt_lines = vim.tbl_map(function(l)
+        return { { l, hl_group } }
+      end, rest)
+    end
+    if mark.virt_text or mark.virt_lines then
+      api.nvim_buf_set_extmark(bufnr, ns, suggestion.row, cursor_col + i - 1, mark)
+    end
   end
-  if #rest > 0 then
-    mark.virt_lines = vim.tbl_map(function(l)
-      return { { l, hl_group } }
-    end, rest)
-  end
-  api.nvim_buf_set_extmark(bufnr, ns, suggestion.row, cursor_col, mark)
   return true
 end
 
@@ -214,11 +234,22 @@ function M.accept(bufnr)
   if api.nvim_buf_get_changedtick(bufnr) ~= suggestion.tick then
     return false
   end
-  local lines = suggestion.lines
-  api.nvim_buf_set_text(bufnr, suggestion.row, suggestion.start_col, suggestion.row, suggestion.end_col, lines)
-  local last_row = suggestion.row + #lines - 1
-  local last_col = (#lines == 1 and suggestion.start_col or 0) + #lines[#lines]
-  api.nvim_win_set_cursor(0, { last_row + 1, last_col })
+  local win = api.nvim_get_current_win()
+  local function insert()
+    local lines = suggestion.lines
+    api.nvim_buf_set_text(bufnr, suggestion.row, suggestion.start_col, suggestion.row, suggestion.end_col, lines)
+    local last_row = suggestion.row + #lines - 1
+    local last_col = (#lines == 1 and suggestion.start_col or 0) + #lines[#lines]
+    api.nvim_win_set_cursor(win, { last_row + 1, last_col })
+  end
+  if not pcall(insert) then
+    -- an <expr> mapping (text locked while it runs): insert right after it
+    vim.schedule(function()
+      if api.nvim_buf_is_valid(bufnr) and api.nvim_buf_get_changedtick(bufnr) == suggestion.tick then
+        insert()
+      end
+    end)
+  end
   return true
 end
 
@@ -257,6 +288,16 @@ function M.attach(client, bufnr, opts)
     buffer = bufnr,
     callback = function()
       M.dismiss(bufnr)
+    end,
+  })
+  -- <C-c> leaves insert mode without InsertLeave; <C-o> runs a normal-mode command from it
+  api.nvim_create_autocmd('ModeChanged', {
+    group = group,
+    pattern = 'i:*',
+    callback = function()
+      if not vim.startswith(vim.v.event.new_mode, 'i') and api.nvim_get_current_buf() == bufnr then
+        M.dismiss(bufnr)
+      end
     end,
   })
   api.nvim_create_autocmd('LspDetach', {

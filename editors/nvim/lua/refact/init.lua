@@ -67,14 +67,43 @@ function M.is_refact(client)
   return client ~= nil and client.server_info ~= nil and client.server_info.name == M.server_name
 end
 
+--- What `key` did in insert mode before this plugin mapped it in `bufnr` (the buffer's own mapping,
+--- else a global one, else the key itself), as a function that does it again.
+local function fallback(key, bufnr)
+  local before = vim.api.nvim_buf_call(bufnr, function()
+    return vim.fn.maparg(key, 'i', false, true)
+  end)
+  local function feed(keys, remap)
+    vim.api.nvim_feedkeys(vim.keycode(keys), remap and 'm' or 'n', false)
+  end
+  if vim.tbl_isempty(before) or before.desc == 'Accept the Refact suggestion' then
+    return function()
+      feed(key, false)
+    end
+  end
+  return function()
+    local keys = before.rhs
+    if before.callback then
+      keys = before.callback()
+    elseif before.expr == 1 then
+      keys = vim.api.nvim_eval(keys)
+    end
+    if (before.callback == nil or before.expr == 1) and type(keys) == 'string' and keys ~= '' then
+      -- the mapping's own keys: remapped only if it was (never back into this mapping)
+      feed(keys, before.noremap == 0 and vim.keycode(keys) ~= vim.keycode(key))
+    end
+  end
+end
+
 local function map_accept(bufnr)
   local key = M.options.inline.accept_key
   if not key then
     return
   end
+  local otherwise = fallback(key, bufnr)
   vim.keymap.set('i', key, function()
     if not M.accept() then
-      vim.api.nvim_feedkeys(vim.keycode(key), 'n', false)
+      otherwise()
     end
   end, { buffer = bufnr, desc = 'Accept the Refact suggestion' })
 end
