@@ -598,6 +598,28 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
         del gen
         free(device)
 
+    with section("a keystroke's new prompt tokens: one decode step each vs one step of them all"):
+        for t in (2, 3, 4):
+            p50 = {}
+            for together in (False, True):
+                gen = Generator(loaded)
+                gen.multi_token_steps = together
+                grown = list(prompt)
+                times = []
+                for i in range(12):  # the first two capture the graphs
+                    grown = grown + [1000 + i * t + j for j in range(t)]
+                    request = GenerationRequest(grown, max_new_tokens=1, temperature=0.0, stop_strings=())
+                    times.append(1000 * gen.generate(request).prefill_s)
+                p50[together] = statistics.median(times[2:])
+                del gen
+                free(device)
+            line = (
+                f"{t} new tokens: {p50[False]:.2f} ms in {t} steps, {p50[True]:.2f} ms in one "
+                f"(x{p50[True] / p50[False]:.2f})"
+            )
+            print(f"   {line}")
+            SUMMARY.append(f"keystroke prefill, {line}")
+
     with section("transformers generate on the same bf16 model (greedy, same prompt)"):
         gen_s, theirs = bench_hf_generate(loaded.model, prompt, steps, device)
         if "fast" in st:
