@@ -28,11 +28,14 @@ const VIEW_SCHEME = 'refact-view';
 /** Poll `refact.stats` this often while the model downloads or loads, and this often once it settled. */
 const POLL_BUSY_MS = 500;
 const POLL_IDLE_MS = 10_000;
+/** After a completion answer (the model state may have changed), not after every keystroke. */
+const POLL_AFTER_ANSWER_MS = 1_000;
 
 let client: LanguageClient | undefined;
 let output: vscode.LogOutputChannel;
 let status: StatusBar;
 let pollTimer: NodeJS.Timeout | undefined;
+let pollDue = 0;
 /** Settings last sent to the server, so that unrelated configuration changes send nothing. */
 let lastSentSettings = '';
 const views = new Map<string, string>();
@@ -105,7 +108,7 @@ async function startClient(): Promise<void> {
                 const result = await next(document, position, context, token);
                 if (!token.isCancellationRequested) {
                     status.setLatency(performance.now() - started);
-                    schedulePoll(0);
+                    pollWithin(POLL_AFTER_ANSWER_MS);
                 }
                 return result;
             },
@@ -214,7 +217,15 @@ async function executeServerCommand(command: string, args: unknown[] = []): Prom
 
 function schedulePoll(delayMs: number): void {
     stopPolling();
+    pollDue = Date.now() + delayMs;
     pollTimer = setTimeout(() => void pollStats(), delayMs);
+}
+
+/** A poll within `delayMs` (one already due sooner stays): at most one `refact.stats` a while per burst. */
+function pollWithin(delayMs: number): void {
+    if (pollTimer === undefined || pollDue > Date.now() + delayMs) {
+        schedulePoll(delayMs);
+    }
 }
 
 function stopPolling(): void {
