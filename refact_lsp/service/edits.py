@@ -11,7 +11,6 @@ The range stays on the cursor line, in Python str indices (convert with ``Edit.l
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -20,7 +19,6 @@ from refact_lsp.service.prompt import Mode
 
 AUTO_CLOSED = ")]}\"'`;"
 _OPENERS = {")": "(", "]": "[", "}": "{"}
-_STRING_LITERAL = re.compile(r"\"(?:[^\"\\\n]|\\.)*\"|'(?:[^'\\\n]|\\.)*'|`(?:[^`\\]|\\.)*`")
 
 
 class LineSource(Protocol):
@@ -64,49 +62,62 @@ def column0(line_text: str, index: int, mode: Mode) -> bool:
     return mode == "multi" and not line_text[:index].strip()
 
 
-def _unmatched_closers(text: str) -> dict[str, int]:
-    """How many of each closing bracket in ``text`` close a bracket opened before ``text``."""
-    text = _STRING_LITERAL.sub("", text)
+QUOTES = "\"'`"
+
+
+def _closing_events(completion: str, quote: str | None) -> str | None:
+    """The characters of ``completion`` that close what was opened before it, in order: a closing bracket
+    without its opener in the completion, the ``quote`` that ends the string the cursor is in (when it is
+    in one), and a ``;`` outside the brackets and strings the completion opens. Escaped characters and
+    the insides of the completion's own strings do not count. None when the completion ends inside a
+    string it opened (the characters right of the cursor then close that one)."""
+    events: list[str] = []
     stack: list[str] = []
-    unmatched = dict.fromkeys(_OPENERS, 0)
-    for ch in text:
-        if ch in "([{":
+    string, outer, escaped = quote, quote is not None, False  # the string being read, begun before?
+    for ch in completion:
+        if string is not None:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == string:
+                if outer:
+                    events.append(ch)
+                string, outer = None, False
+            elif ch == "\n" and string != "`":
+                string, outer = None, False  # such a string ends with its line
+        elif ch in QUOTES:
+            string = ch
+        elif ch in "([{":
             stack.append(ch)
         elif ch in _OPENERS:
             if stack and stack[-1] == _OPENERS[ch]:
                 stack.pop()
             elif not stack:
-                unmatched[ch] += 1
-    return unmatched
+                events.append(ch)
+        elif ch == ";" and not stack:
+            events.append(ch)
+    return None if string is not None and not outer else "".join(events)
 
 
 def covered_closers(completion: str, right: str) -> int:
-    """How many auto-closed characters at the start of ``right`` the completion types again, in order,
-    at its end or before more text (``def f(|)`` + ``x):``: single-line prompts leave the rest of the
-    line out, so the model writes the closer itself and goes on).
-
-    A bracket counts only when the completion has an unmatched closer for it, a quote only when the
-    completion holds an odd number of that quote (it closes a string opened before the cursor).
+    """How many auto-closed characters at the start of ``right`` the completion types again: they are
+    the first of its closing characters (``_closing_events``), at its end or before more text
+    (``def f(|)`` + ``x):``: single-line prompts leave the rest of the line out, so the model writes
+    the closer itself and goes on). A ``;`` or a bracket inside what the completion opens is not one.
     """
     run = len(right) - len(right.lstrip(AUTO_CLOSED))
     if not run:
         return 0
-    unmatched = _unmatched_closers(completion)
+    quote = next((ch for ch in right[:run] if ch in QUOTES), None)  # the cursor is in that string
+    events = _closing_events(completion, quote)
+    if events is None:
+        return 0
     for k in range(run, 0, -1):
         tail = right[:k]
-        if not _in_order(tail, completion):
-            continue
-        if all(unmatched[ch] >= tail.count(ch) for ch in set(tail) if ch in _OPENERS) and all(
-            completion.count(q) % 2 == 1 for q in set(tail) if q in "\"'`"
-        ):
+        if "".join(ch for ch in events if ch in tail)[:k] == tail:
             return k
     return 0
-
-
-def _in_order(chars: str, text: str) -> bool:
-    """Whether ``chars`` occur in ``text`` in this order (not necessarily next to each other)."""
-    rest = iter(text)
-    return all(ch in rest for ch in chars)
 
 
 def line_edit(

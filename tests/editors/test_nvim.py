@@ -291,16 +291,36 @@ def test_accept_works_from_an_expr_mapping(nvim: Any, scripted_server) -> None:
         nvim.exec_lua("vim.keymap.del('i', '<C-l>')")
 
 
-def test_tab_does_what_the_users_own_mapping_did_when_nothing_is_shown(nvim: Any) -> None:
-    nvim.exec_lua("vim.keymap.set('i', '<Tab>', function() return 'USER' end, { expr = true })")
+USER_TAB_MAPPINGS = {
+    "lua expr": ("lua vim.keymap.set('i', '<Tab>', function() return 'USER' end, { expr = true })", "USER"),
+    # a script-local function (coc.nvim's README pattern): <SID> needs the mapping's own script context
+    "<SID> expr": (
+        'function! s:Word() abort\n  return "SID"\nendfunction\ninoremap <expr> <Tab> <SID>Word()',
+        "SID",
+    ),  # fmt: skip
+    # Vim does not remap the rhs's leading <Tab>: neither may the fallback (it would loop)
+    "starts with itself": ("imap <Tab> <Tab>Z", "\tZ"),
+}
+
+
+@pytest.mark.parametrize("mapping", USER_TAB_MAPPINGS)
+def test_tab_does_what_the_users_own_mapping_did_when_nothing_is_shown(nvim: Any, mapping: str) -> None:
+    script, typed = USER_TAB_MAPPINGS[mapping]
+    nvim.api.exec2(script, {})
     try:
-        _open(nvim, "user_tab.py", ["def add(a, b):", ""])  # the plugin maps <Tab> when it attaches
+        name = "user_tab_" + mapping.replace(" ", "_").strip("<>").replace(">", "") + ".py"
+        _open(nvim, name, ["def add(a, b):", ""])  # the plugin maps <Tab> when it attaches
+        nvim.command("setlocal noexpandtab")
         _insert_at_end(nvim)
         assert _ghost(nvim) == []
         nvim.input("<Tab>")
-        _wait(lambda: _line(nvim, 1) == "USER", "the user's mapping")
+        _wait(lambda: _line(nvim, 1) == typed, f"the user's mapping ({mapping})")
+        # a restarted client attaches again: the user's mapping is still what Tab falls back to
+        nvim.exec_lua("require('refact').attach(vim.lsp.get_clients({ bufnr = 0, name = 'refact' })[1], 0)")
+        nvim.input("<BS>" * len(typed) + "<Tab>")
+        _wait(lambda: _line(nvim, 1) == typed, f"the user's mapping after a re-attach ({mapping})")
     finally:
-        nvim.exec_lua("vim.keymap.del('i', '<Tab>')")
+        nvim.command("silent! iunmap <Tab>")
 
 
 def test_an_auto_closed_paren_the_suggestion_types_is_shown_once(nvim: Any, scripted_server) -> None:

@@ -35,6 +35,14 @@ def apply(line_text: str, edit: Edit) -> str:
         ("f(g())", 4, "x), y)", "f(g(x), y)"),
         ("f()", 2, "a) + g(b)", "f(a) + g(b)"),
         ("f()", 2, "g(a) + 1", "f(g(a) + 1)"),  # every ")" of it is matched: the auto-closed one stays
+        # a ";" or a quote inside what the completion opens is not the one right of the cursor
+        ("    auto twice = ;", 17, "[]() { return 42; }", "    auto twice = []() { return 42; };"),
+        ("  return ;", 9, "new Promise(cb => { wait(); })", "  return new Promise(cb => { wait(); });"),
+        ('print("")', 7, 'He said \\"hi', 'print("He said \\"hi")'),
+        ('print("")', 7, 'a", "b', 'print("a", "b")'),  # ends inside its own string: the '"' closes it
+        ('printf("");', 8, '%d\\n", x', 'printf("%d\\n", x);'),
+        ('foo("")', 5, '(", b)', 'foo("(", b)'),  # the "(" is inside the string the cursor is in
+        ("x = [];", 5, "1, 2];", "x = [1, 2];"),
     ],
 )
 def test_single_line_edits(line_text, index, completion, result):

@@ -67,30 +67,36 @@ function M.is_refact(client)
   return client ~= nil and client.server_info ~= nil and client.server_info.name == M.server_name
 end
 
---- What `key` did in insert mode before this plugin mapped it in `bufnr` (the buffer's own mapping,
---- else a global one, else the key itself), as a function that does it again.
+local ACCEPT_DESC = 'Accept the Refact suggestion'
+local FALLBACK = '<Plug>(refact-accept-fallback)'
+
+--- Keeps what `key` did in insert mode in `bufnr` before this plugin maps it (the buffer's own mapping,
+--- else a global one) as the buffer's FALLBACK mapping, a copy with everything Vim keeps of it (`<SID>`,
+--- `<expr>`, a Lua callback, remap or not). Returns a function that does it again: that mapping, or the
+--- key itself when there was none.
 local function fallback(key, bufnr)
-  local before = vim.api.nvim_buf_call(bufnr, function()
-    return vim.fn.maparg(key, 'i', false, true)
+  vim.api.nvim_buf_call(bufnr, function()
+    local before = vim.fn.maparg(key, 'i', false, true)
+    if not vim.tbl_isempty(before) and before.desc == ACCEPT_DESC then
+      return -- attached before (a restarted client): the copy, if any, is in place
+    end
+    pcall(vim.keymap.del, 'i', FALLBACK, { buffer = bufnr })
+    if not vim.tbl_isempty(before) then
+      before.lhs, before.lhsraw, before.lhsrawalt, before.buffer = FALLBACK, vim.keycode(FALLBACK), nil, 1
+      if before.noremap == 0 and vim.startswith(vim.keycode(before.rhs or ''), vim.keycode(key)) then
+        before.noremap = 1 -- `imap <Tab> <Tab>x`: Vim does not remap the leading key (no loop back here)
+      end
+      vim.fn.mapset('i', false, before)
+    end
   end)
-  local function feed(keys, remap)
-    vim.api.nvim_feedkeys(vim.keycode(keys), remap and 'm' or 'n', false)
-  end
-  if vim.tbl_isempty(before) or before.desc == 'Accept the Refact suggestion' then
-    return function()
-      feed(key, false)
-    end
-  end
   return function()
-    local keys = before.rhs
-    if before.callback then
-      keys = before.callback()
-    elseif before.expr == 1 then
-      keys = vim.api.nvim_eval(keys)
-    end
-    if (before.callback == nil or before.expr == 1) and type(keys) == 'string' and keys ~= '' then
-      -- the mapping's own keys: remapped only if it was (never back into this mapping)
-      feed(keys, before.noremap == 0 and vim.keycode(keys) ~= vim.keycode(key))
+    local copy = vim.api.nvim_buf_call(bufnr, function()
+      return vim.fn.maparg(FALLBACK, 'i', false, true)
+    end)
+    if vim.tbl_isempty(copy) then
+      vim.api.nvim_feedkeys(vim.keycode(key), 'n', false)
+    else
+      vim.api.nvim_feedkeys(vim.keycode(FALLBACK), 'm', false)
     end
   end
 end
@@ -105,7 +111,7 @@ local function map_accept(bufnr)
     if not M.accept() then
       otherwise()
     end
-  end, { buffer = bufnr, desc = 'Accept the Refact suggestion' })
+  end, { buffer = bufnr, desc = ACCEPT_DESC })
 end
 
 --- Accepts the suggestion shown in the current buffer. Returns false if none was shown.
