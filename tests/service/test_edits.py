@@ -1,6 +1,8 @@
 """Inline edits: auto-closed characters, column-0 multi-line placement, line endings, completion items."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from refact_lsp.service.documents import Document
 from refact_lsp.service.edits import Edit, completion_item_edit, covered_closers, inline_edit, line_edit
@@ -93,6 +95,22 @@ def test_covered_closers_only_counts_leading_auto_closed_run():
     assert covered_closers("a)", " )") == 0
     assert covered_closers("a);", ");") == 2
     assert covered_closers("a", "") == 0
+
+
+CODE = st.text(alphabet="abc xyz+,=.0123456789_", max_size=12)  # no bracket, quote or ";"
+
+
+@given(before=CODE, opened=st.sampled_from(["", "(", "[", "{", '"', "g("]), after=CODE)
+def test_covering_never_takes_what_the_completion_does_not_close(before: str, opened: str, after: str):
+    """Closers the completion opens and closes itself, or never types, are not covered; the leading run
+    of the auto-closed characters that it does type to close what was open at the cursor is."""
+    right = ");"  # `f(|);`
+    closes = {"": "", "(": "()", "[": "[]", "{": "{}", '"': '""', "g(": "g()"}[opened]
+    assert covered_closers(before + closes + after, right) == 0
+    assert covered_closers(before + closes + after + ")", right) == 1
+    assert covered_closers(before + closes + ")" + after + ";", right) == 2
+    if opened in ("(", "[", "{", '"'):  # it ends inside what it opened: the ")" is not its to close
+        assert covered_closers(before + opened + after + ";", right) == 0
 
 
 def test_completion_item_edit():
