@@ -74,7 +74,9 @@ def _closing_events(completion: str, quote: str | None) -> str | None:
     events: list[str] = []
     stack: list[str] = []
     string, outer, escaped = quote, quote is not None, False  # the string being read, begun before?
-    for ch in completion:
+    for i, ch in enumerate(completion):
+        if ch == "#" and string is None and completion[i - 1 : i + 2] == " # ":
+            break  # a comment (`x)  # don't`): its quotes and brackets are prose
         if string is not None:
             if escaped:
                 escaped = False

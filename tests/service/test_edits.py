@@ -45,6 +45,7 @@ def apply(line_text: str, edit: Edit) -> str:
         ('printf("");', 8, '%d\\n", x', 'printf("%d\\n", x);'),
         ('foo("")', 5, '(", b)', 'foo("(", b)'),  # the "(" is inside the string the cursor is in
         ("x = [];", 5, "1, 2];", "x = [1, 2];"),
+        ("foo()", 4, "x)  # don't", "foo(x)  # don't"),  # the comment's apostrophe opens no string
     ],
 )
 def test_single_line_edits(line_text, index, completion, result):
