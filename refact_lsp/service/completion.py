@@ -157,7 +157,8 @@ class CompletionService:
         self.scheduler = Scheduler(loop)
         self.cache = TypedAheadCache(TYPED_AHEAD_ENTRIES)
         try:
-            self._base = Settings.from_lsp(dict(base_settings or {}))
+            self._cli = Settings.from_lsp(dict(base_settings or {}))
+            self._base = self._cli
         except SettingsError as exc:
             raise ServiceError(str(exc)) from exc
         self.settings = self._base
@@ -184,11 +185,12 @@ class CompletionService:
     def configure(self, values: dict[str, Any], reload: bool = True, initial: bool = False) -> None:
         """Client settings (LSP names): the client's whole ``refact`` section (pulled or pushed), over the
         command line's settings and ``initializationOptions``, so that a key the client no longer sends
-        (or sends as null) goes back to those; ``initial``: the ``initializationOptions`` themselves.
-        Changing model, device or dtype reloads in the background. A bad value changes nothing."""
+        goes back to those, and one it sends as null to the command line's value (else the built-in
+        default); ``initial``: the ``initializationOptions`` themselves. Changing model, device or dtype
+        reloads in the background. A bad value changes nothing."""
         try:
-            base = self._base.merged(values) if initial else self._base
-            new = base if initial else base.merged(values)
+            base = self._base.merged(values, self._cli) if initial else self._base
+            new = base if initial else base.merged(values, self._cli)
         except SettingsError as exc:
             raise ServiceError(str(exc)) from exc
         if new != self.settings:

@@ -1,9 +1,9 @@
 """Client settings (section ``refact``), with their LSP names and validation.
 
 Attribute names are the LSP (camelCase) names, so a setting reads the same in the client's
-configuration, in ``initializationOptions`` and here. ``null`` for a key leaves the value it is merged
-onto: the server's default for that client (the built-in default, the command line's value, then
-``initializationOptions``; see ``CompletionService.configure``).
+configuration, in ``initializationOptions`` and here. ``null`` for a key means the server's default:
+the command line's value, else the built-in one (``CompletionService.configure`` passes them as
+``defaults``).
 """
 
 from __future__ import annotations
@@ -56,15 +56,16 @@ class Settings:
         """Defaults updated with ``data`` (LSP names; unknown keys are ignored, see ``unknown_keys``)."""
         return cls().merged(data)
 
-    def merged(self, data: Mapping[str, Any] | None) -> Settings:
-        """A copy with the keys in ``data`` changed (``{"refact": {...}}`` unwrapped; null changes
-        nothing); ``SettingsError``."""
+    def merged(self, data: Mapping[str, Any] | None, defaults: Settings | None = None) -> Settings:
+        """A copy with the keys in ``data`` changed (``{"refact": {...}}`` unwrapped), a null one to its
+        value in ``defaults`` (the built-in defaults unless given); ``SettingsError``."""
         data = _unwrap(data)
-        defaults = _defaults()
+        known = _defaults()
+        defaults = defaults or Settings()
         changes = {}
         for key, value in data.items():
-            if key in defaults and value is not None:
-                changes[key] = _check(key, value)
+            if key in known:
+                changes[key] = _copy(getattr(defaults, key)) if value is None else _check(key, value)
         new = dataclasses.replace(self, **changes)
         if new.contextTokens <= new.maxNewTokens:
             raise SettingsError(

@@ -61,3 +61,15 @@ async def test_a_key_the_client_no_longer_sends_goes_back_to_the_servers_default
         service.configure({"maxNewTokens": 0}, reload=False)  # a bad section changes nothing
     assert service.settings.model == "/models/cli"
     service.close()
+
+
+async def test_null_is_the_command_lines_value_and_a_missing_key_the_initialization_options() -> None:
+    """VS Code sends its whole configuration as initializationOptions, then sections with model null
+    once the user clears it: that is the command line's model, not the one the editor started with."""
+    service = CompletionService(asyncio.get_running_loop(), _Events(), base_settings={"model": "/models/cli"})
+    service.configure({"model": "/models/at-start", "temperature": 0.5}, reload=False, initial=True)
+    service.configure({"model": None, "temperature": 0.0}, reload=False)
+    assert (service.settings.model, service.settings.temperature) == ("/models/cli", 0.0)
+    service.configure({}, reload=False)  # nothing set: what the client started with
+    assert (service.settings.model, service.settings.temperature) == ("/models/at-start", 0.5)
+    service.close()

@@ -19,9 +19,10 @@ def test_defaults():
 def test_from_lsp_and_merged():
     s = Settings.from_lsp({"maxNewTokens": 16, "temperature": 0, "multiline": "Never", "device": "CUDA:1"})
     assert (s.maxNewTokens, s.temperature, s.multiline, s.device) == (16, 0.0, "never", "cuda:1")
-    t = s.merged({"kvReuse": False, "maxNewTokens": None})  # null: the value merged onto
-    assert (t.kvReuse, t.maxNewTokens, t.multiline) == (False, 16, "never")
-    assert Settings.from_lsp({"maxNewTokens": None}).maxNewTokens == 50
+    t = s.merged({"kvReuse": False, "maxNewTokens": None})  # null: the default
+    assert (t.kvReuse, t.maxNewTokens, t.multiline) == (False, 50, "never")
+    cli = Settings.from_lsp({"maxNewTokens": 20})
+    assert s.merged({"maxNewTokens": None}, cli).maxNewTokens == 20  # the given defaults
     assert s.kvReuse is True  # merged returns a copy
     assert Settings.from_lsp({"refact": {"debounceMs": 5}}).debounceMs == 5
     assert Settings.from_lsp({"maxNewTokens": 32.0}).maxNewTokens == 32
