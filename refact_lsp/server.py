@@ -158,6 +158,21 @@ class RefactProtocol(LanguageServerProtocol):
             return
         super().handle_message(message)
 
+    def _execute_handler(self, msg_id, handler, callback, args=None, kwargs=None):
+        """pygls' handler call, except that a handler's future is forgotten once it is done. pygls forgets
+        those of requests when it answers them, never those of notifications and of the handlers its own
+        generator handlers call: one per keystroke (didChange) otherwise, kept for good."""
+        super()._execute_handler(msg_id, handler, callback, args, kwargs)
+        future = self._request_futures.get(msg_id)
+        if future is not None:
+            futures = self._request_futures
+
+            def forget(done: Any) -> None:  # runs after pygls' own callback (which answers a request)
+                if futures.get(msg_id) is done:
+                    del futures[msg_id]
+
+            future.add_done_callback(forget)
+
     def _send_invalid_request(self, msg_id: int | str | None, problem: str) -> None:
         self.send_error(msg_id, types.ErrorCodes.InvalidRequest.value, f"Invalid Request: {problem}")
 
@@ -221,6 +236,7 @@ class LoadProgress:
             kind, text, percentage = await self._queue.get()
             if kind == "end":
                 progress.end(token, types.WorkDoneProgressEnd(message=text))
+                progress.tokens.pop(token, None)  # pygls keeps every token's future otherwise
                 return
             progress.report(token, types.WorkDoneProgressReport(message=text, percentage=percentage))
 
@@ -456,13 +472,14 @@ def create_server(cli_settings: dict[str, Any] | None = None) -> RefactLanguageS
 
     @server.command(STATS_COMMAND)
     def stats_command(ls: RefactLanguageServer, *args: Any) -> dict[str, Any]:
-        return {**ls.service.stats_snapshot(), "process": process_snapshot()}
+        return {**ls.service.stats_snapshot(), "process": process_snapshot(ls.protocol)}
 
     return server
 
 
-def process_snapshot() -> dict[str, Any]:
-    """The server process's health: live asyncio tasks, threads and resident memory."""
+def process_snapshot(protocol: RefactProtocol) -> dict[str, Any]:
+    """The server process's health: live asyncio tasks, threads, handlers and requests in flight (a
+    count that must not grow with the session), resident memory."""
     rss_kb = None
     try:
         with open("/proc/self/status", encoding="ascii") as status:
@@ -472,6 +489,7 @@ def process_snapshot() -> dict[str, Any]:
     return {
         "tasks": len(asyncio.all_tasks()),
         "threads": threading.active_count(),
+        "pending": len(protocol._request_futures),
         "rss_mb": None if rss_kb is None else round(rss_kb / 1024, 1),
     }
 

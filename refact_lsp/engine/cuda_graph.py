@@ -18,6 +18,18 @@ from refact_lsp.engine.kv_cache import KVCache
 WARMUP_STEPS = 2  # on a side stream before capture, as PyTorch's CUDA-graph docs ask
 
 
+_warm_up_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _warm_up_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for every capture's warm-up: cuBLAS keeps a workspace per stream for
+    good, so a new stream per capture kept up to ~1 GiB (32 pooled streams) after the graphs were gone."""
+    stream = _warm_up_streams.get(device)
+    if stream is None:
+        stream = _warm_up_streams[device] = torch.cuda.Stream(device)
+    return stream
+
+
 class DecodeGraph:
     """``model.decode_step`` of ``len(tokens)`` tokens for ``cache``, captured on CUDA. Build it at the
     next positions to be written: the warm-up steps write those slots, which the real step then
@@ -40,7 +52,7 @@ class DecodeGraph:
         self.token = torch.tensor([tokens], dtype=torch.long, device=device)
         self._offsets = torch.arange(len(tokens), dtype=torch.long, device=device)
         self.pos = self._offsets + pos
-        side = torch.cuda.Stream(device)
+        side = _warm_up_stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(WARMUP_STEPS):

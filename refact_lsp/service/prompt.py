@@ -62,6 +62,10 @@ def split_at_safe_points(text: str) -> list[str]:
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+MAX_CACHED_PIECE = 4096
+"""Longer pieces (a minified line, a probe of ``_fit_tail``) are tokenized each time, not cached."""
+
+
 class CachedEncoder:
     """``encode`` with a bounded cache of line-sized pieces, shared by all documents of one tokenizer.
 
@@ -71,9 +75,13 @@ class CachedEncoder:
     lines (the same string objects) cost one identity comparison each.
     """
 
-    def __init__(self, encode: Callable[[str], list[int]], max_entries: int = 100_000):
+    def __init__(
+        self, encode: Callable[[str], list[int]], max_entries: int = 100_000, max_chars: int = 4_000_000
+    ):
         self._encode = encode
         self._max_entries = max_entries
+        self._max_chars = max_chars
+        self._chars = 0  # of the cached pieces
         self._pieces: dict[str, list[int]] = {}
         self._texts: dict[str, list[int]] = {}
         self._counts: list[tuple[list[str], int]] = []
@@ -83,10 +91,14 @@ class CachedEncoder:
         if ids is None:
             # a lone surrogate (a client's broken "\\ud83d" escape) cannot be tokenized: U+FFFD instead
             ids = self._encode(piece if piece.isascii() else _LONE_SURROGATE.sub("\ufffd", piece))
-            if len(self._pieces) >= self._max_entries:  # drop the oldest quarter
-                for key in list(self._pieces)[: max(1, self._max_entries // 4)]:
+            if len(piece) > MAX_CACHED_PIECE:
+                return ids  # a minified line: one per keystroke, never seen again
+            if len(self._pieces) >= self._max_entries or self._chars + len(piece) > self._max_chars:
+                for key in list(self._pieces)[: max(1, len(self._pieces) // 4)]:  # drop the oldest quarter
+                    self._chars -= len(key)
                     del self._pieces[key]
             self._pieces[piece] = ids
+            self._chars += len(piece)
         return ids
 
     def _ids_of(self, pieces: list[str]) -> list[list[int]]:
@@ -135,6 +147,7 @@ class CachedEncoder:
         return count
 
     def clear(self) -> None:
+        self._chars = 0
         self._pieces.clear()
         self._texts.clear()
         self._counts.clear()

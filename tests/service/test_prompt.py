@@ -259,6 +259,21 @@ def test_cached_encoder_join_and_count_lines(encode, lines, last):
     assert cached.count_lines(changed) == sum(len(encode("\n" + line)) for line in changed)
 
 
+def test_cached_encoder_keeps_no_minified_lines_and_a_bounded_total(encode):
+    """Typing at the end of a 200,000-character line cached a new piece of up to 32,000 characters per
+    keystroke (3.7 MB each): long pieces are tokenized each time, and the total is bounded."""
+    from refact_lsp.service.prompt import MAX_CACHED_PIECE
+
+    encoder = CachedEncoder(encode, max_chars=10_000)
+    long_line = "x=[" + ",".join(str(i) for i in range(2000))
+    assert encoder(long_line) == encode(long_line)
+    assert not any(len(piece) > MAX_CACHED_PIECE for piece in encoder._pieces)
+    for i in range(2000):
+        encoder.count_line(f"line {i} = {i * 7}")  # about 20 characters each
+    assert sum(map(len, encoder._pieces)) <= 10_000
+    assert encoder.count_line("line 1999 = 13993") == len(encode("\nline 1999 = 13993"))
+
+
 def test_cached_encoder_on_real_source(encode):
     source = Path(__file__).read_text("utf-8")
     cached = CachedEncoder(encode)
