@@ -334,27 +334,18 @@ DECODE_VARIANTS: list[tuple[str, dict[str, bool], dict[str, object]]] = [
     # (label, Generator options, module constants set for the run: see ``patched``). Earlier runs also
     # compared 64 and 256 keys per attention program and residual adds apart (docs/benchmarks.md).
     ("CUDA graph, torch's kernels", {"triton_kernels": False}, {}),
-    ("CUDA graph, Triton kernels (the default)", {"triton_kernels": True}, {}),
-    ("CUDA graph, Triton kernels, fused GEMVs", {"triton_kernels": True}, FUSED),
-    (
-        "CUDA graph, Triton kernels, fused GEMVs, one attention launch",
-        {"triton_kernels": True},
-        FUSED | {"MERGE_IN_LAST_PROGRAM": True},
-    ),
+    ("CUDA graph, Triton kernels, cuBLAS GEMMs", {"triton_kernels": True}, {"FUSED_GEMV": False}),
+    ("CUDA graph, Triton kernels, fused GEMVs", {"triton_kernels": True}, FUSED | {"PDL": False}),
+    ("CUDA graph, Triton kernels, fused GEMVs, PDL (the default)", {"triton_kernels": True}, {}),
     (
         "CUDA graph, Triton kernels, fused GEMVs, one attention launch, PDL",
         {"triton_kernels": True},
         ONE_LAUNCH_PDL,
     ),
     (
-        "... the same, every GEMV in 4 rows x 4 warps (not autotuned)",
+        "... fused GEMVs, PDL, every GEMV in 4 rows x 4 warps (not autotuned)",
         {"triton_kernels": True},
-        ONE_LAUNCH_PDL | {"AUTOTUNE": False},
-    ),
-    (
-        "... the same, every GEMV in 2 rows x 8 warps (not autotuned)",
-        {"triton_kernels": True},
-        ONE_LAUNCH_PDL | {"AUTOTUNE": False, "ROWS_PER_PROGRAM": 2, "GEMV_WARPS": 8},
+        FUSED | {"PDL": True, "AUTOTUNE": False},
     ),
 ]
 COMPILE_VARIANT = ("torch.compile, then a CUDA graph (adds apart)", {"compile_decode": True}, {})

@@ -2,15 +2,15 @@
 # The whole GPU check, for a CUDA machine lent for a few minutes: the engine's tests on CUDA (graph replay per KV
 # slot, the Triton kernels in each variant, bf16 against float32), bench/engine.py's decode report (the decode
 # step's variants with kernel profiles, each weight's GEMV alone), the keystroke replay through the real server
-# with the 1.6B shape (with the default decode step, then with the fused GEMVs, one-launch attention and PDL),
+# with the 1.6B shape (with the default decode step: fused GEMVs and PDL; then with cuBLAS's GEMMs, the baseline),
 # and the GPU report (bf16 drift, decode ms/token, transformers' generate).
 #
-#     bash bench/gpu.sh [WHEEL_DIR] [STEP ...]     # STEP: tests decode keystrokes keystrokes-fused gpu
+#     bash bench/gpu.sh [WHEEL_DIR] [STEP ...]     # STEP: tests decode keystrokes keystrokes-baseline gpu
 #
 # All steps may take more than the 10 minutes a device command may run (each new Triton kernel and GEMV tile
 # compiles, about a second each), so run them in two calls:
 #     bash bench/gpu.sh .whl tests decode
-#     bash bench/gpu.sh .whl keystrokes keystrokes-fused gpu
+#     bash bench/gpu.sh .whl keystrokes keystrokes-baseline gpu
 #
 # The machine needs torch with CUDA, transformers, tokenizers, safetensors, pytest; WHEEL_DIR holds
 # wheels of what it lacks (pygls, lsprotocol, cattrs, attrs, pytest-asyncio, pytest-lsp), installed
@@ -24,7 +24,7 @@ if [ -n "${1:-}" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "$1"/*.whl || exit 1
 fi
 shift || true
-steps=" ${*:-tests decode keystrokes keystrokes-fused gpu} "
+steps=" ${*:-tests decode keystrokes keystrokes-baseline gpu} "
 export PYTHONPATH="$site:$PWD" PYTHONUNBUFFERED=1
 keystrokes="bench/keystrokes.py --device cuda --dtype bfloat16 --shape real --context 2048 --max-new-tokens 16 --single-line"
 
@@ -49,14 +49,12 @@ if [[ $steps == *" keystrokes "* ]]; then
     echo "bench/keystrokes.py: rc=$?"
     grep -A12 "== summary" "$out/keystrokes_gpu.log" | cut -c1-240
 fi
-if [[ $steps == *" keystrokes-fused "* ]]; then
-    # the constants that switch on the whole fused step (triton_decode.FUSED_STEP), as NAME=VALUE,...
-    fused=$(python3 -c "from refact_lsp.engine.triton_decode import FUSED_STEP as s
-print(','.join(f'{k}={v}' for k, v in s.items()))") || exit 1
-    timeout 200 python3 $keystrokes --sections replay --no-hf --decode-constants "$fused" \
-        >"$out/keystrokes_gpu_fused.log" 2>&1
-    echo "bench/keystrokes.py --decode-constants $fused: rc=$?"
-    grep -A12 "== summary" "$out/keystrokes_gpu_fused.log" | cut -c1-240
+if [[ $steps == *" keystrokes-baseline "* ]]; then
+    # the same replay with the GEMMs of cuBLAS instead of the fused GEMVs (the default until 2026-11-27)
+    timeout 200 python3 $keystrokes --sections replay --no-hf --decode-constants FUSED_GEMV=False \
+        >"$out/keystrokes_gpu_baseline.log" 2>&1
+    echo "bench/keystrokes.py --decode-constants FUSED_GEMV=False: rc=$?"
+    grep -A12 "== summary" "$out/keystrokes_gpu_baseline.log" | cut -c1-240
 fi
 if [[ $steps == *" gpu "* ]]; then
     timeout 200 python3 bench/engine.py --report gpu >"$out/engine_gpu.log" 2>&1

@@ -78,7 +78,8 @@ def test_bf16_decode_stays_close_to_float32(random_ckpt, bf16) -> None:
 
 
 TRITON_VARIANTS = {
-    "default": {},
+    "default (fused GEMVs, PDL)": {},
+    "cuBLAS GEMMs": {"FUSED_GEMV": False},
     "fused GEMVs, one attention launch, PDL": triton_decode.FUSED_STEP,
 }
 

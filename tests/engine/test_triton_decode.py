@@ -84,8 +84,9 @@ def test_layer_norm_and_silu_mul_match_torch(dtype) -> None:
 
 
 STEP_VARIANTS = {
-    "cuBLAS GEMMs": {},
-    "fused GEMVs": {"FUSED_GEMV": True},
+    "cuBLAS GEMMs": {"FUSED_GEMV": False},
+    "fused GEMVs": {"FUSED_GEMV": True, "PDL": False},
+    "fused GEMVs, PDL (the default)": {"FUSED_GEMV": True, "PDL": True, "MERGE_IN_LAST_PROGRAM": False},
     "fused GEMVs, one attention launch, PDL": triton_decode.FUSED_STEP,
 }
 
