@@ -60,11 +60,10 @@ class Settings:
         """A copy with the keys in ``data`` changed (``{"refact": {...}}`` unwrapped), a null one to its
         value in ``defaults`` (the built-in defaults unless given); ``SettingsError``."""
         data = _unwrap(data)
-        known = _defaults()
         defaults = defaults or Settings()
         changes = {}
         for key, value in data.items():
-            if key in known:
+            if key in Settings.__dataclass_fields__:
                 changes[key] = _copy(getattr(defaults, key)) if value is None else _check(key, value)
         new = dataclasses.replace(self, **changes)
         if new.contextTokens <= new.maxNewTokens:
