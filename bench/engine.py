@@ -47,6 +47,7 @@ from refact_lsp.engine import triton_decode, triton_gemv
 from refact_lsp.engine.generate import GenerationRequest, Generator, sample_next
 from refact_lsp.engine.loading import LoadedModel, resolve_device
 from refact_lsp.engine.quantize import quantize_int8
+from refact_lsp.engine.readback import PickReadback
 from refact_lsp.engine.tokenizer import FIRST_PADDING_ID, RefactTokenizer
 
 REAL = slice(0, FIRST_PADDING_ID)  # the tokenizer's ids; the rest is padding, never sampled
@@ -336,7 +337,16 @@ DECODE_VARIANTS: list[tuple[str, dict[str, bool], dict[str, object]]] = [
     ("CUDA graph, torch's kernels", {"triton_kernels": False}, {}),
     ("CUDA graph, Triton kernels, cuBLAS GEMMs", {"triton_kernels": True}, {"FUSED_GEMV": False}),
     ("CUDA graph, Triton kernels, fused GEMVs", {"triton_kernels": True}, FUSED | {"PDL": False}),
-    ("CUDA graph, Triton kernels, fused GEMVs, PDL (the default)", {"triton_kernels": True}, {}),
+    (
+        "CUDA graph, Triton kernels, fused GEMVs, PDL, host a step behind (the default)",
+        {"triton_kernels": True},
+        {},
+    ),
+    (
+        "... fused GEMVs, PDL, host in lockstep (the default before)",
+        {"triton_kernels": True, "run_ahead": False},
+        {},
+    ),
     (
         "CUDA graph, Triton kernels, fused GEMVs, one attention launch, PDL",
         {"triton_kernels": True},
@@ -540,7 +550,7 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
         same = same_prefix(st["fast"][2], st.get("ref_tokens", []))
         print(f"   same greedy tokens as float32 for the first {same}/{steps} (random weights: near ties)")
 
-    with section("the host's share of a decode step: graph replays alone vs whole greedy steps"):
+    with section("the host's share of a decode step: graph replays alone, whole greedy steps, steps ahead"):
         gen = Generator(loaded, fast_path=True)
         prefill(gen, prompt)
         with torch.inference_mode():
@@ -551,19 +561,28 @@ def gpu_report(args: argparse.Namespace, device: torch.device, tok: RefactTokeni
                 print("   no CUDA graph (not CUDA): nothing to compare")
             else:
                 times = {}
-                for label, pick in (("replays alone", False), ("whole steps", True)):
+                readback = PickReadback(device)
+                for label in ("replays alone", "whole steps", "steps a step ahead of the host"):
                     sync(device)
                     t = time.perf_counter()
-                    for _ in range(50):  # the same slot again and again: only the timing matters
-                        logits = graph.run([token], pos)
-                        if pick:  # what the generation loop adds: choose the token on the host, then go on
-                            sample_next(logits, 0.0, 1.0, None)
+                    graph.run([token], pos)
+                    for n in range(50):  # the same slot again and again: only the timing matters
+                        if label == "steps a step ahead of the host":  # queue the next, then read this one
+                            readback.start(n, graph.picked)
+                            graph.run_after(graph.picked, pos)
+                            readback.take(n)
+                        else:
+                            logits = graph.run([token], pos)
+                            if label == "whole steps":  # choose the token on the host, then go on
+                                sample_next(logits, 0.0, 1.0, None)
                     sync(device)
-                    times[label] = (time.perf_counter() - t) * 1000 / 50
+                    times[label] = (time.perf_counter() - t) * 1000 / 51
                 replay, step = times["replays alone"], times["whole steps"]
+                ahead = times["steps a step ahead of the host"]
                 line = (
                     f"graph replay {replay:.3f} ms, whole step {step:.3f} ms: "
-                    f"the host's share {step - replay:.3f} ms ({100 * (step - replay) / step:.0f} %)"
+                    f"the host's share {step - replay:.3f} ms ({100 * (step - replay) / step:.0f} %); "
+                    f"a step ahead of the host {ahead:.3f} ms"
                 )
                 print(f"   {line}")
                 SUMMARY.append(f"decode step: {line}")

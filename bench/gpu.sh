@@ -2,7 +2,8 @@
 # The whole GPU check, for a CUDA machine lent for a few minutes: the engine's tests on CUDA (graph replay per KV
 # slot, the Triton kernels in each variant, bf16 against float32), bench/engine.py's decode report (the decode
 # step's variants with kernel profiles, each weight's GEMV alone), the keystroke replay through the real server
-# with the 1.6B shape (with the default decode step: fused GEMVs and PDL; then with cuBLAS's GEMMs, the baseline),
+# with the 1.6B shape (with the default decode: fused GEMVs, PDL, the host a step behind the GPU; then with the
+# host in lockstep, the baseline),
 # and the GPU report (bf16 drift, decode ms/token, transformers' generate).
 #
 #     bash bench/gpu.sh [WHEEL_DIR] [STEP ...]     # STEP: tests decode keystrokes keystrokes-baseline gpu
@@ -50,10 +51,10 @@ if [[ $steps == *" keystrokes "* ]]; then
     grep -A12 "== summary" "$out/keystrokes_gpu.log" | cut -c1-240
 fi
 if [[ $steps == *" keystrokes-baseline "* ]]; then
-    # the same replay with the GEMMs of cuBLAS instead of the fused GEMVs (the default until 2026-11-27)
-    timeout 200 python3 $keystrokes --sections replay --no-hf --decode-constants FUSED_GEMV=False \
+    # the same replay with the host in lockstep with the GPU (the default before the run-ahead loop)
+    timeout 200 python3 $keystrokes --sections replay --no-hf --decode-constants RUN_AHEAD=False \
         >"$out/keystrokes_gpu_baseline.log" 2>&1
-    echo "bench/keystrokes.py --decode-constants FUSED_GEMV=False: rc=$?"
+    echo "bench/keystrokes.py --decode-constants RUN_AHEAD=False: rc=$?"
     grep -A12 "== summary" "$out/keystrokes_gpu_baseline.log" | cut -c1-240
 fi
 if [[ $steps == *" gpu "* ]]; then

@@ -109,8 +109,9 @@ class Client:
     async def start(
         self, model: Path, settings: dict[str, Any], device: str, dtype: str, constants: dict[str, Any]
     ) -> None:
-        """``python -m refact_lsp`` on ``model``; with ``constants``, the decode kernels' module constants
-        (``triton_decode``'s or ``triton_gemv``'s) are set in the server process before it starts."""
+        """``python -m refact_lsp`` on ``model``; with ``constants``, the decode's module constants
+        (``generate``'s, ``triton_decode``'s or ``triton_gemv``'s) are set in the server process before it
+        starts."""
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
         env = {**os.environ, "PYTHONPATH": path}
         server = ["-m", "refact_lsp"]
@@ -118,8 +119,8 @@ class Client:
             sets = "".join(f"setattr(owner({n!r}), {n!r}, {v!r}); " for n, v in constants.items())
             server = [
                 "-c",
-                "import runpy; from refact_lsp.engine import triton_decode, triton_gemv; "
-                "owner = lambda n: triton_decode if hasattr(triton_decode, n) else triton_gemv; "
+                "import runpy; from refact_lsp.engine import generate, triton_decode, triton_gemv; "
+                "owner = lambda n: next(m for m in (generate, triton_decode, triton_gemv) if hasattr(m, n)); "
                 f"{sets}runpy.run_module('refact_lsp', run_name='__main__', alter_sys=True)",
             ]
         args = [*server, "--stdio", "--model", str(model), "--device", device, "--dtype", dtype]
@@ -672,14 +673,17 @@ async def main_async(args) -> None:
 
 
 def decode_constants(value: str) -> dict[str, Any]:
-    """``NAME=VALUE,...`` (Python literals) for module constants of ``triton_decode`` or ``triton_gemv``."""
-    from refact_lsp.engine import triton_decode, triton_gemv
+    """``NAME=VALUE,...`` (Python literals) for module constants of ``generate`` (``RUN_AHEAD``),
+    ``triton_decode`` or ``triton_gemv``."""
+    from refact_lsp.engine import generate, triton_decode, triton_gemv
 
     constants = {}
     for item in filter(None, value.split(",")):
         name, _, literal = item.partition("=")
-        if not any(hasattr(m, name) for m in (triton_decode, triton_gemv)):
-            raise argparse.ArgumentTypeError(f"no such constant in triton_decode or triton_gemv: {name}")
+        if not name.isupper() or not any(hasattr(m, name) for m in (generate, triton_decode, triton_gemv)):
+            raise argparse.ArgumentTypeError(
+                f"no such constant in generate, triton_decode or triton_gemv: {name}"
+            )
         constants[name] = ast.literal_eval(literal)
     return constants
 
@@ -728,7 +732,7 @@ def main() -> None:
         "--decode-constants",
         type=decode_constants,
         default={},
-        help="the decode kernels' module constants in the server, e.g. FUSED_GEMV=True,PDL=True",
+        help="the decode's module constants in the server, e.g. FUSED_GEMV=True,PDL=True or RUN_AHEAD=False",
     )
     args = ap.parse_args()
     if args.naive_keys is None:

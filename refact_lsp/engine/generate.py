@@ -27,9 +27,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from refact_lsp.dev.faults import maybe_inject
 from refact_lsp.engine import triton_decode
-from refact_lsp.engine.cuda_graph import DecodeGraph
+from refact_lsp.engine.cuda_graph import DecodeGraph, greedy_pick
 from refact_lsp.engine.kv_cache import KVCache
 from refact_lsp.engine.loading import LoadedModel
+from refact_lsp.engine.readback import PickReadback
 from refact_lsp.engine.tokenizer import EOT_ID, FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
 
 StopReason = Literal["eot", "stop_string", "max_tokens", "time_budget", "cancelled"]
@@ -37,6 +38,10 @@ GREEDY_BELOW = 1e-6
 """Temperatures below this are greedy (the distribution is one-hot to float32's precision anyway)."""
 SHORT_TAIL = 8
 """With the fast path, a prompt tail of up to this many new tokens goes through the decode step."""
+RUN_AHEAD = True
+"""``Generator.run_ahead``'s default: greedy decoding on the fast path queues each step before the host
+has read the token it feeds (the device picks it), so the device does not wait for the host between
+steps. The host's share of a step was 0.055 ms of 2.08 on an H100 at ``dc38df8`` (``docs/benchmarks.md``)."""
 SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 PREFILL_CHUNK = 512  # bounds the float32 attention scores of a long prefill: n_head x 512 x n_ctx
 KV_SLOTS = 4
@@ -194,6 +199,7 @@ class Generator:
         cuda_graphs: bool | None = None,
         compile_decode: bool = False,
         triton_kernels: bool | None = None,
+        run_ahead: bool | None = None,
     ):
         self.loaded = loaded
         self.model = loaded.model
@@ -218,9 +224,12 @@ class Generator:
         self._caches: list[KVCache] = []  # least recently used first; the last is ``cache``
         self.multi_token_steps = True
         """A keystroke's few new prompt tokens in one decode step (off after that step failed to capture)."""
+        self.run_ahead = RUN_AHEAD if run_ahead is None else run_ahead
+        """Greedy decoding with the fast path queues each step before the host has read the token it
+        feeds (the device picks it): the device never waits for the host between steps."""
         self._graphs: dict[tuple[KVCache, int], DecodeGraph] = {}  # captured steps: (slot, tokens a step)
-        self._step_token: torch.Tensor | None = None  # eager static decode: inputs reused in place
-        self._step_pos: torch.Tensor | None = None
+        self._eager: dict[tuple[KVCache, int], DecodeGraph] = {}  # the same, uncaptured (no CUDA graphs)
+        self._readback: PickReadback | None = None
 
     @property
     def cache(self) -> KVCache:
@@ -275,8 +284,7 @@ class Generator:
 
     def release_memory(self) -> None:
         """Drop the KV caches and the decode graphs (rebuilt on the next request) and free device memory."""
-        self._caches, self._graphs = [], {}
-        self._step_token = self._step_pos = None
+        self._caches, self._graphs, self._eager = [], {}, {}
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -295,33 +303,34 @@ class Generator:
         pos = cache.length
         if pos + len(tokens) > cache.capacity:
             raise ValueError(f"KV cache overflow: {pos + len(tokens)} tokens > capacity {cache.capacity}")
-        if len(tokens) > 1 and not self.multi_token_steps:
+        step = self._static_step(tokens, pos)
+        if step is None:  # a multi-token step failed to capture: one token a step from now on
             for token in tokens:
                 logits = self._decode([token])
             return logits
-        if self.cuda_graphs:
-            key = (cache, len(tokens))
-            graph = self._graphs.get(key)
-            if graph is None:
-                graph = self._capture(tokens, pos)
-                if graph is None and len(tokens) > 1 and not self.multi_token_steps:
-                    return self._decode(tokens)  # one token a step, as before
-            if graph is not None:
-                self._graphs[key] = graph
-                logits = graph.run(tokens, pos)
-                cache.commit(tokens)
-                return logits
-        if len(tokens) > 1:
-            token = torch.tensor([tokens], dtype=torch.long, device=self.device)
-            positions = torch.arange(pos, pos + len(tokens), dtype=torch.long, device=self.device)
-        else:
-            if self._step_token is None or self._step_pos is None:
-                self._step_token = torch.zeros((1, 1), dtype=torch.long, device=self.device)
-                self._step_pos = torch.zeros((1,), dtype=torch.long, device=self.device)
-            token, positions = self._step_token.fill_(tokens[0]), self._step_pos.fill_(pos)
-        logits = self._step()(token, positions, cache)
+        logits = step.run(tokens, pos)
         cache.commit(tokens)
         return logits
+
+    def _static_step(self, tokens: list[int], pos: int) -> DecodeGraph | None:
+        """The current slot's static step for ``len(tokens)`` tokens (built at ``pos``, the next position
+        to write): its CUDA graph, captured now if need be, else the same step run eagerly. None for
+        several tokens once multi-token steps are off."""
+        if len(tokens) > 1 and not self.multi_token_steps:
+            return None
+        key = (self.cache, len(tokens))
+        if self.cuda_graphs:
+            graph = self._graphs.get(key) or self._capture(tokens, pos)
+            if graph is not None:
+                self._graphs[key] = graph
+                return graph
+            if len(tokens) > 1 and not self.multi_token_steps:
+                return None
+        step = self._eager.get(key)
+        if step is None:
+            step = DecodeGraph(self.model, self.cache, tokens, pos, self._step(), capture=False)
+            self._eager[key] = step
+        return step
 
     def _step(self) -> Callable[[torch.Tensor, torch.Tensor, KVCache], torch.Tensor]:
         """The static decode step: ``torch.compile``'d (``compile_decode``), with the Triton kernels
@@ -354,6 +363,7 @@ class Generator:
                 log.warning("Triton decode kernels failed, using torch's: %s: %s", type(e).__name__, e)
                 self.triton_kernels = False
                 self._graphs.clear()  # every captured step runs them
+                self._eager.clear()
                 return self._capture(tokens, pos)
             log.warning("CUDA graph capture failed, decoding without graphs: %s: %s", type(e).__name__, e)
             self.cuda_graphs = self.compile_decode = False  # compiling is for a captured step only
@@ -418,8 +428,9 @@ class Generator:
             short = self.fast_path and len(tail) <= SHORT_TAIL
             logits = self._decode(tail) if short else self._forward(tail)
 
+        greedy = request.temperature < GREEDY_BELOW
         gen = None
-        if request.temperature > 0:
+        if not greedy:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(
                 request.seed if request.seed is not None else int(torch.randint(2**62, ()).item())
@@ -428,16 +439,16 @@ class Generator:
         stream = TextStream(self.tokenizer.token_bytes, tuple(request.stop_strings), on_token)
         t_first = None
         reason: StopReason | None = "max_tokens" if max_new <= 0 else None
-        if reason is None:
-            maybe_inject("decode")
-        while reason is None:
-            token = sample_next(logits, request.temperature, request.top_p, gen)
+
+        def goes_on(token: int) -> bool:
+            """Take the next sampled token; False (with ``reason`` set) when generation stops at it."""
+            nonlocal t_first, reason
             result.steps += 1
             if t_first is None:
                 t_first = time.perf_counter()
             if token == EOT_ID:
                 reason = "eot"
-                break
+                return False
             result.token_ids.append(token)
             if stream.push(token):
                 reason = "stop_string"
@@ -447,8 +458,15 @@ class Generator:
                 reason = "time_budget"
             elif stop():
                 reason = "cancelled"
+            return reason is None
+
+        if reason is None:
+            maybe_inject("decode")
+            if greedy and self.fast_path and self.run_ahead:
+                self._greedy_run_ahead(logits, max_new, goes_on)
             else:
-                logits = self._decode([token])
+                while goes_on(sample_next(logits, request.temperature, request.top_p, gen)):
+                    logits = self._decode([result.token_ids[-1]])
         if reason != "stop_string":
             stream.finish()
         t_end = time.perf_counter()
@@ -458,6 +476,35 @@ class Generator:
         result.prefill_s = t_first - t0
         result.decode_s = t_end - t_first
         return result
+
+    def _greedy_run_ahead(self, logits: torch.Tensor, max_new: int, goes_on: Callable[[int], bool]) -> None:
+        """Greedy decoding from the prompt's ``logits`` with the device a step ahead of the host: each
+        one-token step picks its token on the device and feeds it to the next step, which is queued before
+        the host reads the token back (through :class:`PickReadback`) and applies the stop rules
+        (``goes_on``). Generates what the one-step-at-a-time loop does; a step queued for a token that
+        ends the generation is wasted (its cache entry is not committed)."""
+        cache = self.cache
+        readback = self._readback or PickReadback(self.device)
+        self._readback = readback
+        picked = greedy_pick(logits, torch.empty(2, dtype=torch.float32, device=self.device))
+        readback.start(0, picked)
+        step = None
+        if max_new > 1:  # the step that feeds the first token, queued before the host knows it
+            step = self._static_step([0], cache.length)
+            if step is None:
+                raise RuntimeError("no one-token decode step")  # only several tokens a step can be off
+            step.run_after(picked, cache.length)
+            readback.start(1, step.picked)
+        n = 0  # tokens read back
+        while True:
+            token = readback.take(n)
+            n += 1
+            if not goes_on(token):
+                return
+            cache.commit([token])  # the queued step fed it
+            if step is not None and n + 1 < max_new:  # room for a token after the next one
+                step.run_on()
+                readback.start(n + 1, step.picked)
 
     def _validate(self, prompt: list[int], checked: int = 0) -> None:
         """Raise ``ValueError`` for an empty or too long prompt, or ids outside the vocabulary (from

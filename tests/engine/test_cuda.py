@@ -59,6 +59,31 @@ def test_a_keystrokes_new_tokens_run_as_one_captured_step(bf16) -> None:
     assert graphs.multi_token_steps and (graphs.cache, 3) in graphs._graphs
 
 
+def test_captured_steps_run_ahead_of_the_host_and_generate_the_same(bf16, monkeypatch) -> None:
+    """Greedy decoding with the steps queued a step ahead of the host (the default) generates what the
+    host in lockstep generates, stop rules and the cache it leaves included; the picks come back through
+    pinned memory."""
+    from refact_lsp.engine.cuda_graph import DecodeGraph
+
+    queued = []
+    run_on = DecodeGraph.run_on
+    monkeypatch.setattr(DecodeGraph, "run_on", lambda self: (queued.append(self.captured), run_on(self))[1])
+    ahead, lockstep = Generator(bf16), Generator(bf16, run_ahead=False)
+    assert ahead.run_ahead and not lockstep.run_ahead
+    prompt = random_prompts(1, 40)[0]
+    for grown, n in ((prompt, 12), (prompt + [1000], 1), (prompt + [1000, 1001], 2), (prompt + [7], 12)):
+        a, b = lockstep.generate(greedy(grown, n)), ahead.generate(greedy(grown, n))
+        assert (b.token_ids, b.reused_tokens, b.stop_reason) == (a.token_ids, a.reused_tokens, a.stop_reason)
+        assert ahead.cache.tokens == lockstep.cache.tokens
+    text = ahead.generate(greedy(prompt, 12)).text
+    stops = (text[3:5],) if len(text) > 5 else ("\n",)
+    a = lockstep.generate(GenerationRequest(prompt, max_new_tokens=12, temperature=0.0, stop_strings=stops))
+    b = ahead.generate(GenerationRequest(prompt, max_new_tokens=12, temperature=0.0, stop_strings=stops))
+    assert (b.text, b.stop_reason, b.token_ids) == (a.text, a.stop_reason, a.token_ids)
+    assert ahead.cache.tokens == lockstep.cache.tokens
+    assert queued and all(queued), "no captured step was queued ahead of the host"
+
+
 def test_bf16_decode_stays_close_to_float32(random_ckpt, bf16) -> None:
     """Teacher-forced with float32's tokens, the bf16 graph-replayed decode (attention scores in bf16)
     stays within the bf16 forward pass's tolerance of float32."""
