@@ -34,6 +34,8 @@ from refact_lsp.engine.readback import PickReadback
 from refact_lsp.engine.tokenizer import EOT_ID, FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
 
 StopReason = Literal["eot", "stop_string", "max_tokens", "time_budget", "cancelled"]
+"""Why a generation ended; ``eot``: the model ended it with ``<|endoftext|>`` or another control token
+(``<fim_prefix>``, ``<filename>``, ...: none belongs in a completion, so none is written out as text)."""
 GREEDY_BELOW = 1e-6
 """Temperatures below this are greedy (the distribution is one-hot to float32's precision anyway)."""
 SHORT_TAIL = 8
@@ -75,7 +77,9 @@ class GenerationRequest:
 @dataclass
 class GenerationResult:
     text: str
-    token_ids: list[int] = field(default_factory=list)  # sampled tokens, without <|endoftext|>
+    token_ids: list[int] = field(
+        default_factory=list
+    )  # sampled tokens, without the control token ending them
     stop_reason: StopReason = "eot"
     prompt_tokens: int = 0
     reused_tokens: int = 0  # prompt tokens whose keys/values came from the previous request
@@ -161,7 +165,10 @@ class TextStream:
         return False
 
     def finish(self) -> None:
-        self.text += self._decoder.decode(b"", final=True)
+        """The generation ended: emit what was held back for a stop string. The bytes of a character cut
+        off by the end (a token budget spent inside an emoji, say) are dropped, not written as U+FFFD
+        into the user's file."""
+        self._decoder.reset()
         self._emit(len(self.text))
 
     def _held_back(self) -> int:
@@ -204,6 +211,8 @@ class Generator:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
+        self._end_ids = self.tokenizer.special_ids | {EOT_ID}
+        """Tokens that end a completion (``StopReason`` ``eot``)."""
         self.device = loaded.device
         self.n_ctx = loaded.n_ctx
         on_cuda = self.device.type == "cuda"
@@ -446,7 +455,7 @@ class Generator:
             result.steps += 1
             if t_first is None:
                 t_first = time.perf_counter()
-            if token == EOT_ID:
+            if token in self._end_ids:
                 reason = "eot"
                 return False
             result.token_ids.append(token)

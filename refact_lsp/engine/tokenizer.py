@@ -56,6 +56,11 @@ class RefactTokenizer:
         return cls(Tokenizer.from_file(str(path)))
 
     @property
+    def special_ids(self) -> frozenset[int]:
+        """The control tokens' ids (``<|endoftext|>``, ``<fim_*>``, ``<filename>``, ...)."""
+        return frozenset(self._special_ids)
+
+    @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size()
 

@@ -12,7 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
-from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+from refact_lsp.dev.checkpoints import (
+    hub_config,
+    scripted_state_dict,
+    write_checkpoint,
+    write_scripted_checkpoint,
+)
 from refact_lsp.engine.generate import KV_SLOTS, GenerationRequest, Generator, TextStream, draw, sample_next
 from refact_lsp.engine.loading import ModelSpec, load_model
 from refact_lsp.engine.runner import ModelRunner
@@ -100,6 +105,18 @@ def test_immediate_eot_is_an_empty_answer(tmp_path: Path, tokenizer) -> None:
     gen = Generator(load_model(ModelSpec(str(write_scripted_checkpoint(tmp_path, "")), device="cpu")))
     res = gen.generate(GenerationRequest(fim(tokenizer, "a", "b")))
     assert (res.text, res.stop_reason, res.steps, res.token_ids) == ("", "eot", 1, [])
+
+
+@pytest.mark.parametrize("control", ["<filename>", "<fim_prefix>", "<empty_output>"])
+def test_any_control_token_ends_the_completion(tmp_path: Path, tokenizer, control: str) -> None:
+    """The model writes ``y = 2``, then a control token and more: the completion is ``y = 2``, never the
+    control token's name as text."""
+    said = tokenizer.encode_text("y = 2")
+    script = [*said, tokenizer.token_to_id(control), *tokenizer.encode_text("foo.py")]
+    sd, n_embd = scripted_state_dict(script)
+    gen = Generator(load_model(ModelSpec(str(write_checkpoint(tmp_path, hub_config(n_embd, 4, 1), sd)))))
+    res = gen.generate(greedy(fim(tokenizer, "x = 1\n", "\n"), max_new_tokens=50))
+    assert (res.text, res.stop_reason, res.token_ids, res.steps) == ("y = 2", "eot", said, len(said) + 1)
 
 
 def test_kv_reuse_gives_identical_results(scripted, random_ckpt, tokenizer) -> None:
@@ -285,3 +302,17 @@ def test_text_stream_matches_one_shot_decode(tokenizer, text: str, stops: list[s
     assert stream.text == text[:cut]
     assert stopped == (cut < len(text))
     assert "".join(chunks) == stream.text
+
+
+def test_a_character_cut_off_by_the_end_is_dropped_not_replaced(tokenizer) -> None:
+    """A budget spent inside a multi-byte character (🙂 is three byte-level tokens here) ends the text
+    before that character: no U+FFFD for the editor to insert."""
+    ids = tokenizer.encode_text('print("🙂")')
+    emoji = [i for i in ids if tokenizer.token_bytes(i)[0] >= 0x80]
+    assert len(emoji) > 1
+    chunks: list[str] = []
+    stream = TextStream(tokenizer.token_bytes, (), chunks.append)
+    for tok in ids[: ids.index(emoji[1]) + 1]:  # part of the emoji's bytes
+        stream.push(tok)
+    stream.finish()
+    assert stream.text == 'print("' == "".join(chunks)
