@@ -113,6 +113,7 @@ if triton is not None:
         scale,
         N_BLOCKS: tl.constexpr,
         H: tl.constexpr,
+        T: tl.constexpr,
         HP: tl.constexpr,
         D: tl.constexpr,
         KEYS: tl.constexpr,
@@ -122,63 +123,70 @@ if triton is not None:
         MERGE: tl.constexpr,
         PDL: tl.constexpr,
     ):
-        """Program ``i``: keys ``[i * KEYS, (i + 1) * KEYS)`` up to ``pos``; unnormalised output, row max
-        and row sum per head into the workspace (max -inf and sum 0 when it has no key). With MERGE, the
-        program that finishes last (``counter_ptr`` counts them) merges the blocks into ``out_ptr`` and
-        sets the counter back to 0. With PDL (and one block a program), the keys and values before ``pos``
-        load before the wait: only the slot at ``pos`` is the previous kernel's to write."""
+        """Program ``i``: keys ``[i * KEYS, (i + 1) * KEYS)`` for ``T`` query tokens at once (row ``r`` of
+        the ``T * H`` rows: token ``r // H`` at ``pos[r // H]``, head ``r % H``), each up to its own position;
+        unnormalised output, row max and row sum per row into the workspace (max -inf and sum 0 for a row
+        without a key in the block). With MERGE, the program that finishes last (``counter_ptr`` counts
+        them) merges the blocks into ``out_ptr`` and sets the counter back to 0. With PDL (and one block a
+        program), the keys and values before ``pos[0]`` load before the wait: only the step's own slots are
+        the previous kernel's to write."""
         i = tl.program_id(0)
-        if PDL:  # pos and the slots before it were written before the step (see attention())
-            early = i * KEYS + tl.arange(0, BLOCK)
-            before = (tl.load(pos_ptr) > early)[:, None]
-            k_before = tl.load(k_ptr + early[:, None] * D + tl.arange(0, D)[None, :], mask=before, other=0.0)
-            v_before = tl.load(v_ptr + early[:, None] * D + tl.arange(0, D)[None, :], mask=before, other=0.0)
-        wait_for_the_previous_kernel(PDL)
-        pos = tl.load(pos_ptr)
-        heads = tl.arange(0, HP)  # padded to what tl.dot takes (16 rows at least); the padding is zeros
-        real = heads < H
         dims = tl.arange(0, D)
-        q = tl.load(q_ptr + heads[:, None] * D + dims[None, :], mask=real[:, None], other=0.0)
+        first = tl.load(pos_ptr)  # pos and the slots before it were written before the step
+        last = tl.load(pos_ptr + T - 1)
+        if PDL:
+            early = i * KEYS + tl.arange(0, BLOCK)
+            before = (first > early)[:, None]
+            k_before = tl.load(k_ptr + early[:, None] * D + dims[None, :], mask=before, other=0.0)
+            v_before = tl.load(v_ptr + early[:, None] * D + dims[None, :], mask=before, other=0.0)
+        wait_for_the_previous_kernel(PDL)
+        rows = tl.arange(0, HP)  # padded to what tl.dot takes (16 rows at least); the padding is zeros
+        real = rows < T * H
+        row_pos = tl.load(pos_ptr + rows // H, mask=real, other=0)
+        q = tl.load(q_ptr + rows[:, None] * D + dims[None, :], mask=real[:, None], other=0.0)
         if UPCAST:
             q = q.to(tl.float32)
-        slopes = tl.load(slopes_ptr + heads, mask=real, other=0.0)
+        slopes = tl.load(slopes_ptr + rows % H, mask=real, other=0.0)
         row_max = tl.full([HP], float("-inf"), tl.float32)
         row_sum = tl.zeros([HP], tl.float32)
         acc = tl.zeros([HP, D], tl.float32)
         for offset in range(0, KEYS, BLOCK):
             start = i * KEYS + offset
-            if start <= pos:  # every block scored here holds at least one key: the max stays finite
+            if start <= last:  # (last < capacity) slots after it may hold anything, NaN too: not read
                 keys = start + tl.arange(0, BLOCK)
-                valid = keys <= pos  # (pos < capacity) slots after it may hold anything, NaN too: not read
-                if PDL:  # the one slot written since: zeros elsewhere, as the early tiles are zero there
-                    now = (keys == pos)[:, None]
+                if PDL:  # the step's own slots: zeros elsewhere, as the early tiles are zero there
+                    now = ((keys >= first) & (keys <= last))[:, None]
                     k = k_before + tl.load(k_ptr + keys[:, None] * D + dims[None, :], mask=now, other=0.0)
                     v = v_before + tl.load(v_ptr + keys[:, None] * D + dims[None, :], mask=now, other=0.0)
                 else:
-                    k = tl.load(k_ptr + keys[:, None] * D + dims[None, :], mask=valid[:, None], other=0.0)
-                    v = tl.load(v_ptr + keys[:, None] * D + dims[None, :], mask=valid[:, None], other=0.0)
+                    held = (keys <= last)[:, None]
+                    k = tl.load(k_ptr + keys[:, None] * D + dims[None, :], mask=held, other=0.0)
+                    v = tl.load(v_ptr + keys[:, None] * D + dims[None, :], mask=held, other=0.0)
                 if UPCAST:
                     k, v = k.to(tl.float32), v.to(tl.float32)
                 s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale
-                s = s - slopes[:, None] * (pos - keys)[None, :].to(tl.float32)
-                s = tl.where(valid[None, :], s, float("-inf"))
+                s = s - slopes[:, None] * (row_pos[:, None] - keys[None, :]).to(tl.float32)
+                s = tl.where(keys[None, :] <= row_pos[:, None], s, float("-inf"))
                 new_max = tl.maximum(row_max, tl.max(s, axis=1))
-                p = tl.exp(s - new_max[:, None])
-                rescale = tl.exp(row_max - new_max)
+                # a row with no key yet (an earlier token, a later block) keeps max -inf: no exp(-inf + inf)
+                shift = tl.where(new_max == float("-inf"), 0.0, new_max)
+                p = tl.exp(s - shift[:, None])
+                rescale = tl.exp(row_max - shift)
                 row_sum = row_sum * rescale + tl.sum(p, axis=1)
                 acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
                 row_max = new_max
-        out = i * H * D + heads[:, None] * D + dims[None, :]
+        out = i * T * H * D + rows[:, None] * D + dims[None, :]
         tl.store(acc_ptr + out, acc, mask=real[:, None])
-        tl.store(max_ptr + i * H + heads, row_max, mask=real)
-        tl.store(sum_ptr + i * H + heads, row_sum, mask=real)
+        tl.store(max_ptr + i * T * H + rows, row_max, mask=real)
+        tl.store(sum_ptr + i * T * H + rows, row_sum, mask=real)
         if MERGE:
             tl.debug_barrier()  # all of this program's stores happen before its release below
             if tl.atomic_add(counter_ptr, 1, sem="acq_rel") == N_BLOCKS - 1:
                 nbp: tl.constexpr = triton.next_power_of_2(N_BLOCKS)
                 _merge_blocks(
-                    acc_ptr, max_ptr, sum_ptr, out_ptr, pos, KEYS, nbp, min(4, nbp), heads, real, dims, H, D
-                )
+                    acc_ptr, max_ptr, sum_ptr, out_ptr, last, KEYS, nbp, min(4, nbp),
+                    rows, real, dims, T * H, D,
+                )  # fmt: skip
                 tl.store(counter_ptr, 0)  # ready for the next launch
 
     @triton.jit
@@ -197,9 +205,10 @@ if triton is not None:
         H,
         D,
     ):
-        """All heads' outputs from the partial results of the blocks that hold keys (``.cg``: read from L2,
-        where the other programs' stores are): the maxima and sums as one ``[blocks, heads]`` tile, the
-        outputs ``GROUP`` blocks at a time (``[GROUP, heads, D]``: 32 KB of loads in flight an iteration)."""
+        """All rows' outputs (``heads``: the row indices, ``H`` of them) from the partial results of the
+        blocks that hold keys up to ``pos`` (``.cg``: read from L2, where the other programs' stores are):
+        the maxima and sums as one ``[blocks, rows]`` tile, the outputs ``GROUP`` blocks at a time
+        (``[GROUP, rows, D]``: 32 KB of loads in flight an iteration for 32 rows)."""
         used = pos // KEYS + 1
         blocks = tl.arange(0, NBP)
         live = (blocks < used)[:, None] & real[None, :]
@@ -287,35 +296,37 @@ def attention(
     merge_in_last_program: bool = False,
     pdl: bool = False,
 ) -> torch.Tensor:
-    """One query position's attention, all heads over the one K/V head: ``q`` ``[H * D]`` contiguous,
-    ``k``/``v`` ``[capacity, D]`` contiguous, keys after ``pos[0]`` masked, ALiBi ``-slopes[h] * (pos - j)``.
-    Returns ``[H * D]`` in ``q``'s dtype.
+    """The attention of ``T = pos.numel()`` query tokens at consecutive positions ``pos``, all heads over
+    the one K/V head: ``q`` ``[T * H * D]`` contiguous, ``k``/``v`` ``[capacity, D]`` contiguous, each
+    token's keys after its position masked, ALiBi ``-slopes[h] * (pos - j)``. Returns ``[T * H * D]`` in
+    ``q``'s dtype.
 
     The blocks' partial results are merged by a second kernel, or with ``merge_in_last_program`` by the
     block program that finishes last (one launch instead of two). ``pdl``: launched with programmatic
-    dependent launch (see :mod:`triton_gemv`), each program one block of keys whose slots before ``pos``
-    it reads before waiting for the previous kernel: that kernel may write ``q`` and the slot at ``pos``,
-    not ``pos`` itself or the slots before it."""
+    dependent launch (see :mod:`triton_gemv`), each program one block of keys whose slots before
+    ``pos[0]`` it reads before waiting for the previous kernel: that kernel may write ``q`` and the
+    step's slots, not ``pos`` itself or the slots before it."""
     capacity, d = k.shape
-    h = slopes.numel()
+    h, t = slopes.numel(), pos.numel()
+    rows = t * h
     n_blocks = triton.cdiv(capacity, KEYS_PER_PROGRAM)
-    acc = torch.empty((n_blocks, h, d), dtype=torch.float32, device=q.device)
-    row_max = torch.empty((n_blocks, h), dtype=torch.float32, device=q.device)
-    row_sum = torch.empty((n_blocks, h), dtype=torch.float32, device=q.device)
-    padded = max(16, triton.next_power_of_2(h))
+    acc = torch.empty((n_blocks, rows, d), dtype=torch.float32, device=q.device)
+    row_max = torch.empty((n_blocks, rows), dtype=torch.float32, device=q.device)
+    row_sum = torch.empty((n_blocks, rows), dtype=torch.float32, device=q.device)
+    padded = max(16, triton.next_power_of_2(rows))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"  # tf32: Triton's default (16-bit inputs)
-    out = torch.empty(h * d, dtype=q.dtype, device=q.device)
+    out = torch.empty(rows * d, dtype=q.dtype, device=q.device)
     options = {"launch_pdl": True} if pdl else {}
     _attention_blocks_kernel[(n_blocks,)](
         q, k, v, pos, slopes, acc, row_max, row_sum, _merge_counter(q.device), out, scale, N_BLOCKS=n_blocks,
-        H=h, HP=padded, D=d, KEYS=KEYS_PER_PROGRAM, BLOCK=KEYS_PER_PROGRAM if pdl else KEY_BLOCK,
-        UPCAST=INTERPRETED, PRECISION=precision,
-        MERGE=merge_in_last_program, PDL=pdl, num_warps=4, **options,
+        H=h, T=t, HP=padded, D=d, KEYS=KEYS_PER_PROGRAM, BLOCK=KEYS_PER_PROGRAM if pdl else KEY_BLOCK,
+        UPCAST=INTERPRETED, PRECISION=precision, MERGE=merge_in_last_program, PDL=pdl,
+        num_warps=4 if padded <= 64 else 8, **options,
     )  # fmt: skip
     if not merge_in_last_program:
         nb = triton.next_power_of_2(n_blocks)
-        _attention_merge_kernel[(h,)](
-            acc, row_max, row_sum, out, n_blocks, H=h, D=d, NB=nb, PDL=pdl, num_warps=4, **options
+        _attention_merge_kernel[(rows,)](
+            acc, row_max, row_sum, out, n_blocks, H=rows, D=d, NB=nb, PDL=pdl, num_warps=4, **options
         )
     return out
 
@@ -351,9 +362,7 @@ def decode_step(model: Any, token: torch.Tensor, pos: torch.Tensor, kv_cache: An
         attn, mlp = block.attn, block.mlp
         q, kv = attn._project(layer_norm(x, block.ln_1.weight, eps))
         k, v = slot.update_kv(kv.view(1, 1, t, 2 * head_dim), attn.layer_idx)  # [1, 1, capacity, D] each
-        q = q.reshape(t, n_embd)
-        ys = [attention(q[i], k[0, 0], v[0, 0], pos[i : i + 1], slopes, scale) for i in range(t)]
-        y = ys[0] if t == 1 else torch.stack(ys)
+        y = attention(q.reshape(-1), k[0, 0], v[0, 0], pos, slopes, scale)
         x = add_linear(x, attn.c_proj, y.view(1, t, n_embd))
         h = silu_mul(mlp.gate_up_proj(layer_norm(x, block.ln_2.weight, eps)))
         x = add_linear(x, mlp.c_proj, h)

@@ -68,6 +68,34 @@ def test_attention_matches_softmax_attention(
         torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("first", [126, 127, 0, 297])
+@pytest.mark.parametrize("tokens", [2, 3])
+@pytest.mark.parametrize(("merge_in_last_program", "pdl"), [(False, False), (True, True), (False, True)])
+def test_several_tokens_attend_at_once_each_up_to_its_own_position(
+    first, tokens, merge_in_last_program, pdl
+) -> None:
+    """A keystroke's new tokens in one launch: token ``t`` at ``first + t`` sees keys up to there and
+    not its successors' slots. Positions astride a block edge (128 keys a program) leave the earlier
+    tokens without a key in the last block; with ``pdl``, the step's own slots are loaded after the wait."""
+    heads, head_dim, capacity = 8, 64, 300
+    g = torch.Generator(device=DEVICE).manual_seed(first)
+    q = torch.randn(tokens * heads * head_dim, generator=g, device=DEVICE)
+    k = torch.randn(capacity, head_dim, generator=g, device=DEVICE)
+    v = torch.randn(capacity, head_dim, generator=g, device=DEVICE)
+    last = first + tokens - 1
+    k[last + 1 :], v[last + 1 :] = 1e4, float("nan")
+    slopes, scale = alibi_slopes(heads, device=DEVICE), 1 / math.sqrt(head_dim)
+    rows = q.view(tokens, heads * head_dim)
+    want = torch.cat([reference_attention(rows[t], k, v, first + t, slopes, scale) for t in range(tokens)])
+    pos = torch.arange(first, last + 1, device=DEVICE)
+    for _ in range(2 if merge_in_last_program else 1):
+        got = triton_decode.attention(
+            q, k, v, pos, slopes, scale, merge_in_last_program=merge_in_last_program, pdl=pdl
+        )
+        assert got.shape == q.shape
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_layer_norm_and_silu_mul_match_torch(dtype) -> None:
     g = torch.Generator(device=DEVICE).manual_seed(0)
