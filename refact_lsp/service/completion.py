@@ -24,7 +24,7 @@ from refact_lsp.service.documents import Document, DocumentStore
 from refact_lsp.service.edits import line_edit
 from refact_lsp.service.model_files import is_local_source, local_model_files
 from refact_lsp.service.positions import Encoding, lsp_character
-from refact_lsp.service.postprocess import PostContext, postprocess
+from refact_lsp.service.postprocess import PostContext, only_repeats, postprocess
 from refact_lsp.service.prompt import (
     CachedEncoder,
     Prompt,
@@ -127,6 +127,9 @@ class _Request:
     index: int
     line_text: str
     lines: Sequence[str]
+    real_line: str
+    """The document's cursor line when the request was resolved (``line_text`` without the selected item):
+    the suggestion's range is converted to LSP units on it, whatever the document became meanwhile."""
     selection: tuple[int, int, str] | None = None  # (start index, end index, text) on the cursor line
     version: int | None = None  # the document's version when the request was resolved
 
@@ -167,7 +170,7 @@ class CompletionService:
         self._runner: Any = None  # engine.runner.ModelRunner, created on the worker thread
         self._model_state = "unloaded"
         self._model_error: str | None = None
-        self._loaded: tuple[Any, ...] | None = None  # MODEL_KEYS values of the loaded (or failed) model
+        self._load_key: tuple[Any, ...] | None = None  # MODEL_KEYS values of the newest load scheduled
         self._load_generation = 0
         self._failed_files: tuple[Any, ...] | None = None  # the local model's files when it failed
         self._next_files_check = 0.0
@@ -196,7 +199,7 @@ class CompletionService:
         if new != self.settings:
             self.cache.clear()  # suggestions made under other settings
         self._base, self.settings = base, new
-        if reload and self._started and self._model_key() != self._loaded:
+        if reload and self._started and self._model_key() != self._load_key:
             self._schedule_load()
 
     def start(self) -> None:
@@ -219,10 +222,15 @@ class CompletionService:
         if not retry:
             self._download_failures = 0
         self._load_generation += 1
+        self._load_key = self._model_key()
         self._model_state, self._model_error = "loading", None  # at once: no stale error for the new model
-        asyncio.ensure_future(self._load(self._load_generation, self._model_key(), retry))
+        asyncio.ensure_future(self._load(self._load_generation, self._load_key, retry))
 
     async def _load(self, generation: int, key: tuple[Any, ...], retry: bool = False) -> None:
+        """Loads ``key`` on the worker. A load superseded by a newer one (scheduled before it started or
+        while it ran) changes no state and sends no events: the newer load reports for itself."""
+        if generation != self._load_generation:
+            return
         source = str(key[0])
         self._model_state, self._model_error = "loading", None
         files = local_model_files(source)  # before loading: a fix made meanwhile counts as a change
@@ -236,9 +244,8 @@ class CompletionService:
         except Exception as exc:  # noqa: BLE001 - reported, the server keeps running
             log.exception("model load crashed")
             error = f"{type(exc).__name__}: {exc}"
-        if generation != self._load_generation and error == "superseded":
+        if generation != self._load_generation:
             return
-        self._loaded = key
         self._next_download = 0.0
         if error:
             self._model_state, self._model_error = "error", error
@@ -352,7 +359,7 @@ class CompletionService:
         doc = self.documents.get(uri)
         line, index = doc.clamp(line, character, self.encoding)
         line_text = doc.line(line)
-        request = _Request(doc, line, index, line_text, doc.lines, version=doc.version)
+        request = _Request(doc, line, index, line_text, doc.lines, line_text, version=doc.version)
         if selection is not None and selection.start_line == line == selection.end_line:
             _, start = doc.clamp(line, selection.start_character, self.encoding)
             _, end = doc.clamp(line, selection.end_character, self.encoding)
@@ -456,6 +463,7 @@ class CompletionService:
         prompt = self._build_prompt(req, mode)
         self._windows[uri] = prompt.window
         self.stats.record_latency("prompt", (time.perf_counter() - t_prompt) * 1000)
+        post = self._post_context(req, prompt)  # read now: the document may change during the run
 
         completion: str | None = None
         keys = cursor_keys(prompt, req.line_text, req.index)
@@ -463,19 +471,22 @@ class CompletionService:
             hit = self.cache.lookup(*keys)
             if hit is not None:
                 completion = prompt_relative(hit.rest, req.line_text, req.index, prompt.prefix_cut)
+                if only_repeats(completion, post):  # typed up to what follows: nothing left to add
+                    completion = ""
                 self.stats.cache_hits += 1
                 if hit.tag == SPECULATIVE_TAG:
                     self.stats.speculative_hits += 1
         if completion is None:
-            await ticket.debounce(self.settings.debounceMs / 1000)
+            settings, generation = self.settings, self._load_generation
+            await ticket.debounce(settings.debounceMs / 1000)
             raw = (await ticket.run(lambda stop: self._generate(prompt, stop), self._count)).text
             if ticket.superseded:
                 raise Skipped("superseded")
             if raw is None:
                 return None
-            completion = postprocess(raw, self._post_context(req, prompt))
+            completion = postprocess(raw, post)
             rest = cursor_relative(completion, req.line_text, req.index, prompt.prefix_cut)
-            if self.settings.completionCache and rest:
+            if settings.completionCache and rest and self._cacheable(settings, generation):
                 self.cache.put(*keys, rest)
         else:
             self.stats.record_latency("hit", (time.perf_counter() - t_prompt) * 1000)
@@ -530,7 +541,7 @@ class CompletionService:
         if current is not doc or doc.version != req.version or not self.ready:
             return False  # the document changed since the request: its lines are not these any more
         after = accept(req.lines, req.line, start, end, new_text)
-        spec = _Request(doc, after.line, after.index, after.line_text, after.lines)
+        spec = _Request(doc, after.line, after.index, after.line_text, after.lines, after.line_text)
         spec_mode = self._mode(spec)
         if spec_mode is None:
             return True
@@ -557,12 +568,17 @@ class CompletionService:
             self.stats.speculative_cancelled += 1
             return False
         self.stats.speculative_runs += 1
-        if self.settings is not settings or self._load_generation != generation:
-            return False  # the cache was cleared meanwhile: this answer belongs to other settings
+        if not self._cacheable(settings, generation):
+            return False
         rest = cursor_relative(postprocess(raw, post), spec.line_text, spec.index, prompt.prefix_cut)
         if rest:
             self.cache.put(*keys, rest, tag=SPECULATIVE_TAG)
         return True
+
+    def _cacheable(self, settings: Settings, generation: int) -> bool:
+        """Whether an answer computed under ``settings`` and model load ``generation`` may go into the cache:
+        neither changed during its run (a change clears the cache of answers made under the old ones)."""
+        return self.settings == settings and self._load_generation == generation
 
     def _count(self, run: _Run) -> None:
         """On the loop: counts a finished model run in the stats."""
@@ -625,7 +641,7 @@ class CompletionService:
         if edit is None:
             return None
         start, end, text = edit.start_index, edit.end_index, edit.new_text
-        real_line = doc.line(req.line)
+        real_line = req.real_line
         if req.selection is not None:
             # Computed on the line as if the selected item were inserted: map back to the real line.
             sel_start, sel_end, sel_text = req.selection

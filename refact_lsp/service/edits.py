@@ -2,7 +2,8 @@
 
 The range stays on the cursor line, in Python str indices (convert with ``Edit.lsp_range``):
 - auto-closed characters right of the cursor that the completion types again are covered by the range
-  end, so nothing is doubled (``foo(|)`` + ``a, b)`` -> ``foo(a, b)``);
+  end, so nothing is doubled (``foo(|)`` + ``a, b)`` -> ``foo(a, b)``), and so is the rest of the line
+  when the completion ends with it (``def f(|):`` + ``x):`` -> ``def f(x):``);
 - in column-0 multi-line mode the model wrote whole lines, indentation included, so the range starts at
   column 0 and replaces the indentation already typed. VS Code shows an inline item only when its
   insert text starts with the document text between the range start and the cursor; a model line
@@ -122,6 +123,19 @@ def covered_closers(completion: str, right: str) -> int:
     return 0
 
 
+def covered_end(completion: str, right: str) -> int:
+    """How many characters of ``right`` (the cursor line right of the cursor) the edit replaces: the
+    ``covered_closers``, or the whole non-blank rest of the line when the completion covers at least one
+    closer and ends with exactly that rest (``def f(|):`` + ``x):``: a single-line prompt leaves the
+    ``:`` out, so the model wrote the line's end itself). ``print(|)`` + ``f(x)`` covers nothing.
+    """
+    covered = covered_closers(completion, right)
+    rest = right.rstrip()
+    if covered and len(rest) > covered and completion.rstrip().endswith(rest):
+        return len(rest)
+    return covered
+
+
 def line_edit(
     line_text: str, line: int, index: int, completion: str, mode: Mode, eol: str = "\n"
 ) -> Edit | None:
@@ -130,7 +144,7 @@ def line_edit(
         return None
     index = max(0, min(index, len(line_text)))
     start = 0 if column0(line_text, index, mode) else index
-    end = index + covered_closers(completion, line_text[index:])
+    end = index + covered_end(completion, line_text[index:])
     new_text = completion.replace("\n", eol) if eol != "\n" else completion
     return Edit(start, end, new_text, line)
 

@@ -71,7 +71,7 @@ def postprocess(raw: str, ctx: PostContext) -> str:
         lines = _keep_in_block(lines, ctx)
         lines = _drop_repeated_tail(lines, ctx.next_lines)
     text = "\n".join(lines).rstrip()
-    if not text.strip() or _only_repeats(text, ctx):
+    if not text.strip() or only_repeats(text, ctx):
         return ""
     return text
 
@@ -103,7 +103,7 @@ def _drop_repeated_tail(lines: list[str], next_lines: Sequence[str]) -> list[str
     return lines
 
 
-def _only_repeats(text: str, ctx: PostContext) -> bool:
+def only_repeats(text: str, ctx: PostContext) -> bool:
     """True when the suggestion adds nothing: it is the text after the cursor or the next line(s)."""
     if text.strip() == ctx.line_suffix.strip():
         return True

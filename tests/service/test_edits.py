@@ -55,6 +55,28 @@ def test_single_line_edits(line_text, index, completion, result):
     assert apply(line_text, edit) == result
 
 
+@pytest.mark.parametrize(
+    ("line_text", "index", "completion", "result"),
+    [
+        # the model wrote the closer and the rest of the line (a single-line prompt leaves it out)
+        ("def area():", 9, "w, h):", "def area(w, h):"),
+        ("    if check():", 13, "x):", "    if check(x):"),
+        ("    return foo(),", 15, "a, b),", "    return foo(a, b),"),
+        ("x = f().y  ", 6, "a).y", "x = f(a).y  "),  # trailing blanks are not the line's rest
+        # no closer covered, or the completion does not end with the whole rest: the rest stays
+        ("print()", 6, "f(x)", "print(f(x))"),
+        ("print():", 6, "f(x):", "print(f(x):):"),  # its ")" closes its own "(": the ":" is not ours
+        ("x = f() + 1", 6, "a)", "x = f(a) + 1"),
+    ],
+)
+def test_the_rest_of_the_line_is_covered_when_the_completion_ends_with_it(
+    line_text, index, completion, result
+):
+    edit = line_edit(line_text, 0, index, completion, "single")
+    assert edit.start_index == index
+    assert apply(line_text, edit) == result
+
+
 def test_column0_multi_line_replaces_typed_indentation():
     doc = Document("u", "python", 1, "def f():\n    \nx = 1\n")
     edit = inline_edit(doc, 1, 4, "    a = 1\n    return a", "multi")

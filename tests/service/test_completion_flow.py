@@ -1,0 +1,211 @@
+"""The completion service around a stand-in model run and model load (no engine): what it answers, caches
+and reports when the document, the settings or the model change meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from refact_lsp.service.completion import CompletionService, _Run
+from refact_lsp.service.prompt import Prompt
+
+URI = "file:///a.py"
+WAIT_S = 10.0
+
+
+class _Events:
+    """Records the model events the service sends."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[str, tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: self.log.append((name, args))
+
+
+class _Tokenizer:
+    def __init__(self, encode: Callable[[str], list[int]]):
+        self.encode_text = encode
+
+
+class _Runner:
+    """What the service reads of a loaded model (the runs themselves are ``_Model``'s)."""
+
+    n_ctx = 4096
+    state = "ready"
+
+    def __init__(self, encode: Callable[[str], list[int]]):
+        self.tokenizer = _Tokenizer(encode)
+
+
+class _Model:
+    """Stands in for ``CompletionService._generate`` on the worker thread: a scripted raw answer for each
+    prompt, held until ``release`` is set when ``hold``."""
+
+    def __init__(self, answer: Callable[[Prompt], str], hold: bool = False):
+        self.answer = answer
+        self.runs: list[Prompt] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def __call__(self, prompt: Prompt, stop: threading.Event, speculative: bool = False) -> _Run:
+        self.runs.append(prompt)
+        self.started.set()
+        self.release.wait(WAIT_S)
+        return _Run(self.answer(prompt))
+
+
+class _Loader:
+    """Stands in for ``CompletionService._load_blocking`` on the worker thread: records the model each load
+    is for, holds it until that model's gate is set, then fails with ``errors[model]`` or succeeds."""
+
+    def __init__(self, errors: dict[str, str] | None = None):
+        self.loads: list[str] = []
+        self.started: defaultdict[str, threading.Event] = defaultdict(threading.Event)
+        self.gates: defaultdict[str, threading.Event] = defaultdict(threading.Event)
+        self.errors = errors or {}
+
+    def __call__(self, generation: int, key: tuple[Any, ...]) -> tuple[str | None, bool]:
+        model = str(key[0])
+        self.loads.append(model)
+        self.started[model].set()
+        self.gates[model].wait(WAIT_S)
+        return self.errors.get(model), False
+
+
+async def _wait(event: threading.Event) -> None:
+    assert await asyncio.to_thread(event.wait, WAIT_S)
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def _service(encode: Callable[[str], list[int]], model: _Model, **settings: Any) -> CompletionService:
+    """A service with a ready model whose runs are ``model``'s."""
+    base = {"temperature": 0, "debounceMs": 0, "speculative": False, **settings}
+    service = CompletionService(asyncio.get_running_loop(), _Events(), base_settings=base)
+    service._runner, service._model_state = _Runner(encode), "ready"
+    service._generate = model  # type: ignore[method-assign]
+    return service
+
+
+def _whole_lines_or_rest(prompt: Prompt) -> str:
+    """A model continuing ``def f(a):\\n    |``: whole lines from column 0, else the rest of the line."""
+    return "    b = a + 1\n    return b" if prompt.mode == "multi" else "b = a + 1"
+
+
+async def test_an_answer_made_under_settings_changed_during_its_run_is_not_cached(encode) -> None:
+    model = _Model(_whole_lines_or_rest, hold=True)
+    service = _service(encode, model)
+    service.open(URI, "python", 1, "def f(a):\n    \n")
+    first = asyncio.ensure_future(service.complete(URI, 1, 4))  # column 0: multi-line
+    await _wait(model.started)
+    service.configure({"multiline": "never"})  # clears the cache of multi-line answers
+    model.release.set()
+    assert (await first) is not None
+    again = await service.complete(URI, 1, 4)
+    assert again is not None and again.text == "b = a + 1"  # the model's answer under the new settings
+    assert len(model.runs) == 2
+    service.close()
+
+
+async def test_postprocessing_sees_the_text_the_prompt_was_built_from(encode) -> None:
+    """A line typed below the cursor during the run, and deleted again, changes neither the answer nor what
+    is cached for the request's text."""
+    model = _Model(_whole_lines_or_rest, hold=True)
+    service = _service(encode, model)
+    text = "def f(a):\n    \n"
+    service.open(URI, "python", 1, text)
+    first = asyncio.ensure_future(service.complete(URI, 1, 4))
+    await _wait(model.started)
+    service.change(URI, 2, [((2, 0, 2, 0), "    return b\n")])  # no request for it yet (debounced)
+    model.release.set()
+    answer = await first
+    assert answer is not None and answer.text == "    b = a + 1\n    return b"
+    service.change(URI, 3, [((2, 0, 3, 0), "")])
+    assert service.documents.get(URI).text == text
+    hit = await service.complete(URI, 1, 4)
+    assert hit is not None and hit.text == "    b = a + 1\n    return b"  # what the model gives for it
+    assert len(model.runs) == 1
+    service.close()
+
+
+async def test_the_range_is_in_units_of_the_line_the_request_saw(encode) -> None:
+    model = _Model(lambda prompt: "1", hold=True)
+    service = _service(encode, model)
+    service.open(URI, "python", 1, "x = \n")
+    first = asyncio.ensure_future(service.complete(URI, 0, 4))
+    await _wait(model.started)
+    service.change(URI, 2, [((0, 0, 0, 0), "\U0001f600")])  # two UTF-16 units before the cursor
+    model.release.set()
+    answer = await first
+    assert answer is not None and (answer.text, answer.start, answer.end) == ("1", 4, 4)
+    service.close()
+
+
+async def test_a_typed_ahead_hit_that_only_repeats_the_text_after_the_cursor_is_no_suggestion(encode) -> None:
+    model = _Model(lambda prompt: "x, y)")
+    service = _service(encode, model)
+    service.open(URI, "python", 1, "r = foo()\n")
+    first = await service.complete(URI, 0, 8)  # r = foo(|)
+    assert first is not None and (first.text, first.start, first.end) == ("x, y)", 8, 9)
+    service.change(URI, 2, [((0, 8, 0, 8), "x")])
+    typed = await service.complete(URI, 0, 9)  # r = foo(x|): the rest of the suggestion
+    assert typed is not None and (typed.text, typed.start, typed.end) == (", y)", 9, 10)
+    service.change(URI, 3, [((0, 9, 0, 9), ", y")])
+    assert await service.complete(URI, 0, 12) is None  # r = foo(x, y|): only the ")" that is there
+    assert (len(model.runs), service.stats.cache_hits) == (1, 2)
+    service.close()
+
+
+async def test_a_load_superseded_while_it_runs_changes_nothing(tmp_path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"  # local model folders
+    a.mkdir()
+    b.mkdir()
+    (b / "config.json").write_text("{}")
+    loader = _Loader(errors={str(a): "a is broken"})
+    events = _Events()
+    service = CompletionService(asyncio.get_running_loop(), events, base_settings={"model": str(a)})
+    service._load_blocking = loader  # type: ignore[method-assign]
+    service.start()
+    await _wait(loader.started[str(a)])
+    service.configure({"model": str(b)})
+    loader.gates[str(a)].set()  # a's load fails after b was chosen
+    await _wait(loader.started[str(b)])
+    await asyncio.sleep(0)
+    model = service.stats_snapshot()["model"]
+    assert (model["state"], model["error"]) == ("loading", None)
+    assert [name for name, _ in events.log] == ["model_loading", "model_loading"]  # b's progress goes on
+    service._retry_failed_load()  # what each request does: b has not failed, nothing to load again
+    loader.gates[str(b)].set()
+    await _until(lambda: service.stats_snapshot()["model"]["state"] != "loading")
+    assert service.stats_snapshot()["model"]["state"] == "ready"
+    assert events.log[-1] == ("model_loaded", (str(b), None))
+    await asyncio.sleep(0.05)
+    assert loader.loads == [str(a), str(b)]
+    service.close()
+
+
+async def test_another_setting_changed_during_the_load_does_not_load_the_model_again() -> None:
+    loader = _Loader()
+    service = CompletionService(asyncio.get_running_loop(), _Events(), base_settings={"model": "/models/a"})
+    service._load_blocking = loader  # type: ignore[method-assign]
+    service.start()
+    await _wait(loader.started["/models/a"])
+    service.configure({"model": "/models/a", "temperature": 0.5})
+    loader.gates["/models/a"].set()
+    await _until(lambda: service.stats_snapshot()["model"]["state"] == "ready")
+    for _ in range(5):  # a second load, if one was scheduled, would start now
+        await asyncio.sleep(0.01)
+    assert loader.loads == ["/models/a"]
+    service.close()
