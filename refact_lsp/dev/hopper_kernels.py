@@ -4,7 +4,8 @@ Triton's CPU interpreter checks what the kernels compute, not whether they compi
 the code generator rejects things the interpreter runs, and a kernel that spills registers or loads
 without vector instructions computes the right numbers slowly. Triton compiles for a target it is given
 with its own ``ptxas``, no GPU needed, so this runs every kernel call of the 1.6B shape's decode step
-(all variants: ``triton_decode.FUSED_GEMV``, ``MERGE_IN_LAST_PROGRAM``, ``PDL``) through the same
+(all variants: ``triton_decode.FUSED_GEMV``, ``MERGE_IN_LAST_PROGRAM``, ``PDL``; one token and a
+keystroke's few) through the same
 wrappers the step uses, on ``meta`` tensors, with compilation in place of the launch, and reports what
 ``ptxas`` made of each kernel::
 
@@ -30,6 +31,8 @@ from typing import Any
 import torch
 
 HOPPER = 90
+TOKENS = 3
+"""The new prompt tokens of the several-tokens step compiled here (any count up to 16 compiles the same)."""
 SHAPE = {"n_embd": 2048, "head_dim": 64, "n_head": 32, "mlp_width": 5632, "vocab": 49216, "capacity": 4096}
 
 
@@ -172,6 +175,35 @@ def _calls(capability: int) -> list[tuple[str, Any]]:
         ),
         ("lm_head GEMV", lambda: triton_gemv.norm_linear(x, gain, 1e-5, empty(s["vocab"], c), pdl)),
     ]
+    # a keystroke's new prompt tokens in one step: the several-rows kernels and the attention of T tokens
+    t = TOKENS
+    xs, positions, width = empty(t, c), empty(t, dtype=torch.long), s["mlp_width"]
+    calls += [
+        (
+            f"attention of {t} tokens (pdl={pdl})",
+            lambda: triton_decode.attention(
+                empty(t * c), layer[0, 0], layer[1, 0], positions, slopes, scale, pdl=pdl
+            ),
+        ),
+        (
+            f"q/kv of {t} rows into the cache (pdl={pdl})",
+            lambda: triton_gemv.norm_qkv_into_cache(
+                xs, gain, 1e-5, empty(c + 2 * d, c), layer, positions, pdl
+            ),
+        ),
+        (
+            f"c_proj of {t} rows into the residual (pdl={pdl})",
+            lambda: triton_gemv.add_linear_(xs, empty(t, c), empty(c, c), pdl),
+        ),
+        (
+            f"gate/up of {t} rows, SwiGLU (pdl={pdl})",
+            lambda: triton_gemv.norm_swiglu(xs, gain, 1e-5, empty(2 * width, c), pdl),
+        ),
+        (
+            f"down of {t} rows into the residual (pdl={pdl})",
+            lambda: triton_gemv.add_linear_(xs, empty(t, width), empty(c, width), pdl),
+        ),
+    ]
     return calls
 
 
@@ -187,7 +219,7 @@ def compile_decode_kernels(capability: int = HOPPER) -> list[KernelReport]:
     reports = []
     try:
         for label, call in _calls(capability):
-            tiles = triton_gemv.TILES if "GEMV" in label else [(None, None)]
+            tiles = triton_gemv.TILES if "GEMV" in label else [(None, None)]  # one-row GEMVs only
             for rows, warps in tiles:
                 if rows is not None:
                     triton_gemv.ROWS_PER_PROGRAM, triton_gemv.GEMV_WARPS = rows, warps

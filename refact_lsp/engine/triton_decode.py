@@ -346,11 +346,11 @@ def _merge_counter(device: torch.device) -> torch.Tensor:
 
 def decode_step(model: Any, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
     """``model.decode_step`` (same arguments, T tokens ``[1, T]`` at positions ``pos`` ``[T]``, same result
-    within rounding) with the kernels above for the norms, the attention (one launch per token) and the
-    MLP activation; the GEMMs stay cuBLAS's (``add_linear``), or for one token with ``FUSED_GEMV`` become
-    :mod:`triton_gemv`'s (one-row GEMVs)."""
+    within rounding) with the kernels above for the norms, the attention (one launch for the T tokens)
+    and the MLP activation; the GEMMs stay cuBLAS's (``add_linear``), or with ``FUSED_GEMV`` become
+    :mod:`triton_gemv`'s (one-row GEMVs, or for a few tokens its several-rows kernel)."""
     t = token.shape[-1]
-    if FUSED_GEMV and t == 1 and _fusable(model):
+    if FUSED_GEMV and t <= triton_gemv.TOKENS_AT_ONCE and _fusable(model):
         return _fused_decode_step(model, token, pos, kv_cache)
     cfg = model.config
     n_embd, head_dim, eps = cfg.n_embd, cfg.head_dim, cfg.layer_norm_epsilon
@@ -383,10 +383,12 @@ def _fusable(model: Any) -> bool:
 def _fused_decode_step(model: Any, token: torch.Tensor, pos: torch.Tensor, kv_cache: Any) -> torch.Tensor:
     """:func:`decode_step` as five or six kernels a layer: the q/kv GEMV (LayerNorm in, K and V into the
     cache), attention (one launch with ``MERGE_IN_LAST_PROGRAM``, else two), the output GEMV adding into the
-    residual, the gate/up GEMV (LayerNorm in, SwiGLU out) and the down GEMV adding into the residual."""
+    residual, the gate/up GEMV (LayerNorm in, SwiGLU out) and the down GEMV adding into the residual; for
+    T tokens the same kernels take T rows (the head only the last)."""
     cfg = model.config
     eps, scale = cfg.layer_norm_epsilon, 1.0 / math.sqrt(cfg.head_dim)
-    x = model.transformer.wte(token).view(cfg.n_embd)  # the residual stream, updated in place
+    t = token.shape[-1]
+    x = model.transformer.wte(token).view(t, cfg.n_embd)  # the residual stream, updated in place
     slopes = model.slopes(x.device)
     # Hopper or later; in the interpreter the same launches run, without griddepcontrol (the tests)
     pdl = PDL and (
@@ -397,8 +399,10 @@ def _fused_decode_step(model: Any, token: torch.Tensor, pos: torch.Tensor, kv_ca
         attn, mlp = block.attn, block.mlp
         layer = kv_cache.kv[attn.layer_idx]  # [2, 1, capacity, D]: the K plane, then the V plane
         q = triton_gemv.norm_qkv_into_cache(x, block.ln_1.weight, eps, attn.qkv_weight, layer, pos, pdl)
-        y = attention(q, layer[0, 0], layer[1, 0], pos, slopes, scale, merge_in_last_program=merge, pdl=pdl)
-        triton_gemv.add_linear_(x, y, attn.c_proj.weight, pdl)
+        y = attention(
+            q.view(-1), layer[0, 0], layer[1, 0], pos, slopes, scale, merge_in_last_program=merge, pdl=pdl
+        )
+        triton_gemv.add_linear_(x, y.view(t, cfg.n_embd), attn.c_proj.weight, pdl)
         h = triton_gemv.norm_swiglu(x, block.ln_2.weight, eps, mlp.gate_up_proj.weight, pdl)
         triton_gemv.add_linear_(x, h, mlp.c_proj.weight, pdl)
-    return triton_gemv.norm_linear(x, model.ln_f.weight, eps, model.lm_head.weight, pdl)
+    return triton_gemv.norm_linear(x[-1], model.ln_f.weight, eps, model.lm_head.weight, pdl)

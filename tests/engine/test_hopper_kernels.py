@@ -47,6 +47,9 @@ def test_every_kernel_call_compiles(reports) -> None:
     assert "down GEMV into the residual, 8 rows x 4 warps" in gemvs
     merged = [r for r in reports if r["call"].startswith("attention (merge")]
     assert [r["kernel"] for r in merged] == ["_attention_blocks_kernel"]  # one launch: no merge kernel
+    rows = {r["call"].split(" of ")[0] for r in reports if r["kernel"] == "_rows_kernel"}
+    assert rows == {"q/kv", "c_proj", "gate/up", "down"}  # a keystroke's few tokens at once
+    assert any(r["call"].startswith("attention of") for r in reports)
 
 
 def test_no_kernel_spills_and_all_load_16_bytes_at_a_time(reports) -> None:
@@ -73,10 +76,16 @@ def test_pdl_kernels_issue_what_the_step_does_not_write_before_the_wait(reports,
         match = re.search(r"(\d+) rows x (\d+) warps", r["call"])
         if capability < 90:
             assert r["loads_before_the_wait"] == 0, r  # no wait
+        elif r["kernel"] == "_rows_kernel":  # the first chunk of each weight row, 4 warps
+            matrices = 2 if "SwiGLU" in r["call"] else 1
+            chunk = triton_gemv.WEIGHT_ROWS * triton_gemv.ROWS_CHUNK * 2 // (4 * 32 * 16)
+            assert r["loads_before_the_wait"] == matrices * chunk, r
         elif match is None:
             early = r["kernel"] == "_attention_blocks_kernel" and r["waits_for_the_previous_kernel"]
-            keys_and_values = 2 * 128 * 64 * 2 // (4 * 32 * 16)  # bf16, 4 warps, 16-byte loads
-            assert r["loads_before_the_wait"] == (1 + keys_and_values if early else 0), r
+            tokens = r["call"].startswith("attention of")  # 8 warps; the first and the last position
+            keys_and_values = 2 * 128 * 64 * 2 // ((8 if tokens else 4) * 32 * 16)  # bf16, 16-byte loads
+            positions = 2 if tokens else 1
+            assert r["loads_before_the_wait"] == (positions + keys_and_values if early else 0), r
         else:
             rows, warps = map(int, match.groups())
             matrices = 2 if "SwiGLU" in r["call"] else 1

@@ -143,8 +143,8 @@ def test_decode_step_equals_the_models_step(shape, dtype, variant, monkeypatch) 
         cache = KVCache(cfg.n_layer, cfg.head_dim, 256, device=DEVICE, dtype=dtype)
         with torch.inference_mode():
             model(ids[:, :34], kv_cache=cache, sdpa=True)
-            # a keystroke's three new prompt tokens in one step (cuBLAS GEMMs in every variant), then
-            # single steps as while generating
+            # a keystroke's three new prompt tokens in one step (the fused variants: several rows at
+            # once), then single steps as while generating
             out = [step(ids[:, 34:37], torch.arange(34, 37, device=DEVICE), cache).float()]
             cache.commit(ids[0, 34:37].tolist())
             for i in (37, 38, 39):

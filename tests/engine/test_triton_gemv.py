@@ -90,6 +90,64 @@ def test_norm_qkv_returns_q_and_writes_k_and_v_into_the_cache_slot(dtype) -> Non
     assert bool((cache[:, :, untouched.to(DEVICE)] == 7.0).all())
 
 
+def normed_rows(x: torch.Tensor, gain: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    return torch.stack([normed(row, gain, eps) for row in x])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [2, 3, 8])
+def test_a_few_rows_at_once_are_each_what_one_row_gives(m, dtype) -> None:
+    """The several-rows kernel (a keystroke's new tokens): every wrapper with ``[m, K]`` rows against
+    torch row by row; widths that do not fill the last chunk or the last program (5632 = 22 chunks of
+    256, 100 = 6 programs of 16 and a partial one)."""
+    tol = tolerance(dtype)
+    k, n = 320, 100
+    x, gain = randn(m, k, seed=20, dtype=dtype, scale=3.0) + 1, randn(k, seed=21, dtype=dtype)
+    w = randn(n, k, seed=22, dtype=dtype, scale=0.05)
+    got = triton_gemv.norm_linear(x, gain, 1e-5, w)
+    assert got.shape == (m, n) and got.dtype == dtype
+    torch.testing.assert_close(got.float(), normed_rows(x, gain) @ w.float().T, atol=tol, rtol=tol)
+
+    gate_up = randn(2 * n, k, seed=23, dtype=dtype, scale=0.1)
+    gate, up = (normed_rows(x, gain) @ gate_up.float().T).chunk(2, dim=-1)
+    want = F.silu(gate.to(dtype).float()) * up.to(dtype).float()
+    got = triton_gemv.norm_swiglu(x, gain, 1e-5, gate_up)
+    assert got.shape == (m, n)
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+
+    wide = randn(m, 5632, seed=24, dtype=dtype)
+    down = randn(n, 5632, seed=25, dtype=dtype, scale=0.02)
+    residual = randn(m, n, seed=26, dtype=dtype)
+    want = residual.float() + wide.float() @ down.float().T
+    triton_gemv.add_linear_(residual, wide, down)
+    torch.testing.assert_close(residual.float(), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_a_few_rows_write_their_keys_and_values_each_into_its_own_slot(dtype) -> None:
+    k, n_q, head_dim, capacity, first, m = 128, 128, 16, 40, 17, 3
+    x, gain = randn(m, k, seed=27, dtype=dtype, scale=2.0), randn(k, seed=28, dtype=dtype)
+    qkv = randn(n_q + 2 * head_dim, k, seed=29, dtype=dtype, scale=0.1)
+    cache = torch.full((2, 1, capacity, head_dim), 7.0, dtype=dtype, device=DEVICE)
+    pos = torch.arange(first, first + m, device=DEVICE)
+    q = triton_gemv.norm_qkv_into_cache(x, gain, 1e-5, qkv, cache, pos)
+    want = normed_rows(x, gain) @ qkv.float().T
+    tol = tolerance(dtype)
+    assert q.shape == (m, n_q) and q.dtype == dtype
+    torch.testing.assert_close(q.float(), want[:, :n_q], atol=tol, rtol=tol)
+    torch.testing.assert_close(
+        cache[0, 0, first : first + m].float(), want[:, n_q : n_q + head_dim], atol=tol, rtol=tol
+    )
+    torch.testing.assert_close(
+        cache[1, 0, first : first + m].float(), want[:, n_q + head_dim :], atol=tol, rtol=tol
+    )
+    untouched = torch.ones(capacity, dtype=torch.bool)
+    untouched[first : first + m] = False
+    assert bool((cache[:, :, untouched.to(DEVICE)] == 7.0).all())
+    with pytest.raises(ValueError, match="positions"):
+        triton_gemv.norm_qkv_into_cache(x, gain, 1e-5, qkv, cache, pos[:2])
+
+
 def test_shapes_that_do_not_fit_are_refused() -> None:
     w = torch.zeros(8, 16, device=DEVICE)
     with pytest.raises(ValueError, match="GEMV"):
@@ -98,6 +156,9 @@ def test_shapes_that_do_not_fit_are_refused() -> None:
         triton_gemv.add_linear_(torch.zeros(7, device=DEVICE), torch.zeros(16, device=DEVICE), w)
     with pytest.raises(ValueError, match="GEMV"):
         triton_gemv.norm_linear(torch.zeros(16, device=DEVICE), torch.ones(16, device=DEVICE), 1e-5, w.T)
+    too_many = torch.zeros(triton_gemv.TOKENS_AT_ONCE + 1, 16, device=DEVICE)
+    with pytest.raises(ValueError, match="GEMV"):
+        triton_gemv.norm_linear(too_many, torch.ones(16, device=DEVICE), 1e-5, w)
 
 
 def test_autotuned_tiles_give_the_same_results_and_in_place_outputs_change_once(monkeypatch) -> None:
