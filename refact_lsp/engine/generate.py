@@ -6,7 +6,9 @@ positions in the attention bias, so cached keys/values stay valid whatever follo
 
 On CUDA the fast path is on by default: prefill with ``scaled_dot_product_attention``, decode with static
 shapes over the same preallocated cache (:meth:`GPTRefactForCausalLM.decode_step`) replayed as a CUDA
-graph. Sampling and stop rules stay on the host, one step at a time. Running out of device memory raises
+graph. Greedy decoding keeps the device a step ahead of the host (each step picks its token on the device
+and feeds it to the next, queued before the host reads it back and applies the stop rules); sampling runs
+one step at a time on the host. Running out of device memory raises
 :class:`GenerationOutOfMemory` after dropping the cache, so a caller can retry with a shorter prompt.
 """
 
