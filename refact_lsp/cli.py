@@ -153,6 +153,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     except SettingsError as exc:
         flag = f"--{exc.key}" if exc.key in ("model", "device", "dtype") else exc.key
         parser.error(f"{flag} (or {ENV_PREFIX}{exc.key.upper()}): {exc}")
+    if args.log_file:
+        try:  # what setup_logging's FileHandler will do: appending creates the file
+            open(args.log_file, "a", encoding="utf-8").close()  # noqa: SIM115
+        except OSError as exc:
+            parser.error(f"--log-file (or {ENV_PREFIX}LOG_FILE) {args.log_file!r}: {exc.strerror or exc}")
     return args
 
 
@@ -172,7 +177,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "the code sent to it",
                 host,
             )
-        log.info("refact-lsp %s serving on tcp %s:%d", __version__, host, port)
     else:
         log.info("refact-lsp %s serving on stdio", __version__)
     code = 0

@@ -110,7 +110,11 @@ async def serve(
     """pygls' message loop with :class:`Framer`: reads until end of input or ``stop_event``."""
     framer = Framer()
     while not stop_event.is_set():
-        data = await read()
+        try:
+            data = await read()
+        except ConnectionError as exc:  # a reset: the client left with data unread (or was killed)
+            log.info("the connection to the client ended: %s", exc)
+            return
         if not data:
             return
         for item in framer.feed(data):
@@ -189,23 +193,41 @@ async def pipe_reader(
 
 
 def serve_tcp(server: Any, host: str, port: int) -> int:
-    """What pygls' ``start_tcp`` does, with :func:`serve` as the loop; the exit code as ``serve_stdio``."""
+    """What pygls' ``start_tcp`` does, with :func:`serve` as the loop; the exit code as ``serve_stdio``,
+    and 1 when the address cannot be bound (in use, not resolvable): one line in the log, no traceback."""
     server._stop_event = stop_event = threading.Event()
 
     async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         server.protocol.set_writer(writer)
-        await serve(lambda: reader.read(READ_CHUNK), server.protocol, stop_event, server.report_server_error)
-        server.shutdown()
+        try:
+            await serve(
+                lambda: reader.read(READ_CHUNK), server.protocol, stop_event, server.report_server_error
+            )
+        finally:  # the client is gone (end of input or a reset): the session ends as pygls' does
+            server.shutdown()
 
-    async def main() -> None:
-        server._server = await asyncio.start_server(connection, host, port)
+    async def main() -> int:
+        try:
+            server._server = await asyncio.start_server(connection, host, port)
+        except OSError as exc:  # also socket.gaierror: an unknown host
+            log.error("cannot listen on tcp %s:%d: %s", host, port, exc.strerror or exc)
+            return 1
+        bound = ", ".join(_address(sock.getsockname()) for sock in server._server.sockets)
+        log.info("%s %s serving on tcp %s", server.name, server.version, bound)
         async with server._server:
             await server._server.serve_forever()
+        return 0
 
     try:
-        asyncio.run(main())
+        return asyncio.run(main())
     except asyncio.CancelledError:
         log.debug("the TCP server was cancelled")
     except SystemExit as exc:  # pygls' exit handler
         return exit_code(exc)
     return 0
+
+
+def _address(sockname: tuple) -> str:
+    """``host:port`` of a socket's own address (``[host]:port`` for IPv6)."""
+    host, port = sockname[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from safetensors import safe_open
@@ -25,6 +25,9 @@ from safetensors import safe_open
 from refact_lsp.engine.config import GPTRefactConfig
 from refact_lsp.engine.model import GPTRefactForCausalLM
 from refact_lsp.engine.tokenizer import RefactTokenizer
+
+if TYPE_CHECKING:
+    from huggingface_hub.hf_api import RepoSibling
 
 log = logging.getLogger(__name__)
 
@@ -171,18 +174,45 @@ def _progress_tqdm(on_progress: ProgressCallback, expected_bytes: int | None = N
     return _ProgressTqdm
 
 
-def _expected_bytes(repo_id: str, revision: str | None, patterns: list[str]) -> int | None:
-    """The total size of the files the download will fetch (None when the hub does not say)."""
+def _repo_files(repo_id: str, revision: str | None) -> list[RepoSibling] | None:
+    """The repo's files with their sizes (``RepoSibling``), or None when the hub does not answer."""
     try:
         from huggingface_hub import HfApi
-        from huggingface_hub.utils import filter_repo_objects
 
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
-        files = filter_repo_objects(info.siblings or [], allow_patterns=patterns, key=lambda f: f.rfilename)
-        return sum(f.size or 0 for f in files) or None
-    except Exception:  # noqa: BLE001 - only the percentage depends on it; the download reports errors
-        log.debug("no file sizes for %s", repo_id, exc_info=True)
+        return list(info.siblings or [])
+    except Exception:  # noqa: BLE001 - the download itself reports the errors that matter
+        log.debug("no file listing for %s", repo_id, exc_info=True)
         return None
+
+
+def _download_patterns(repo_id: str, files: list[RepoSibling] | None, allow_pickle: bool) -> list[str]:
+    """What to fetch: the safetensors weights, or the pickle ones only where the repo has no safetensors
+    (the loader never reads pickles next to safetensors). A pickle-only repo without ``allow_pickle`` is
+    refused before anything is downloaded. Without a listing, what the flags allow."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    patterns = ["config.json", "tokenizer.json", "*.safetensors", "*.safetensors.index.json"]
+    pickles = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+    if files is None:
+        return patterns + pickles if allow_pickle else patterns
+    names = [f.rfilename for f in files]
+    if any(filter_repo_objects(names, allow_patterns=["*.safetensors"])):
+        return patterns
+    pickled = list(filter_repo_objects(names, allow_patterns=pickles[:1]))
+    if not pickled:
+        return patterns
+    if not allow_pickle:
+        raise _pickle_refused(repo_id, pickled[0])
+    return patterns + pickles
+
+
+def _expected_bytes(files: list[RepoSibling] | None, patterns: list[str]) -> int | None:
+    """The total size of the listed files the download will fetch (None when the hub does not say)."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    chosen = filter_repo_objects(files or [], allow_patterns=patterns, key=lambda f: f.rfilename)
+    return sum(f.size or 0 for f in chosen) or None
 
 
 def locate_checkpoint(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> Path:
@@ -203,11 +233,10 @@ def locate_checkpoint(spec: ModelSpec, on_progress: ProgressCallback | None = No
 def _download(repo_id: str, spec: ModelSpec, on_progress: ProgressCallback) -> Path:
     from huggingface_hub import snapshot_download
 
-    patterns = ["config.json", "tokenizer.json", "*.safetensors", "*.safetensors.index.json"]
-    if spec.allow_pickle:
-        patterns += ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
+    files = _repo_files(repo_id, spec.revision)
+    patterns = _download_patterns(repo_id, files, spec.allow_pickle)
     on_progress(ProgressEvent("download", f"downloading {repo_id}", 0))
-    bars = _progress_tqdm(on_progress, _expected_bytes(repo_id, spec.revision, patterns))
+    bars = _progress_tqdm(on_progress, _expected_bytes(files, patterns))
     try:
         folder = snapshot_download(repo_id, revision=spec.revision, allow_patterns=patterns, tqdm_class=bars)
     except Exception as e:  # network, auth, missing repo: all user-facing, and maybe better later
@@ -220,6 +249,26 @@ def _download(repo_id: str, spec: ModelSpec, on_progress: ProgressCallback) -> P
 # --- reading tensors --------------------------------------------------------------------------
 
 
+def _pickle_refused(where: str, name: str) -> ModelLoadError:
+    """The error for a checkpoint with only pickle weights while allowPickle is off."""
+    return ModelLoadError(
+        f"{where} has only pickle weights ({name}); pickle files can run code when loaded. "
+        "Convert them to safetensors, or opt in with allowPickle if you trust the source."
+    )
+
+
+def _index_files(index: Path) -> list[str]:
+    """The shard file names of a ``*.index.json`` (its ``weight_map``: tensor name -> file name)."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read the shard index {index}: {e}") from e
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise ModelLoadError(f"{index}: expected an object whose weight_map maps tensor names to file names")
+    return sorted(set(weight_map.values()))
+
+
 def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
     """The weight files and whether they are pickles."""
     for index_name, single, pickled in (
@@ -229,18 +278,14 @@ def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
         files: list[Path] = []
         index = folder / index_name
         if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-            files = [folder / f for f in sorted(set(weight_map.values()))]
+            files = [folder / f for f in _index_files(index)]
         elif (folder / single).is_file():
             files = [folder / single]
         elif not pickled:
             files = sorted(folder.glob("*.safetensors"))
         if files:
             if pickled and not allow_pickle:
-                raise ModelLoadError(
-                    f"{folder} has only pickle weights ({files[0].name}); pickle files can run code when "
-                    "loaded. Convert them to safetensors, or opt in with allowPickle if you trust the source."
-                )
+                raise _pickle_refused(str(folder), files[0].name)
             missing = [f.name for f in files if not f.is_file()]
             if missing:
                 raise ModelLoadError(f"{folder} is missing weight files: {', '.join(missing)}")
@@ -325,6 +370,8 @@ def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Si
 
 
 def read_config(folder: Path) -> GPTRefactConfig:
+    """The folder's config.json, checked: a missing key or a value of the wrong type or range is a
+    :class:`ModelLoadError` naming the file, not a model that loads and then fails every forward pass."""
     path = folder / "config.json"
     if not path.is_file():
         raise ModelLoadError(f"no config.json in {folder}")
@@ -340,10 +387,13 @@ def read_config(folder: Path) -> GPTRefactConfig:
         value = raw.get(key, 1)
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ModelLoadError(f"{path}: {key} must be a positive integer, not {value!r}")
+    eps = raw.get("layer_norm_epsilon")
+    if isinstance(eps, int) and not isinstance(eps, bool):  # JSON may write 1.0 as 1
+        raw["layer_norm_epsilon"] = float(eps)
     try:
         return GPTRefactConfig(**raw)
-    except (TypeError, ValueError) as e:
-        raise ModelLoadError(f"{path}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - strict type checks, transformers' own checks: all about the file
+        raise ModelLoadError(f"{path}: {' '.join(str(e).split())}") from e
 
 
 def load_weights(

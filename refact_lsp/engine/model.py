@@ -224,6 +224,26 @@ class Transformer(nn.Module):
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
 
 
+AUTO_DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+"""transformers' ``device_map`` strategies: one device holds the whole model, so each means the best one."""
+
+
+def _device_for(device_map: str | int | torch.device | None) -> torch.device:
+    """The one device ``from_pretrained``'s ``device_map`` names (``None``: the CPU; ``"auto"``: cuda, then
+    mps, then cpu, as the engine chooses). A value torch does not know is a ``ValueError`` naming it."""
+    if isinstance(device_map, str) and device_map.strip().lower() in AUTO_DEVICE_MAPS:
+        from refact_lsp.engine.loading import resolve_device
+
+        return resolve_device("auto")
+    try:
+        return torch.device(device_map if device_map is not None else "cpu")
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"device_map {device_map!r} is not supported: gpt_refact loads on one device; give 'auto', "
+            "a device ('cpu', 'cuda', 'cuda:0', 'mps') or {'': device}"
+        ) from e
+
+
 class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = GPTRefactConfig
     base_model_prefix = "transformer"
@@ -257,7 +277,9 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
 
         Both layouts load (legacy ``k``/``v``, ``linear_1``/``linear_3`` are fused); a missing, unexpected or
         wrongly shaped tensor raises :class:`~refact_lsp.engine.loading.ModelLoadError`. ``dtype`` ``None`` or
-        ``"auto"`` keeps the file's dtype; ``device_map`` may be one device. Other hub options are ignored.
+        ``"auto"`` keeps the file's dtype; ``device_map`` may be one device, or ``"auto"`` (also
+        ``"balanced"``, ``"sequential"``: the whole model on the best device there is). Other hub options
+        are ignored.
         """
         from refact_lsp.engine.loading import ModelSpec, load_weights, locate_checkpoint, read_config
 
@@ -283,7 +305,7 @@ class GPTRefactForCausalLM(PreTrainedModel, GenerationMixin):
                     "gpt_refact loads on one device: device_map must be a device or {'': device}"
                 )
             device_map = device_map[""]
-        device = torch.device(device_map if device_map is not None else "cpu")
+        device = _device_for(device_map)
         model = load_weights(
             folder, config, device=device, dtype=load_dtype, allow_pickle=use_safetensors is False
         )

@@ -44,6 +44,8 @@ class RefactTokenizer:
     def __init__(self, tokenizer: Tokenizer):
         self._tok = tokenizer
         self._tok.encode_special_tokens = True  # specials written in text stay text
+        self._tok.no_truncation()  # a tokenizer.json may carry either: document text is never cut
+        self._tok.no_padding()  # nor padded (with pad id 0 that would be <|endoftext|>)
         self._special_ids = {
             self._tok.token_to_id(t.content)
             for t in self._tok.get_added_tokens_decoder().values()

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,6 +90,8 @@ def test_options_come_from_flags_then_environment(monkeypatch: pytest.MonkeyPatc
         ([], {"REFACT_LSP_LOG_LEVEL": "verbose"}, "REFACT_LSP_LOG_LEVEL='verbose'"),
         (["--device", "gpu"], {}, "--device"),
         ([], {"REFACT_LSP_DTYPE": "float64"}, "--dtype (or REFACT_LSP_DTYPE)"),
+        (["--log-file", "/nonexistent-dir/refact.log"], {}, "--log-file (or REFACT_LSP_LOG_FILE)"),
+        ([], {"REFACT_LSP_LOG_FILE": "/nonexistent-dir/refact.log"}, "No such file or directory"),
     ],
 )
 def test_a_bad_option_exits_at_once_with_a_usage_message(
@@ -98,6 +103,51 @@ def test_a_bad_option_exits_at_once_with_a_usage_message(
         parse_args(argv)
     assert info.value.code == 2  # argparse's usage error: nothing started
     assert message in capsys.readouterr().err
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_tcp_address_in_use_is_one_error_line_and_exit_code_1() -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "refact_lsp", "--tcp", str(port), "--model", "/nowhere"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            cwd=REPO,
+        )
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot listen on tcp 127.0.0.1:{port}" in lines[0], proc.stderr
+    assert "serving on" not in proc.stderr
+
+
+def test_tcp_logs_the_address_it_bound(tmp_path: Path) -> None:
+    """Port 0 lets the system choose: the log says which port that was, after binding."""
+    stderr = tmp_path / "stderr.log"
+    with open(stderr, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "refact_lsp", "--tcp", "0", "--model", "/nowhere"], stderr=err, cwd=REPO
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while "serving on" not in stderr.read_text():
+            assert proc.poll() is None, stderr.read_text()
+            assert time.monotonic() < deadline, "the server never said where it listens"
+            time.sleep(0.05)
+        match = re.search(r"serving on tcp 127\.0\.0\.1:(\d+)$", stderr.read_text(), re.MULTILINE)
+        assert match and int(match.group(1)) != 0, stderr.read_text()
+        with socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=10):
+            pass  # it listens there; the connection's end of input ends the session
+        assert proc.wait(20) == 0
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def _lifecycle(messages: list[dict]) -> tuple[int, list[dict]]:
@@ -112,7 +162,7 @@ def _lifecycle(messages: list[dict]) -> tuple[int, list[dict]]:
         capture_output=True,
         timeout=60,
         check=False,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=REPO,
     )
     answers = [json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in proc.stdout.split(b"Content-Length")[1:]]
     return proc.returncode, answers

@@ -114,6 +114,107 @@ def test_missing_tokenizer_config_or_folder(ckpt: Path, tmp_path: Path) -> None:
         load_model(ModelSpec(str(tmp_path / "empty"), device="cpu"))
 
 
+def write_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+@pytest.mark.parametrize(
+    ("changes", "named"),
+    [
+        ({"layer_norm_epsilon": "1e-5"}, "layer_norm_epsilon"),
+        ({"layer_norm_epsilon": None}, "layer_norm_epsilon"),
+        ({"layer_norm_epsilon": 0}, "layer_norm_epsilon"),
+        ({"layer_norm_epsilon": True}, "layer_norm_epsilon"),
+        ({"n_inner": "256"}, "n_inner"),
+        ({"n_inner": -5}, "n_inner"),
+        ({"multi_query": "true"}, "multi_query"),
+        ({"head_dim": 32}, "head_dim"),
+        ({"torch_dtype": "bfloat17"}, "bfloat17"),
+    ],
+)
+def test_config_values_of_the_wrong_type_or_range_are_named(ckpt: Path, changes: dict, named: str) -> None:
+    """Each of these used to load (and then fail every forward pass) or fail with a bare AttributeError."""
+    write_config(ckpt, **changes)
+    with pytest.raises(ModelLoadError, match=rf"config\.json: .*{named}"):
+        load_model(ModelSpec(str(ckpt), device="cpu"))
+
+
+def test_config_keys_with_their_derived_values_load(ckpt: Path) -> None:
+    write_config(ckpt, head_dim=16, mlp_width=256, layer_norm_epsilon=1, n_inner=256, torch_dtype="float32")
+    loaded = load_model(ModelSpec(str(ckpt), device="cpu"))
+    assert loaded.model.config.head_dim == 16 and loaded.model.config.layer_norm_epsilon == 1.0
+
+
+@pytest.mark.parametrize("index", ["[1, 2]", "{not json", '{"weight_map": ["a"]}', '{"metadata": {}}'])
+def test_a_malformed_shard_index_is_named(ckpt: Path, index: str) -> None:
+    (ckpt / "model.safetensors.index.json").write_text(index)
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors\.index\.json"):
+        load_model(ModelSpec(str(ckpt), device="cpu"))
+
+
+@pytest.fixture
+def fake_hub(random_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """huggingface_hub without the network: repo ``owner/both`` has safetensors and pickle weights,
+    ``owner/pickles`` pickle weights only. Returns the files each download fetched, by repo id."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+    from huggingface_hub.utils import filter_repo_objects
+
+    remote = tmp_path / "remote"
+    tensors = load_file(str(random_ckpt / "model.safetensors"))
+    for name, safetensors in (("both", True), ("pickles", False)):
+        repo = remote / "owner" / name
+        repo.mkdir(parents=True)
+        for file in ("config.json", "tokenizer.json") + (("model.safetensors",) if safetensors else ()):
+            shutil.copy(random_ckpt / file, repo)
+        torch.save(tensors, repo / "pytorch_model.bin")
+    fetched: dict[str, list[str]] = {}
+
+    def snapshot_download(repo_id: str, revision=None, allow_patterns=None, **kwargs) -> str:
+        names = sorted(f.name for f in (remote / repo_id).iterdir())
+        fetched[repo_id] = list(filter_repo_objects(names, allow_patterns=allow_patterns))
+        local = tmp_path / "cache" / repo_id
+        local.mkdir(parents=True, exist_ok=True)
+        for file in fetched[repo_id]:
+            shutil.copy(remote / repo_id / file, local)
+        return str(local)
+
+    class HfApi:
+        def model_info(self, repo_id: str, revision=None, files_metadata: bool = False) -> SimpleNamespace:
+            listing = (remote / repo_id).iterdir()
+            return SimpleNamespace(
+                siblings=[SimpleNamespace(rfilename=f.name, size=f.stat().st_size) for f in listing]
+            )
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", HfApi)
+    return fetched
+
+
+def test_hub_download_fetches_pickle_weights_only_for_a_repo_without_safetensors(
+    fake_hub: dict[str, list[str]],
+) -> None:
+    load_model(ModelSpec("owner/both", device="cpu", allow_pickle=True))
+    assert fake_hub["owner/both"] == ["config.json", "model.safetensors", "tokenizer.json"]
+    with pytest.raises(ModelLoadError, match=r"owner/pickles has only pickle weights .*allowPickle") as info:
+        load_model(ModelSpec("owner/pickles", device="cpu"))
+    assert not info.value.retryable
+    assert "owner/pickles" not in fake_hub  # refused before anything was downloaded
+    load_model(ModelSpec("owner/pickles", device="cpu", allow_pickle=True))
+    assert fake_hub["owner/pickles"] == ["config.json", "pytorch_model.bin", "tokenizer.json"]
+
+
+def test_from_pretrained_device_map_auto_picks_the_engines_device(random_ckpt: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(random_ckpt, device_map="auto")
+    assert model.lm_head.weight.device.type == resolve_device("auto").type
+    with pytest.raises(ValueError, match=r"device_map 'nowhere' is not supported"):
+        AutoModelForCausalLM.from_pretrained(random_ckpt, device_map="nowhere")
+
+
 def test_runner_reports_load_errors(ckpt: Path) -> None:
     (ckpt / "model.safetensors").unlink()
     runner = ModelRunner()

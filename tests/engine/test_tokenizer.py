@@ -71,3 +71,17 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def test_truncation_and_padding_in_tokenizer_json_are_ignored() -> None:
+    """A tokenizer.json may carry ``truncation`` and ``padding``: document text is never cut nor padded."""
+    from tokenizers import Tokenizer
+
+    raw = Tokenizer.from_file(str(FIXTURES / "tokenizer.json"))
+    raw.enable_truncation(max_length=4)
+    raw.enable_padding(length=64, pad_id=EOT_ID)
+    text = "def add(a, b):\n    return a + b\n"
+    tok = RefactTokenizer(raw)
+    plain = RefactTokenizer.from_file(FIXTURES / "tokenizer.json")
+    assert tok.encode_text(text) == plain.encode_text(text)
+    assert len(tok.encode_text(text)) > 4 and EOT_ID not in tok.encode_text("x = 1")

@@ -210,6 +210,45 @@ def test_a_client_that_closes_the_pipe_while_loading_ends_the_server(scripted_ch
     server.stop()
 
 
+@pytest.mark.parametrize("linger", [False, True])
+def test_a_tcp_client_that_leaves_with_unread_answers_ends_the_server(linger: bool) -> None:
+    """Closing a socket with unread data in it (or with SO_LINGER 0) resets the connection instead of
+    ending it: the server must end the session all the same, not keep listening for ever."""
+    import select
+    import socket
+    import struct
+    import subprocess
+    import sys
+
+    from .rpc import REPO
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "refact_lsp", "--tcp", str(port), "--model", "/nowhere"], cwd=REPO
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "the server never listened"
+                time.sleep(0.05)
+        body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}})
+        client.sendall(b"Content-Length: %d\r\n\r\n" % len(body) + body.encode())
+        assert select.select([client], [], [], 30)[0], "no answer to initialize"  # arrived, left unread
+        if linger:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        assert process.wait(20) == 0
+    finally:
+        process.kill()
+        process.wait(10)
+
+
 def test_a_client_that_vanishes_mid_generation_stops_the_model(tmp_path: Path) -> None:
     from refact_lsp.dev.checkpoints import write_scripted_checkpoint
 
