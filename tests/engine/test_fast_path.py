@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fim_requests import fim, greedy
 
 from refact_lsp.dev import faults
 from refact_lsp.dev.checkpoints import random_model
 from refact_lsp.dev.op_count import decode_step_ops
-from refact_lsp.engine.generate import GenerationOutOfMemory, GenerationRequest, Generator
+from refact_lsp.engine.generate import GenerationOutOfMemory, Generator
 from refact_lsp.engine.kv_cache import KVCache
 from refact_lsp.engine.loading import LoadedModel, ModelSpec, load_model
-from refact_lsp.engine.tokenizer import FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
+from refact_lsp.engine.tokenizer import FIRST_PADDING_ID
 
 REAL = slice(0, FIRST_PADDING_ID)
-
-
-def fim(tok, prefix: str, suffix: str) -> list[int]:
-    return [FIM_SUFFIX_ID, *tok.encode_text(suffix), FIM_PREFIX_ID, *tok.encode_text(prefix), FIM_MIDDLE_ID]
-
-
-def greedy(prompt: list[int], **kw) -> GenerationRequest:
-    return GenerationRequest(prompt, temperature=0.0, stop_strings=(), **kw)
 
 
 @pytest.fixture(scope="module")

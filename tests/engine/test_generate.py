@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fim_requests import fim, greedy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -21,17 +22,8 @@ from refact_lsp.dev.checkpoints import (
 from refact_lsp.engine.generate import KV_SLOTS, GenerationRequest, Generator, TextStream, draw, sample_next
 from refact_lsp.engine.loading import ModelSpec, load_model
 from refact_lsp.engine.runner import ModelRunner
-from refact_lsp.engine.tokenizer import FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
+from refact_lsp.engine.tokenizer import FIRST_PADDING_ID
 from refact_lsp.token_ids import common_prefix_len
-
-
-def fim(tok, prefix: str, suffix: str) -> list[int]:
-    return [FIM_SUFFIX_ID, *tok.encode_text(suffix), FIM_PREFIX_ID, *tok.encode_text(prefix), FIM_MIDDLE_ID]
-
-
-def greedy(prompt: list[int], **kw) -> GenerationRequest:
-    kw.setdefault("stop_strings", ())
-    return GenerationRequest(prompt, temperature=0.0, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -8,21 +8,13 @@ import math
 
 import pytest
 import torch
+from fim_requests import fim, greedy
 
 from refact_lsp.engine.cuda_graph import DecodeGraph, greedy_pick
 from refact_lsp.engine.generate import GenerationRequest, Generator
 from refact_lsp.engine.loading import ModelSpec, load_model
 from refact_lsp.engine.readback import PickReadback
-from refact_lsp.engine.tokenizer import FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
-
-
-def fim(tok, prefix: str, suffix: str) -> list[int]:
-    return [FIM_SUFFIX_ID, *tok.encode_text(suffix), FIM_PREFIX_ID, *tok.encode_text(prefix), FIM_MIDDLE_ID]
-
-
-def greedy(prompt: list[int], **kw) -> GenerationRequest:
-    kw.setdefault("stop_strings", ())
-    return GenerationRequest(prompt, temperature=0.0, **kw)
+from refact_lsp.engine.tokenizer import FIRST_PADDING_ID
 
 
 @pytest.fixture
