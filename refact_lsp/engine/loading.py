@@ -257,12 +257,17 @@ def _pickle_refused(where: str, name: str) -> ModelLoadError:
     )
 
 
+def _read_json(path: Path) -> object:
+    """``path``'s JSON; a file that cannot be read or parsed is a :class:`ModelLoadError` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot read {path}: {e}") from e
+
+
 def _index_files(index: Path) -> list[str]:
     """The shard file names of a ``*.index.json`` (its ``weight_map``: tensor name -> file name)."""
-    try:
-        data = json.loads(index.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot read the shard index {index}: {e}") from e
+    data = _read_json(index)
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
         raise ModelLoadError(f"{index}: expected an object whose weight_map maps tensor names to file names")
@@ -375,10 +380,7 @@ def read_config(folder: Path) -> GPTRefactConfig:
     path = folder / "config.json"
     if not path.is_file():
         raise ModelLoadError(f"no config.json in {folder}")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot read {path}: {e}") from e
+    raw = _read_json(path)
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{path}: expected a JSON object of settings, not {type(raw).__name__}")
     if raw.get("model_type") != "gpt_refact":
