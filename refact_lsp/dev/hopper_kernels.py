@@ -179,11 +179,23 @@ def _calls(capability: int) -> list[tuple[str, Any]]:
     t = TOKENS
     xs, positions, width = empty(t, c), empty(t, dtype=torch.long), s["mlp_width"]
     calls += [
-        (
-            f"attention of {t} tokens (pdl={pdl})",
-            lambda: triton_decode.attention(
-                empty(t * c), layer[0, 0], layer[1, 0], positions, slopes, scale, pdl=pdl
-            ),
+        *(
+            (
+                f"attention of {t} tokens (merge in the last program, pdl={pdl})"
+                if merge
+                else f"attention of {t} tokens (pdl={pdl})",
+                lambda merge=merge: triton_decode.attention(
+                    empty(t * c),
+                    layer[0, 0],
+                    layer[1, 0],
+                    positions,
+                    slopes,
+                    scale,
+                    merge_in_last_program=merge,
+                    pdl=pdl,
+                ),  # fmt: skip
+            )
+            for merge in (False, True)
         ),
         (
             f"q/kv of {t} rows into the cache (pdl={pdl})",

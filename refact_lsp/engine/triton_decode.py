@@ -183,9 +183,10 @@ if triton is not None:
             tl.debug_barrier()  # all of this program's stores happen before its release below
             if tl.atomic_add(counter_ptr, 1, sem="acq_rel") == N_BLOCKS - 1:
                 nbp: tl.constexpr = triton.next_power_of_2(N_BLOCKS)
+                # [group, rows, D] float32 a step: 4 blocks for one token's 32 heads, fewer for more rows
+                group: tl.constexpr = max(1, min(4, nbp, 128 // HP))
                 _merge_blocks(
-                    acc_ptr, max_ptr, sum_ptr, out_ptr, last, KEYS, nbp, min(4, nbp),
-                    rows, real, dims, T * H, D,
+                    acc_ptr, max_ptr, sum_ptr, out_ptr, last, KEYS, nbp, group, rows, real, dims, T * H, D,
                 )  # fmt: skip
                 tl.store(counter_ptr, 0)  # ready for the next launch
 
