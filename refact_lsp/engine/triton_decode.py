@@ -39,6 +39,10 @@ KEYS_PER_PROGRAM = 128
 """Cache positions one attention program covers (a 4096-token cache: 32 programs)."""
 KEY_BLOCK = 64
 """Keys scored per inner step: one ``[heads, 64] @ [64, KEY_BLOCK]`` product."""
+TOKENS_PADDED = 8
+"""The attention of 2 to this many query tokens (a keystroke's new prompt tokens, up to
+``generate.SHORT_TAIL``) is one compiled kernel, its rows padded to this many tokens' (the generator's warm-up
+compiles it with its 3-token prompt, so a user's first keystrokes do not)."""
 FUSED_GEMV = True
 """The step's projections as :mod:`triton_gemv`'s GEMVs with the LayerNorms, the activation, the residual
 adds and the KV write fused in (6 launches a layer instead of 11). On an H100: 1.83 ms/token against 2.10
@@ -113,7 +117,7 @@ if triton is not None:
         scale,
         N_BLOCKS: tl.constexpr,
         H: tl.constexpr,
-        T: tl.constexpr,
+        T,
         HP: tl.constexpr,
         D: tl.constexpr,
         KEYS: tl.constexpr,
@@ -124,8 +128,9 @@ if triton is not None:
         PDL: tl.constexpr,
     ):
         """Program ``i``: keys ``[i * KEYS, (i + 1) * KEYS)`` for ``T`` query tokens at once (row ``r`` of
-        the ``T * H`` rows: token ``r // H`` at ``pos[r // H]``, head ``r % H``), each up to its own position;
-        unnormalised output, row max and row sum per row into the workspace (max -inf and sum 0 for a row
+        the ``T * H`` rows, at most ``HP``: token ``r // H`` at ``pos[r // H]``, head ``r % H``), each up to
+        its own position; ``T`` is no compile-time constant: one kernel serves every count up to ``HP / H``.
+        Unnormalised output, row max and row sum per row into the workspace (max -inf and sum 0 for a row
         without a key in the block). With MERGE, the program that finishes last (``counter_ptr`` counts
         them) merges the blocks into ``out_ptr`` and sets the counter back to 0. With PDL (and one block a
         program), the keys and values before ``pos[0]`` load before the wait: only the step's own slots are
@@ -245,12 +250,13 @@ if triton is not None:
         sum_ptr,
         out_ptr,
         n_blocks,
-        H: tl.constexpr,
+        H,
         D: tl.constexpr,
         NB: tl.constexpr,
         PDL: tl.constexpr,
     ):
-        """Program ``h``: head ``h``'s output from the blocks' partial results."""
+        """Program ``h``: row ``h``'s output (of ``H`` rows: heads, or tokens x heads) from the blocks'
+        partial results."""
         wait_for_the_previous_kernel(PDL)
         h = tl.program_id(0)
         blocks = tl.arange(0, NB)
@@ -314,7 +320,8 @@ def attention(
     acc = torch.empty((n_blocks, rows, d), dtype=torch.float32, device=q.device)
     row_max = torch.empty((n_blocks, rows), dtype=torch.float32, device=q.device)
     row_sum = torch.empty((n_blocks, rows), dtype=torch.float32, device=q.device)
-    padded = max(16, triton.next_power_of_2(rows))
+    # the rows padded to what tl.dot takes; a few tokens to TOKENS_PADDED's rows: one kernel for all of them
+    padded = max(16, triton.next_power_of_2(h if t == 1 else max(t, TOKENS_PADDED) * h))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"  # tf32: Triton's default (16-bit inputs)
     out = torch.empty(rows * d, dtype=q.dtype, device=q.device)
     options = {"launch_pdl": True} if pdl else {}
@@ -327,7 +334,7 @@ def attention(
     if not merge_in_last_program:
         nb = triton.next_power_of_2(n_blocks)
         _attention_merge_kernel[(rows,)](
-            acc, row_max, row_sum, out, n_blocks, H=rows, D=d, NB=nb, PDL=pdl, num_warps=4, **options
+            acc, row_max, row_sum, out, n_blocks, rows, D=d, NB=nb, PDL=pdl, num_warps=4, **options
         )
     return out
 
