@@ -78,12 +78,27 @@ class _InvalidRequest:
     jsonrpc: str = "2.0"
 
 
+class _FutureTable(dict):
+    """pygls' table of pending handler futures, whose ``items()`` is a snapshot. pygls' shutdown cancels
+    the pending futures while it loops over ``items()``; cancelling a ``concurrent.futures.Future`` runs its
+    callbacks at once, and those remove it from the table (``_execute_handler``'s ``forget``, pygls' own
+    answer): "dictionary changed size during iteration", the shutdown unanswered, the exit code 1. Written by
+    hand: pygls (2.1) iterates the live dict."""
+
+    def items(self):  # type: ignore[override]
+        return list(super().items())
+
+
 class RefactProtocol(LanguageServerProtocol):
     """pygls' protocol with the document store, encoding choice and bad-params handling of this server."""
 
     _server: RefactLanguageServer
     _client_gone = False
     _initialize_received = False
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._request_futures = _FutureTable(self._request_futures)
 
     def _send_data(self, data: Any) -> None:
         """pygls' send, except that a client that is gone (broken pipe) ends the session quietly: pygls

@@ -343,3 +343,23 @@ def test_a_killed_client_ends_the_server_mid_generation_without_a_traceback(tmp_
     logged = stderr.read_text(errors="replace")
     assert "serving on stdio" in logged  # the log was captured
     assert "Traceback" not in logged, logged
+
+
+def test_shutdown_with_a_handler_still_waiting_is_answered_and_the_exit_is_clean(tmp_path: Path) -> None:
+    """A settings change makes the server ask the client for its settings, and this client's answer does
+    not fit, so that handler still waits at shutdown. Cancelling it removes it from pygls' table of pending
+    futures while pygls loops over that table: the shutdown failed ("dictionary changed size during
+    iteration") and the exit code was 1."""
+    log = tmp_path / "stderr.log"
+    server = RawServer("--model", str(tmp_path / "nowhere"), stderr_path=log)
+    try:
+        server.call("initialize", {"processId": None, "capabilities": {"workspace": {"configuration": True}}})
+        server.notify("initialized", {})
+        server.notify("workspace/didChangeConfiguration", {"settings": {}})
+        time.sleep(0.5)  # the handler asks, and gets an answer it cannot read
+        assert server.call("shutdown") is None
+        server.notify("exit")
+        assert server.process.wait(15) == 0
+    finally:
+        server.stop()
+    assert "changed size during iteration" not in log.read_text(encoding="utf-8")
