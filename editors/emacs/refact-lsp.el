@@ -70,9 +70,26 @@ last, as the catch-all.  Call `refact-lsp-register' after changing it."
   "Non-nil: turn on `refact-lsp-inline-mode' in buffers served by refact-lsp."
   :type 'boolean)
 
+(defvar refact-lsp-inline--timer nil
+  "The idle timer shared by every buffer.")
+
+(defvar refact-lsp-inline--timer-delay nil
+  "The idle time `refact-lsp-inline--timer' was made with.")
+
+(defun refact-lsp-inline--set-idle-delay (symbol value)
+  "Set SYMBOL to VALUE and re-create the idle timer with it.
+The :set of `refact-lsp-inline-idle-delay', used by `customize' and `setopt'."
+  (set-default symbol value)
+  (when refact-lsp-inline--timer
+    (refact-lsp-inline--ensure-timer)))
+
 (defcustom refact-lsp-inline-idle-delay 0.15
-  "Seconds of idle time after an edit before asking for a suggestion."
-  :type 'number)
+  "Seconds of idle time after an edit before asking for a suggestion.
+A new value takes effect at once when set with `customize' or `setopt',
+and after the next command in a buffer with `refact-lsp-inline-mode'
+when set with `setq'."
+  :type 'number
+  :set #'refact-lsp-inline--set-idle-delay)
 
 (defface refact-lsp-ghost-face '((t :inherit shadow))
   "Face of the suggestion shown at point.")
@@ -130,20 +147,26 @@ Call it again after changing `refact-lsp-major-modes'."
     stats))
 
 (defun refact-lsp-show-prompt ()
-  "Show the prompt refact-lsp builds at point (the refact.prompt command)."
+  "Show the prompt refact-lsp builds at point (the refact.prompt command).
+Where the server completes nothing (it answers null, e.g. in the middle of
+a word), say so in the echo area and return nil."
   (interactive)
   (eglot--signal-textDocument/didChange)
-  (let ((answer (refact-lsp--execute
-                 "refact.prompt" (vector (eglot--TextDocumentPositionParams)))))
-    (with-current-buffer (get-buffer-create "*refact-lsp prompt*")
-      (let ((inhibit-read-only t))
-        (erase-buffer)
-        (insert (format "mode: %s, %s tokens\n\n"
-                        (plist-get answer :mode) (plist-get answer :tokens)))
-        (insert (plist-get answer :prompt)))
-      (special-mode)
-      (display-buffer (current-buffer)))
-    answer))
+  (let* ((answer (refact-lsp--execute
+                  "refact.prompt" (vector (eglot--TextDocumentPositionParams))))
+         (prompt (plist-get answer :prompt)))
+    (if (not (stringp prompt))
+        (progn (message "refact-lsp: no completion here (mode: none)")
+               nil)
+      (with-current-buffer (get-buffer-create "*refact-lsp prompt*")
+        (let ((inhibit-read-only t))
+          (erase-buffer)
+          (insert (format "mode: %s, %s tokens\n\n"
+                          (plist-get answer :mode) (plist-get answer :tokens)))
+          (insert prompt))
+        (special-mode)
+        (display-buffer (current-buffer)))
+      answer)))
 
 ;;;; Inline suggestions
 
@@ -168,9 +191,6 @@ when it was shown.")
 
 (defvar-local refact-lsp-inline--last-state nil
   "(TICK . POINT) after the previous command.")
-
-(defvar refact-lsp-inline--timer nil
-  "The idle timer shared by every buffer.")
 
 (defvar refact-lsp-inline-active-map
   (let ((map (make-sparse-keymap)))
@@ -204,8 +224,10 @@ each character of COVERED.
 TYPED is the text from the item's range start to point, COVERED the text
 from point to the range end: characters right of point that the suggestion
 types again (an auto-closed paren), which stay where they are, so the
-pieces are TEXT cut at those characters, in order.  nil if TEXT does not
-continue TYPED."
+pieces are TEXT cut at those characters, in order.  Only one piece, all of
+TEXT after TYPED, when TEXT has several lines or does not type COVERED's
+characters in order: the caller then hides COVERED while it is shown.
+nil if TEXT does not continue TYPED."
   (when (string-prefix-p typed text)
     (let ((ghost (substring text (length typed)))
           (pieces nil)
@@ -252,6 +274,16 @@ continue TYPED."
                   (overlay-put overlay 'priority 1000)
                   (push overlay overlays)))
               (setq at (1+ at)))
+            ;; Shown in one piece (a multi-line suggestion) while it replaces
+            ;; characters right of point, e.g. an auto-closed paren that it
+            ;; types again: hide them while it is shown, so that the screen
+            ;; shows what accepting gives.  `display' rather than `invisible':
+            ;; it does not depend on `buffer-invisibility-spec'.
+            (when (and (null (cdr pieces)) (< (point) end))
+              (let ((hidden (make-overlay (point) end nil t nil)))
+                (overlay-put hidden 'display "")
+                (overlay-put hidden 'refact-lsp-covered t)
+                (push hidden overlays)))
             (setq refact-lsp-inline--overlays overlays
                   refact-lsp-inline--suggestion
                   (list :beg beg :end end :text text
@@ -312,7 +344,8 @@ It is shown when the answer comes, if the buffer and point did not change."
 
 (defun refact-lsp-inline--post-command ()
   "Drop the suggestion after a command that edits or moves point.
-Note edits for the idle timer."
+Note edits for the idle timer, and follow a new idle delay."
+  (refact-lsp-inline--ensure-timer)
   (let ((state (cons (buffer-chars-modified-tick) (point))))
     (unless (equal state refact-lsp-inline--last-state)
       (when (and refact-lsp-inline--visible
@@ -324,6 +357,21 @@ Note edits for the idle timer."
       (setq refact-lsp-inline--last-state state))
     (when (and refact-lsp-inline--visible (eq this-command 'keyboard-quit))
       (refact-lsp-inline-dismiss))))
+
+(defun refact-lsp-inline--ensure-timer ()
+  "Make the shared idle timer, or make it again after a new idle delay.
+The delay is the default value of `refact-lsp-inline-idle-delay'."
+  (let ((delay (default-value 'refact-lsp-inline-idle-delay)))
+    ;; A value that is not a number keeps the running timer: an error here
+    ;; would take `refact-lsp-inline--post-command' off `post-command-hook'.
+    (when (or (null refact-lsp-inline--timer)
+              (and (numberp delay)
+                   (not (equal delay refact-lsp-inline--timer-delay))))
+      (when refact-lsp-inline--timer
+        (cancel-timer refact-lsp-inline--timer))
+      (setq refact-lsp-inline--timer
+            (run-with-idle-timer delay t #'refact-lsp-inline--on-idle)
+            refact-lsp-inline--timer-delay delay))))
 
 (defun refact-lsp-inline--on-idle ()
   "Idle timer: ask for a suggestion if the buffer was edited since the last."
@@ -342,10 +390,7 @@ Needs a buffer managed by eglot with refact-lsp."
         (setq refact-lsp-inline--last-state
               (cons (buffer-chars-modified-tick) (point)))
         (add-hook 'post-command-hook #'refact-lsp-inline--post-command nil t)
-        (unless refact-lsp-inline--timer
-          (setq refact-lsp-inline--timer
-                (run-with-idle-timer refact-lsp-inline-idle-delay t
-                                     #'refact-lsp-inline--on-idle))))
+        (refact-lsp-inline--ensure-timer))
     (remove-hook 'post-command-hook #'refact-lsp-inline--post-command t)
     (refact-lsp-inline-dismiss)))
 

@@ -55,10 +55,11 @@
 (defun scenario-stats ()
   (jsonrpc-request (refact-lsp--server) :workspace/executeCommand '(:command "refact.stats" :arguments [])))
 
-(defun scenario-use-model (model)
-  "Switch the server's model with workspace/didChangeConfiguration and wait until it is loaded."
+(defun scenario-use-model (model &rest settings)
+  "Switch the server's model (and SETTINGS, a plist) with workspace/didChangeConfiguration and wait until
+it is loaded."
   (jsonrpc-notify (refact-lsp--server) :workspace/didChangeConfiguration
-                  (list :settings (list :refact (list :model model))))
+                  (list :settings (list :refact (append (list :model model) settings))))
   (scenario-wait (lambda ()
                    (let ((stats (scenario-stats)))
                      (and (equal (plist-get stats :model_state) "ready")
@@ -71,17 +72,37 @@
     (and overlay (list :text (substring-no-properties (overlay-get overlay 'after-string))
                        :pos (overlay-start overlay)))))
 
-(defun scenario-displayed-line ()
-  "The line at point as displayed: its text with the ghost overlays' strings where they are."
-  (let ((text (buffer-substring-no-properties (line-beginning-position) (line-end-position)))
-        (overlays (sort (cl-remove-if-not (lambda (o) (overlay-get o 'refact-lsp))
-                                          (overlays-in (line-beginning-position) (line-end-position)))
-                        (lambda (a b) (> (overlay-start a) (overlay-start b))))))
-    (dolist (overlay overlays text)
-      (let ((at (- (overlay-start overlay) (line-beginning-position))))
-        (setq text (concat (substring text 0 at)
-                           (substring-no-properties (overlay-get overlay 'after-string))
-                           (substring text at)))))))
+(defun scenario-displayed (&optional beg end)
+  "The text from BEG to END (default: the line at point) as displayed: with the ghost overlays' strings where
+they are, without the characters that overlays hide (`display' \"\" or `invisible')."
+  (let ((beg (or beg (line-beginning-position)))
+        (end (or end (line-end-position)))
+        (parts nil))
+    (dotimes (i (1+ (- end beg)))
+      (let ((pos (+ beg i)))
+        (dolist (overlay (overlays-in pos pos))
+          (when (and (overlay-get overlay 'refact-lsp) (= (overlay-start overlay) (overlay-end overlay) pos))
+            (push (substring-no-properties (overlay-get overlay 'after-string)) parts)))
+        (when (and (< pos end) (not (invisible-p pos)) (not (equal (get-char-property pos 'display) "")))
+          (push (buffer-substring-no-properties pos (1+ pos)) parts))))
+    (apply #'concat (nreverse parts))))
+
+(defun scenario-overlays ()
+  "How many overlays refact-lsp.el put in the buffer (the ghost text and the characters it hides)."
+  (cl-count-if (lambda (o) (or (overlay-get o 'refact-lsp) (overlay-get o 'refact-lsp-covered)))
+               (overlays-in (point-min) (point-max))))
+
+(defun scenario-last-message ()
+  "The last line of *Messages*."
+  (with-current-buffer (messages-buffer)
+    (save-excursion
+      (goto-char (point-max))
+      (skip-chars-backward "\n")
+      (buffer-substring-no-properties (line-beginning-position) (point)))))
+
+(defun scenario-timer-delay ()
+  "The idle time of refact-lsp's shared idle timer."
+  (float-time (timer--time refact-lsp-inline--timer)))
 
 (defun scenario-type (keys)
   (execute-kbd-macro (kbd keys)))
@@ -178,10 +199,56 @@
         (scenario-type "y DEL")
         (scenario-ask)
         (scenario-wait #'scenario-ghost "the ghost text")
-        (let ((displayed (scenario-displayed-line)))
+        (let ((displayed (scenario-displayed)))
           (scenario-type "TAB")
           (list :displayed displayed :text (scenario-buffer-text))))
     (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL"))))
+
+(scenario-step "multiline_closer"
+  ;; multiline "always": inside the auto-closed "()" the suggestion "a,\n    b)" types the ")" again on its
+  ;; second line; the real ")" is hidden while the ghost text is shown.
+  (scenario-use-model (scenario-env "REFACT_TEST_MULTILINE_CLOSER_MODEL") :multiline "always")
+  (unwind-protect
+      (progn
+        (scenario-open "ml_closer.py" "x = foo()")
+        (backward-char 1)
+        (scenario-type "y DEL")
+        (scenario-ask)
+        (scenario-wait #'scenario-ghost "the ghost text")
+        (let ((displayed (scenario-displayed (point-min) (point-max))))
+          (scenario-type "C-b")  ; a move drops the ghost text: the ")" shows again
+          (let ((dismissed (scenario-displayed (point-min) (point-max)))
+                (overlays-dismissed (scenario-overlays)))
+            (scenario-type "C-f")
+            (refact-lsp-inline-request)
+            (scenario-wait #'scenario-ghost "the ghost text again")
+            (scenario-type "TAB")
+            (list :displayed displayed
+                  :displayed_dismissed dismissed :overlays_dismissed overlays-dismissed
+                  :text (scenario-buffer-text) :displayed_accepted (scenario-displayed (point-min) (point-max))
+                  :overlays_accepted (scenario-overlays)))))
+    (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL") :multiline "auto")))
+
+(scenario-step "prompt_none"
+  ;; Mid-line ("    return a|b"): the server completes nothing and refact.prompt answers null.
+  (scenario-open "prompt_none.py" "def add(a, b):\n    return ab\n")
+  (goto-char (point-min))
+  (search-forward "return a")
+  (let ((returned (call-interactively #'refact-lsp-show-prompt)))
+    (list :returned returned :message (scenario-last-message))))
+
+(scenario-step "idle_delay"
+  ;; The shared idle timer exists (inline mode is on): a new delay must reach it.
+  (scenario-open "idle_delay.py" "x = 1\n")
+  (unwind-protect
+      (let ((before (scenario-timer-delay)))
+        (customize-set-variable 'refact-lsp-inline-idle-delay 0.5)
+        (let ((customized (scenario-timer-delay)))
+          (setq refact-lsp-inline-idle-delay 0.25)
+          (scenario-type "C-a")  ; any command in a buffer with inline mode
+          (list :before before :customized customized :after_setq (scenario-timer-delay)
+                :timers (cl-count #'refact-lsp-inline--on-idle timer-idle-list :key #'timer--function))))
+    (customize-set-variable 'refact-lsp-inline-idle-delay 0.01)))
 
 (let ((coding-system-for-write 'utf-8))
   (princ (concat "REFACT-RESULTS:"

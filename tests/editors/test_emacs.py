@@ -20,6 +20,10 @@ import pytest
 
 pytestmark = pytest.mark.editor
 
+#: With multiline "always", completed inside an auto-closed "()": the second line types the ")" again, so the
+#: server's range covers the real ")" while the ghost text is one multi-line piece.
+MULTILINE_CLOSER_TEXT = "a,\n    b)"
+
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = REPO / "editors" / "emacs"
 SCENARIO = Path(__file__).with_name("emacs_scenario.el")
@@ -41,7 +45,15 @@ def _emacs_version(binary: str) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def results(scripted_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def multiline_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    folder = tmp_path_factory.mktemp("emacs-checkpoints") / "ml-closer"
+    return write_scripted_checkpoint(folder, MULTILINE_CLOSER_TEXT)
+
+
+@pytest.fixture(scope="module")
+def results(scripted_server, multiline_closer_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The observations of every scenario step, from one `emacs --batch` run."""
     binary = shutil.which("emacs")
     if binary is None:
@@ -59,6 +71,7 @@ def results(scripted_server, tmp_path_factory: pytest.TempPathFactory) -> dict:
         "REFACT_TEST_SINGLE_LINE_MODEL": str(scripted_server.single_line_model),
         "REFACT_TEST_MULTILINE_MODEL": str(scripted_server.multiline_model),
         "REFACT_TEST_CLOSER_MODEL": str(scripted_server.closer_model),
+        "REFACT_TEST_MULTILINE_CLOSER_MODEL": str(multiline_closer_model),
     }
     cmd = [binary, "--batch", "-Q", "-L", str(PACKAGE_DIR), "-l", str(SCENARIO)]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, timeout=TIMEOUT_S, check=False)
@@ -137,3 +150,33 @@ def test_an_auto_closed_paren_the_suggestion_types_is_shown_once(results: dict) 
     step = _step(results, "closer")
     assert step["displayed"] == "def f(x):"
     assert step["text"] == "def f(x):"
+
+
+def test_a_multiline_suggestion_hides_the_auto_closed_paren_it_types(results: dict) -> None:
+    """``x = foo(|)`` + ``a,\n    b)`` (multiline "always"): the ghost text is one piece, so the real ")"
+    that it replaces is hidden while it is shown (not ``x = foo(a,\n    b))``), shown again when the ghost
+    text goes, and TAB gives what was shown."""
+    step = _step(results, "multiline_closer")
+    assert step["displayed"] == "x = foo(a,\n    b)"
+    assert step["displayed_dismissed"] == "x = foo()"
+    assert step["overlays_dismissed"] == 0
+    assert step["text"] == "x = foo(a,\n    b)"
+    assert step["displayed_accepted"] == step["text"]
+    assert step["overlays_accepted"] == 0
+
+
+def test_show_prompt_where_the_server_completes_nothing(results: dict) -> None:
+    """M-x refact-lsp-show-prompt mid-line (refact.prompt answers null): a message, no error."""
+    step = _step(results, "prompt_none")
+    assert step["returned"] is None
+    assert step["message"] == "refact-lsp: no completion here (mode: none)"
+
+
+def test_a_new_idle_delay_reaches_the_shared_timer(results: dict) -> None:
+    """The idle timer exists once inline mode is on; customize (its :set) re-creates it at once, a plain setq
+    after the next command in an inline-mode buffer; one timer all along."""
+    step = _step(results, "idle_delay")
+    assert step["before"] == pytest.approx(0.01)
+    assert step["customized"] == 0.5
+    assert step["after_setq"] == 0.25
+    assert step["timers"] == 1

@@ -1,8 +1,9 @@
 """VS Code extension: the .vsix builds (every run) and works in real VS Code (code-server, behind a flag).
 
 The end-to-end test runs code-server 4.100.3 (VS Code 1.100) in headless Chromium with the packaged extension
-and the real server on a scripted checkpoint: ghost text appears, Tab accepts, Ctrl+S saves. It takes about
-a minute plus a one-time install of code-server, so it runs only with ``REFACT_LSP_VSCODE_E2E=1``.
+and the real server on a scripted checkpoint: ghost text appears, Tab accepts, Ctrl+S saves, two restarts in a
+row leave one server. It takes about a minute plus a one-time install of code-server, so it runs only with
+``REFACT_LSP_VSCODE_E2E=1``.
 """
 
 from __future__ import annotations
@@ -150,6 +151,158 @@ def test_toggling_completions_writes_where_it_takes_effect(
     assert result["store"][where] == {"refact.enable": False}
 
 
+# `vscode` for activate() and the restart command; any other name is an inert value. The top-level names are
+# own properties, since the bundle copies the module's names.
+RESTART_VSCODE_MOCK = """
+const any = new Proxy(function () {}, { get: (t, p) => p === Symbol.toPrimitive ? () => '' : any,
+  set: () => true, apply: () => any, construct: () => any });
+const inert = (object) => new Proxy(object, { get: (t, p) => (p in t ? t[p] : any) });
+const disposable = { dispose() {} };
+const commands = {};
+const log = [];
+const channel = inert({ warn: (m) => log.push('warn: ' + m), error: (m) => log.push('error: ' + m) });
+class EventEmitter { constructor() { this.event = () => disposable; } fire() {} dispose() {} }
+module.exports = {
+  EventEmitter, StatusBarAlignment: any, ThemeColor: any, MarkdownString: any, ViewColumn: any, Uri: any,
+  commands: inert({ registerCommand: (name, fn) => { commands[name] = fn; return disposable; } }),
+  window: inert({ createOutputChannel: () => channel }),
+  workspace: inert({
+    getConfiguration: () => inert({ get: (key, fallback) => fallback }),
+    onDidChangeConfiguration: () => disposable,
+    registerTextDocumentContentProvider: () => disposable,
+  }),
+  commandHandlers: commands,
+  log,
+};
+"""
+
+# vscode-languageclient's LanguageClient as far as starting and stopping go, with its rules: start() spawns
+# the server at once and resolves after `initialize`; stop() rejects unless the client is running (also while
+# it is starting); a crashed server is restarted by the client itself (Running -> Starting -> Running).
+LANGUAGECLIENT_MOCK = """
+const State = { Stopped: 1, Running: 2, Starting: 3, StartFailed: 4 };
+const clients = [];
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+class LanguageClient {
+  constructor() {
+    this.state = State.Stopped;
+    this.serverAlive = false;
+    this.listeners = [];
+    clients.push(this);
+  }
+  onDidChangeState(listener) { this.listeners.push(listener); return { dispose() {} }; }
+  setState(state) {
+    const oldState = this.state;
+    this.state = state;
+    for (const listener of this.listeners) listener({ oldState, newState: state });
+  }
+  start() {
+    if (this.state === State.Starting) return this.starting;
+    this.setState(State.Starting);
+    this.serverAlive = true;
+    this.starting = sleep(30).then(() => this.setState(State.Running));
+    return this.starting;
+  }
+  crashAndRestart() {
+    this.setState(State.Starting);
+    this.starting = sleep(30).then(() => this.setState(State.Running));
+  }
+  stop() {
+    if (this.stopping) return this.stopping;
+    if (this.state !== State.Running) {
+      return Promise.reject(new Error(`Client is not running and can't be stopped. State: ${this.state}`));
+    }
+    this.stopping = sleep(30).then(() => {
+      this.serverAlive = false;
+      this.stopping = undefined;
+      this.setState(State.Stopped);
+    });
+    return this.stopping;
+  }
+  async sendRequest() { return { model: { state: 'ready' } }; }
+  async sendNotification() {}
+}
+module.exports = {
+  LanguageClient, State, clients,
+  DidChangeConfigurationNotification: { type: {} },
+  ExecuteCommandRequest: { type: {} },
+  TransportKind: { stdio: 0 },
+};
+"""
+
+# Restarts that overlap, at each stage of another restart; after each, how many servers are alive.
+RESTART_DRIVER = """
+const Module = require('module');
+const resolve = Module._resolveFilename;
+Module._resolveFilename = function (request, ...rest) {
+  if (request === 'vscode') return require.resolve('./vscode.js');
+  if (request === 'vscode-languageclient/node') return require.resolve('./languageclient.js');
+  return resolve.call(this, request, ...rest);
+};
+const vscode = require('./vscode.js');
+const { clients } = require('./languageclient.js');
+const ext = require('./extension.js');
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const alive = () => clients.filter((c) => c.serverAlive).length;
+(async () => {
+  const result = {};
+  const activated = ext.activate({ subscriptions: [] });
+  const restart = vscode.commandHandlers['refact.restartServer'];
+  await sleep(10);
+  await restart();  // while the first server starts
+  await activated;
+  result.duringFirstStart = alive();
+  await Promise.all([restart(), restart()]);  // "Restart Server" twice, two saves of refact.serverCommand
+  result.twoAtOnce = alive();
+  const a = restart();
+  await sleep(10);  // the first restart is stopping the server
+  await Promise.all([a, restart()]);
+  result.whileStopping = alive();
+  const b = restart();
+  await sleep(45);  // the first restart is starting the new server
+  await Promise.all([b, restart()]);
+  result.whileStarting = alive();
+  clients[clients.length - 1].crashAndRestart();
+  await restart();  // while the client restarts its crashed server
+  result.whileClientRestarts = alive();
+  result.newestAlive = clients[clients.length - 1].serverAlive;
+  const c = restart();
+  await ext.deactivate();
+  await c;
+  result.afterDeactivate = alive();
+  result.log = vscode.log;
+  console.log(JSON.stringify(result));
+  process.exit(0);
+})().catch((error) => { console.error(error); process.exit(1); });
+"""
+
+
+def test_overlapping_restarts_leave_one_server(vsix: Path, tmp_path: Path) -> None:
+    """``extension.ts`` against a mock language client: restarts that overlap (asked for while another
+    restart stops or starts the server, or while the client restarts a crashed one) take turns, so one server
+    runs after them; none after ``deactivate``."""
+    (tmp_path / "vscode.js").write_text(RESTART_VSCODE_MOCK)
+    (tmp_path / "languageclient.js").write_text(LANGUAGECLIENT_MOCK)
+    (tmp_path / "driver.js").write_text(RESTART_DRIVER)
+    esbuild = REPO / "editors" / "vscode" / "node_modules" / ".bin" / "esbuild"
+    source = REPO / "editors" / "vscode" / "src" / "extension.ts"
+    external = ["--external:vscode", "--external:vscode-languageclient/node"]
+    bundling = [str(esbuild), str(source), "--bundle", "--platform=node", *external]
+    _run([*bundling, f"--outfile={tmp_path / 'extension.js'}"], cwd=tmp_path, timeout=60)
+    out = _run(["node", "driver.js"], cwd=tmp_path, timeout=60)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result == {
+        "duringFirstStart": 1,
+        "twoAtOnce": 1,
+        "whileStopping": 1,
+        "whileStarting": 1,
+        "whileClientRestarts": 1,
+        "newestAlive": True,
+        "afterDeactivate": 0,
+        "log": [],  # no "not running and can't be stopped"
+    }
+
+
 def _e2e_prerequisites() -> str | None:
     """Why the code-server test cannot run here, or None."""
     if os.environ.get(E2E_FLAG) != "1":
@@ -201,6 +354,7 @@ def test_code_server_ghost_text_tab_save(vsix: Path, tmp_path: Path) -> None:
             "--model",
             str(checkpoint),
         ],
+        "serverMarker": str(checkpoint),  # finds the server processes: two restarts in a row leave one
         "workDir": str(tmp_path / "run"),
         "fileName": "main.py",
         "initialText": "def add(a, b):\n",
@@ -233,3 +387,7 @@ def test_code_server_ghost_text_tab_save(vsix: Path, tmp_path: Path) -> None:
     assert f"return {completion}" in prompt
     assert result["statsView"].lstrip().startswith("{")
     assert "(off)" in result["statusToggledOff"]
+    # "Refact: Restart Server" twice in a row: one server process before and after, and it is ready.
+    assert result["serversBeforeRestart"] == 1
+    assert result["serversAfterRestarts"] == 1
+    assert re.search(r"Refact: ready", result["statusAfterRestarts"])

@@ -4,7 +4,8 @@
 //
 // Scenario: fresh code-server and profiles; install the .vsix; open a file; wait for the status bar to say
 // the model is ready; type; the scripted checkpoint's completion appears as ghost text; Tab accepts; Ctrl+S
-// saves; the file on disk holds the completion.
+// saves; the file on disk holds the completion; the extension's commands; two restarts in a row leave one
+// server process.
 //
 // Usage: node vscode-e2e.mjs --config CONFIG.json
 //   CONFIG: {
@@ -15,6 +16,8 @@
 //     fileName: "main.py", initialText: "...", typeText: "...",
 //     expectedGhost: the ghost text to wait for, expectedFile: the file's text after Tab and Ctrl+S,
 //     settings: extra VS Code user settings (optional),
+//     serverMarker: an argument of the server command (e.g. CHECKPOINT) that finds its processes in /proc;
+//       given, the scenario ends with "Refact: Restart Server" twice in a row and counts the servers (optional),
 //     chromium: "/usr/bin/chromium" (optional), timeoutMs: overall limit (optional, default 240000)
 //   }
 // Prints one JSON line `RESULT {...}` (timings, ghost text, file text, screenshots) and exits 0 on success.
@@ -79,6 +82,25 @@ function isolatedEnv(workDir) {
 }
 
 /** The last lines of the extension's output channel (client log and the server's stderr), for failures. */
+/** Process ids of the language servers: processes whose arguments hold `marker` and `refact_lsp`. */
+async function serverPids(marker) {
+    const pids = [];
+    for (const entry of await fs.readdir('/proc')) {
+        if (!/^\d+$/.test(entry)) {
+            continue;
+        }
+        try {
+            const args = (await fs.readFile(`/proc/${entry}/cmdline`, 'utf8')).split('\0');
+            if (args.includes(marker) && args.includes('refact_lsp')) {
+                pids.push(entry);
+            }
+        } catch {
+            // gone meanwhile
+        }
+    }
+    return pids;
+}
+
 async function extensionLogTail(userData, lines = 60) {
     try {
         const logs = await fs.readdir(path.join(userData, 'logs'), { recursive: true });
@@ -312,6 +334,23 @@ async function main() {
             return text.includes('(off)') ? text : false;
         }, 10_000);
         mark('toggled_off');
+        if (config.serverMarker) {
+            // Two restarts in a row: they take turns, so one server runs afterwards (not one per restart).
+            const before = await serverPids(config.serverMarker);
+            result.serversBeforeRestart = before.length;
+            await runCommand('Refact: Restart Server');
+            await runCommand('Refact: Restart Server');
+            await waitFor('a new server to be ready', async () => {
+                const pids = await serverPids(config.serverMarker);
+                const text = (await statusItem.textContent()) ?? '';
+                return pids.length > 0 && !pids.some((pid) => before.includes(pid)) && /Refact: ready/.test(text);
+            }, 60_000, 250);
+            // A server that does not stop is killed 2 s after the stop; one started too many would run on.
+            await new Promise((resolve) => setTimeout(resolve, 3000));
+            result.serversAfterRestarts = (await serverPids(config.serverMarker)).length;
+            result.statusAfterRestarts = await statusItem.textContent();
+            mark('restarted_twice');
+        }
         result.ok = true;
     } catch (error) {
         result.error = String(error?.stack ?? error);

@@ -32,6 +32,16 @@ const POLL_IDLE_MS = 10_000;
 const POLL_AFTER_ANSWER_MS = 1_000;
 
 let client: LanguageClient | undefined;
+/**
+ * Starting, restarting and stopping the server take turns on this chain, so that one client (one server
+ * process) exists at a time: a restart that began while another was still stopping or starting the server
+ * waits for it instead of starting a second server next to it.
+ */
+let lifecycle: Promise<void> = Promise.resolve();
+/** Restarts asked for and not begun yet: one that another follows only stops, the last one starts. */
+let pendingRestarts = 0;
+/** Set by `deactivate`: no restart starts a server any more. */
+let deactivated = false;
 let output: vscode.LogOutputChannel;
 let status: StatusBar;
 let pollTimer: NodeJS.Timeout | undefined;
@@ -68,12 +78,20 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
             }
         }),
     );
-    await startClient();
+    await inTurn(startClient);
 }
 
 export async function deactivate(): Promise<void> {
+    deactivated = true;
     stopPolling();
-    await stopClient();
+    await inTurn(stopClient);
+}
+
+/** Runs `task` after every start, restart and stop asked for before it has finished. */
+function inTurn(task: () => Promise<void>): Promise<void> {
+    const turn = lifecycle.then(task);
+    lifecycle = turn.catch((error) => output.error(`Refact server start/stop: ${errorMessage(error)}`));
+    return turn;
 }
 
 async function startClient(): Promise<void> {
@@ -190,11 +208,16 @@ function reportStartFailure(message: string): void {
     });
 }
 
+/** Stops the client and its server; only called in turn (`inTurn`). */
 async function stopClient(): Promise<void> {
     const old = client;
     client = undefined;
     if (old) {
         try {
+            if (old.state === State.Starting) {
+                // The client refuses to stop while starting (e.g. restarting a crashed server): let it finish.
+                await old.start().catch(() => undefined);
+            }
             await old.stop(2000);
         } catch (error) {
             output.warn(`stopping the server: ${error}`);
@@ -203,9 +226,15 @@ async function stopClient(): Promise<void> {
 }
 
 async function restartServer(): Promise<void> {
-    stopPolling();
-    await stopClient();
-    await startClient();
+    pendingRestarts++;
+    await inTurn(async () => {
+        pendingRestarts--;
+        stopPolling();
+        await stopClient();
+        if (pendingRestarts === 0 && !deactivated) {
+            await startClient();
+        }
+    });
 }
 
 async function executeServerCommand(command: string, args: unknown[] = []): Promise<unknown> {
