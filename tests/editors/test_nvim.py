@@ -141,6 +141,26 @@ def _line(editor: Any, row: int) -> str:
     return editor.current.buffer[row]
 
 
+def _screen(editor: Any, rows: int) -> tuple[list[str], int]:
+    """The first ``rows`` lines of the screen as drawn (ghost text included, trailing blanks cut) and the
+    cursor's screen column (1-based) in the window."""
+    return editor.exec_lua(
+        """
+        vim.cmd('redraw')
+        local out = {}
+        for row = 1, ... do
+          local cells = {}
+          for col = 1, vim.o.columns do
+            cells[col] = vim.fn.screenstring(row, col)
+          end
+          out[row] = (table.concat(cells):gsub('%s+$', ''))
+        end
+        return { out, vim.fn.wincol() }
+        """,
+        rows,
+    )
+
+
 def test_attaches_through_lsp_refact_lua(nvim: Any) -> None:
     info = _client_info(nvim)
     assert info == {"name": "refact", "encoding": "utf-8", "server": "refact-lsp", "inline": True}
@@ -187,6 +207,8 @@ def test_ghost_text_appears_and_tab_accepts(nvim: Any, scripted_server) -> None:
     marks = _wait(lambda: _ghost(nvim), "ghost text")
     assert marks == [{"row": 1, "col": len("    return "), "text": completion, "lines": []}]
     assert _line(nvim, 1) == "    return ", "ghost text must not change the buffer"
+    # The cursor is drawn where typing goes: before the ghost text, not after it.
+    assert _screen(nvim, 2) == [["def add(a, b):", f"    return {completion}"], len("    return ") + 1]
 
     nvim.input("<Tab>")
     _wait(lambda: _line(nvim, 1) == f"    return {completion}", "the accepted suggestion")
@@ -195,14 +217,39 @@ def test_ghost_text_appears_and_tab_accepts(nvim: Any, scripted_server) -> None:
     assert nvim.api.get_mode()["mode"] == "i"
 
 
-def _use_model(editor: Any, model: Path) -> None:
-    """Switches the server's model with workspace/didChangeConfiguration and waits until it is loaded."""
+def test_dot_repeats_an_accepted_suggestion(nvim: Any, scripted_server) -> None:
+    """The accepted text is part of the insert: ``.`` types it again, ``u`` undoes typing and accepting
+    in one step."""
+    completion = scripted_server.single_line_text
+    _open(nvim, "dot.py", ["def add(a, b):", "    retur", "    retur"])
+    nvim.current.window.cursor = (2, len("    retur") - 1)
+    nvim.input("A")
+    _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+    nvim.input("n ")
+    _wait(lambda: _ghost(nvim), "ghost text")
+    nvim.input("<Tab>")
+    _wait(lambda: _line(nvim, 1) == f"    return {completion}", "the accepted suggestion")
+    nvim.input("<Esc>")
+    _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    nvim.input("j.")
+    _wait(lambda: _line(nvim, 2) == f"    return {completion}", "the repeated insert")
+    assert nvim.current.buffer[1:] == [f"    return {completion}", f"    return {completion}"]
+    nvim.input("u")
+    _wait(lambda: _line(nvim, 2) == "    retur", "the repeat undone")
+    nvim.input("u")
+    _wait(lambda: _line(nvim, 1) == "    retur", "the first insert undone")
+    assert nvim.current.buffer[:] == ["def add(a, b):", "    retur", "    retur"]
+
+
+def _use_model(editor: Any, model: Path, **settings: str) -> None:
+    """Switches the server's model (and ``settings``, the others back to their defaults) with
+    workspace/didChangeConfiguration and waits until it is loaded."""
     editor.exec_lua(
         """
         local c = vim.lsp.get_clients({ bufnr = 0, name = 'refact' })[1]
-        c:notify('workspace/didChangeConfiguration', { settings = { refact = { model = ... } } })
+        c:notify('workspace/didChangeConfiguration', { settings = { refact = ... } })
         """,
-        str(model),
+        {"model": str(model), **settings},
     )
     _wait(
         lambda: (s := _stats(editor)).get("model_state") == "ready" and s["model"]["source"] == str(model),
@@ -214,7 +261,8 @@ def test_multiline_ghost_text_uses_virtual_lines(nvim: Any, scripted_server) -> 
     _open(nvim, "multi.py", ["def add(a, b):", "   "])
     _use_model(nvim, scripted_server.multiline_model)
     try:
-        _insert_at_end(nvim)
+        nvim.input("A")  # what `.` repeats (not :startinsert!)
+        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
         nvim.input(" ")
         _wait(lambda: _line(nvim, 1) == "    ", "the typed indentation")
         marks = _wait(lambda: _ghost(nvim), "multi-line ghost text")
@@ -225,6 +273,14 @@ def test_multiline_ghost_text_uses_virtual_lines(nvim: Any, scripted_server) -> 
         _wait(lambda: len(nvim.current.buffer) == 3, "the accepted multi-line suggestion")
         assert nvim.current.buffer[:] == ["def add(a, b):", *scripted_server.multiline_text.split("\n")]
         assert tuple(nvim.current.window.cursor) == (3, len("    # done"))
+        # `.` types the same lines again, as they are (no autoindent, no comment leader added)
+        nvim.input("<Esc>")
+        _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+        nvim.current.buffer.append(["", "def sub(a, b):", "   "])
+        nvim.current.window.cursor = (6, 0)
+        nvim.input(".")
+        _wait(lambda: len(nvim.current.buffer) == 7, "the repeated multi-line insert")
+        assert nvim.current.buffer[3:] == ["", "def sub(a, b):", *scripted_server.multiline_text.split("\n")]
         # The same suggestion from the completion menu: the lines after the first are inserted too.
         info = _open_completion_menu(nvim, "multi_menu.py", ["def add(a, b):", "    "])
         assert [item["word"] for item in info["items"]] == ["    return a + b"]
@@ -260,6 +316,15 @@ def test_tab_types_a_tab_when_nothing_is_shown(nvim: Any) -> None:
     assert _ghost(nvim) == []
     nvim.input("<Tab>")
     _wait(lambda: _line(nvim, 1) == "\t", "a literal tab")
+    # Keys typed right after it (fast typing, a macro) come after the tab, not before it.
+    nvim.input("<BS><Tab>pass")
+    _wait(lambda: _line(nvim, 1) == "\tpass", "the tab, then the keys typed after it")
+    nvim.input("<Esc>")
+    _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    nvim.current.buffer[1] = ""
+    nvim.funcs.setreg("q", "A\tret\x1b")
+    nvim.input("@q")
+    _wait(lambda: _line(nvim, 1) == "\tret", "the macro's tab before its text")
 
 
 def test_ctrl_c_drops_the_suggestion(nvim: Any) -> None:
@@ -313,24 +378,24 @@ def test_tab_does_what_the_users_own_mapping_did_when_nothing_is_shown(nvim: Any
         nvim.command("setlocal noexpandtab")
         _insert_at_end(nvim)
         assert _ghost(nvim) == []
-        nvim.input("<Tab>")
-        _wait(lambda: _line(nvim, 1) == typed, f"the user's mapping ({mapping})")
+        nvim.input("<Tab>x")  # the key typed after Tab comes after what the mapping types
+        _wait(lambda: _line(nvim, 1) == typed + "x", f"the user's mapping ({mapping})")
         # a restarted client attaches again: the user's mapping is still what Tab falls back to
         nvim.exec_lua("require('refact').attach(vim.lsp.get_clients({ bufnr = 0, name = 'refact' })[1], 0)")
-        nvim.input("<BS>" * len(typed) + "<Tab>")
-        _wait(lambda: _line(nvim, 1) == typed, f"the user's mapping after a re-attach ({mapping})")
+        nvim.input("<BS>" * len(typed + "x") + "<Tab>x")
+        _wait(lambda: _line(nvim, 1) == typed + "x", f"the user's mapping after a re-attach ({mapping})")
     finally:
         nvim.command("silent! iunmap <Tab>")
 
 
 def test_an_auto_closed_paren_the_suggestion_types_is_shown_once(nvim: Any, scripted_server) -> None:
     """``def f(|)`` + ``x):``: the server's range covers the real ")", the ghost shows "x" before it and
-    ":" after it, and Tab gives ``def f(x):``."""
-    _open(nvim, "closer.py", ["def f()"])
+    ":" after it, and Tab gives ``def f(x):``; ``.`` does the same elsewhere."""
+    _open(nvim, "closer.py", ["def f()", "def g()"])
     _use_model(nvim, scripted_server.closer_model)
     try:
         nvim.current.window.cursor = (1, 6)
-        nvim.command("startinsert")
+        nvim.input("i")
         _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
         nvim.input("y<BS>")
         marks = _wait(lambda: _ghost(nvim), "ghost text")
@@ -338,20 +403,96 @@ def test_an_auto_closed_paren_the_suggestion_types_is_shown_once(nvim: Any, scri
             {"row": 0, "col": 6, "text": "x", "lines": []},
             {"row": 0, "col": 7, "text": ":", "lines": []},
         ]
+        assert _screen(nvim, 1) == [["def f(x):"], 7]  # the cursor before the ghost "x"
         nvim.input("<Tab>")
         _wait(lambda: _line(nvim, 0) == "def f(x):", "the accepted suggestion")
+        nvim.input("<Esc>")
+        _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+        nvim.current.window.cursor = (2, 6)
+        nvim.input(".")
+        _wait(lambda: _line(nvim, 1) == "def g(x):", "the repeated insert, over the real ')' again")
+    finally:
+        _use_model(nvim, scripted_server.single_line_model)
+
+
+#: Completed inside ``foo(|)`` with ``multiline: "always"``: a multi-line suggestion that types the
+#: auto-closed ")" again, on its last line.
+ML_CLOSER_TEXT = "a,\n    b)"
+
+
+@pytest.fixture(scope="module")
+def ml_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    folder = tmp_path_factory.mktemp("nvim-checkpoints") / "ml-closer"
+    return write_scripted_checkpoint(folder, ML_CLOSER_TEXT)
+
+
+def test_a_multiline_suggestion_shows_the_text_right_of_the_cursor_after_its_last_line(
+    nvim: Any, scripted_server, ml_closer_model: Path
+) -> None:
+    """``x = foo(|)`` + the lines ``a,`` and ``    b)``: the real ")" is not drawn after the first line's
+    ghost (Tab puts the ``b)`` of the last line in its place); what follows it moves after the last line."""
+    _open(nvim, "ml_closer.py", ["x = foo()", "y = bar() + 1"])
+    _use_model(nvim, ml_closer_model, multiline="always", midLine="always")
+    try:
+        for row, after in ((1, ""), (3, " + 1")):  # the first Tab added line 2
+            nvim.input("<Esc>")
+            _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+            nvim.current.window.cursor = (row, 8)
+            nvim.input("i")
+            _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+            nvim.input("y<BS>")
+            _wait(lambda: _ghost(nvim), "ghost text")
+            before = nvim.current.buffer[:]
+            screen = before[: row - 1] + [before[row - 1][:8] + "a,", "    b)" + after] + before[row:]
+            rows = len(screen)
+            assert _screen(nvim, rows) == [screen, 9]
+            nvim.input("<Tab>")
+            _wait(lambda rows=rows: len(nvim.current.buffer) == rows, "the accepted suggestion")
+            assert nvim.current.buffer[:] == screen, "the screen showed what Tab inserts"
     finally:
         _use_model(nvim, scripted_server.single_line_model)
 
 
 def test_stats_and_prompt_commands(nvim: Any) -> None:
-    _open(nvim, "commands.py", ["def add(a, b):", "    return "])
+    _open(nvim, "commands.py", ["def add(a, b):", "    return a", "    x = abc"])
     nvim.exec_lua("_G.refact_notes = {}; vim.notify = function(msg) table.insert(_G.refact_notes, msg) end")
     nvim.command("RefactStats")
-    nvim.command("RefactPrompt")
+    # Normal mode on the last character (say after typing the line and <Esc>): the position after it,
+    # where `a` types, as the README says.
+    nvim.current.window.cursor = (2, len("    return a") - 1)
+    nvim.input(":RefactPrompt<CR>")
     notes = _wait(lambda: len(n := nvim.exec_lua("return _G.refact_notes")) == 2 and n, "both answers")
     stats = next(note for note in notes if note.startswith("refact.stats"))
     prompt = next(note for note in notes if note.startswith("refact.prompt"))
     assert 'model_state = "ready"' in stats
-    # Normal mode: the cursor is on the trailing space, so the prefix stops before it.
-    assert prompt.endswith("<fim_prefix>def add(a, b):\n    return<fim_middle>"), prompt
+    assert prompt.startswith("refact.prompt (mode single, "), prompt
+    assert prompt.endswith("<fim_prefix>def add(a, b):\n    return a<fim_middle>"), prompt
+    # Elsewhere the cursor itself: before the "b" of "abc", where the server completes nothing.
+    nvim.current.window.cursor = (3, len("    x = a"))
+    nvim.input(":RefactPrompt<CR>")
+    notes = _wait(lambda: len(n := nvim.exec_lua("return _G.refact_notes")) == 3 and n, "the third answer")
+    assert notes[2] == "refact.prompt: no completion here (mode: none)"
+
+
+def test_completion_autotrigger_is_gone_with_a_warning(nvim: Any, scripted_server) -> None:
+    """It never opened the menu: Neovim's autotrigger fires on the server's trigger characters, and
+    refact-lsp sends none."""
+    setup = "require('refact').setup(...)"
+    options = {"cmd": scripted_server.command, "settings": scripted_server.settings}
+    nvim.exec_lua(
+        "_G.refact_notify, _G.refact_notes = vim.notify, {}; "
+        "vim.notify = function(msg, level) table.insert(_G.refact_notes, { msg, level }) end"
+    )
+    try:
+        nvim.exec_lua(setup, {**options, "completion": {"autotrigger": True}})
+        notes = nvim.exec_lua("return _G.refact_notes")
+        assert len(notes) == 1 and "completion.autotrigger" in notes[0][0], notes
+        assert notes[0][1] == nvim.exec_lua("return vim.log.levels.WARN")
+        assert nvim.exec_lua("return require('refact').options.completion") == {"enabled": True}
+        nvim.exec_lua(setup, {**options, "completion": {"autotrigger": False}})
+        assert len(nvim.exec_lua("return _G.refact_notes")) == 1, "no warning for false"
+    finally:
+        nvim.exec_lua("vim.notify = _G.refact_notify")
+        nvim.exec_lua(setup, options)

@@ -43,13 +43,32 @@ vim.api.nvim_create_user_command('RefactStats', function()
   end
 end, { desc = 'Show refact-lsp statistics and model state' })
 
+--- The position :RefactPrompt asks about: the cursor, or in Normal mode on the last character of a
+--- line the position after it, where `a` would type (the cursor goes back onto that character when
+--- insert mode ends, e.g. after typing a line and <Esc>).
+local function prompt_position(client)
+  local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+  local line = vim.api.nvim_get_current_line()
+  local char = vim.fn.matchstr(line, ('\\%%%dc.'):format(col + 1)) -- with its composing characters
+  if vim.api.nvim_get_mode().mode == 'n' and char ~= '' and col + #char == #line then
+    params.position.character = vim.lsp.util.character_offset(0, row - 1, #line, client.offset_encoding)
+  end
+  return params
+end
+
 vim.api.nvim_create_user_command('RefactPrompt', function()
   local client = refact_client()
   if client then
-    local bufnr = vim.api.nvim_get_current_buf()
-    local params = vim.lsp.util.make_position_params(0, client.offset_encoding)
+    local params = prompt_position(client)
     client:request('workspace/executeCommand', { command = 'refact.prompt', arguments = { params } }, function(err, result)
-      show('refact.prompt', err or (result and result.prompt) or result)
-    end, bufnr)
+      if err then
+        show('refact.prompt', err)
+      elseif type(result) ~= 'table' or type(result.prompt) ~= 'string' then
+        vim.notify('refact.prompt: no completion here (mode: none)', vim.log.levels.INFO)
+      else
+        show(('refact.prompt (mode %s, %s tokens)'):format(result.mode, result.tokens), result.prompt)
+      end
+    end, vim.api.nvim_get_current_buf())
   end
 end, { desc = 'Show the prompt refact-lsp builds at the cursor' })

@@ -2,6 +2,11 @@
 --- ask `textDocument/inlineCompletion`, show the first item with extmarks (inline virtual text for
 --- the cursor line, virtual lines for the rest), accept it with a key, drop it on any other edit,
 --- cursor move or leaving insert mode. Answers to outdated requests are dropped.
+---
+--- Accepting goes through keys (`accept_keys`): a <Del> for each character right of the cursor that
+--- the item types again, then a paste of its text (nvim_paste). That text is literal (no autoindent,
+--- auto-pairs or 'expandtab'), is one undo step with the rest of the insert, and is in the redo
+--- register, so `.` repeats it.
 local M = {}
 
 local api = vim.api
@@ -10,6 +15,7 @@ local INLINE_TRIGGER_AUTOMATIC = 2
 
 ---@class refact.ghost.Suggestion
 ---@field row integer 0-based
+---@field col integer byte column of the cursor when shown
 ---@field start_col integer byte column where the item's range starts
 ---@field end_col integer byte column where it ends (>= the cursor: auto-closed characters it re-types)
 ---@field lines string[] the item's text, split in lines
@@ -96,25 +102,46 @@ local function render(bufnr, suggestion, cursor_col, hl_group)
   end
   local ghost_first = first:sub(#typed + 1)
   local rest = vim.list_slice(suggestion.lines, 2)
-  -- Characters right of the cursor that the item types again (e.g. an auto-closed ")") stay where
-  -- they are; the ghost shows what goes before each of them, and what goes after them all.
+  -- Single line: characters right of the cursor that the item types again (e.g. an auto-closed ")")
+  -- stay where they are; the ghost shows what goes before each of them, and what goes after them all.
   local pieces = #rest == 0 and covered ~= '' and pieces_around(ghost_first, covered) or { ghost_first }
   if table.concat(pieces) == '' and #rest == 0 then
     return false
   end
+  local virt_lines, tail = nil, line:sub(cursor_col + 1)
+  if #rest > 0 then
+    virt_lines = vim.tbl_map(function(l)
+      return { { l, hl_group } }
+    end, rest)
+    -- Several lines: accepting moves what is right of the cursor, less the characters the item types
+    -- again, after its last line. Shown there (as text, not ghost), and blanked out on the cursor line.
+    local after = line:sub(suggestion.end_col + 1)
+    if after ~= '' then
+      table.insert(virt_lines[#virt_lines], { after })
+    end
+  end
   for i, piece in ipairs(pieces) do
-    local mark = { virt_text_pos = 'inline', hl_mode = 'combine', right_gravity = false }
+    -- right_gravity on the mark at the cursor: Neovim then draws the cursor before its text (after it
+    -- otherwise, as if the suggestion were typed). Typing there drops the ghost anyway.
+    local mark = { virt_text_pos = 'inline', hl_mode = 'combine', right_gravity = i == 1 }
     if piece ~= '' then
       mark.virt_text = { { piece, hl_group } }
     end
-    if i == 1 and #rest > 0 then
-      mark.virt_lines = vim.tbl_map(function(l)
-        return { { l, hl_group } }
-      end, rest)
+    if i == 1 then
+      mark.virt_lines = virt_lines
     end
     if mark.virt_text or mark.virt_lines then
       api.nvim_buf_set_extmark(bufnr, ns, suggestion.row, cursor_col + i - 1, mark)
     end
+  end
+  if virt_lines and tail ~= '' then
+    -- Blanks over the text right of the cursor (drawn after the inline ghost, so from its end).
+    local from = vim.fn.strdisplaywidth(line:sub(1, cursor_col))
+    from = from + vim.fn.strdisplaywidth(ghost_first, from)
+    api.nvim_buf_set_extmark(bufnr, ns, suggestion.row, cursor_col, {
+      virt_text = { { (' '):rep(vim.fn.strdisplaywidth(tail, from)) } },
+      virt_text_pos = 'overlay',
+    })
   end
   return true
 end
@@ -156,6 +183,7 @@ local function on_answer(bufnr, seq, tick, row, col, encoding, result)
   M.clear(bufnr)
   local suggestion = {
     row = row,
+    col = col,
     start_col = start_col,
     end_col = end_col,
     lines = vim.split(text, '\n', { plain = true }),
@@ -222,34 +250,60 @@ function M.dismiss(bufnr)
   M.clear(bufnr)
 end
 
---- Inserts the shown suggestion. Returns false if none is shown (or it no longer applies).
----@return boolean
-function M.accept(bufnr)
+--- The text that the keys of `accept_keys` paste: { bufnr, text }.
+local queued = nil
+
+--- Keys that insert the suggestion shown in `bufnr` (0: current) as if typed, so that `.` repeats
+--- them: a <Del> for each character right of the cursor that the item types again, then a paste of
+--- the rest of its text (`insert_queued`). They are meant to run at once, not remapped: returned by
+--- an <expr> mapping or fed to the front of the typeahead. Drops the suggestion; nil if none was
+--- shown or it no longer applies. Works while text is locked (an <expr> mapping).
+---@return string?
+function M.accept_keys(bufnr)
   bufnr = bufnr == 0 and api.nvim_get_current_buf() or bufnr
   local suggestion = M.current(bufnr)
   if not suggestion then
-    return false
+    return nil
   end
   M.dismiss(bufnr)
-  if api.nvim_buf_get_changedtick(bufnr) ~= suggestion.tick then
+  local row, col = unpack(api.nvim_win_get_cursor(0))
+  if
+    api.nvim_get_current_buf() ~= bufnr
+    or api.nvim_buf_get_changedtick(bufnr) ~= suggestion.tick
+    or row - 1 ~= suggestion.row
+    or col ~= suggestion.col
+  then
+    return nil
+  end
+  local line = api.nvim_buf_get_lines(bufnr, suggestion.row, suggestion.row + 1, true)[1]
+  local covered = line:sub(col + 1, suggestion.end_col)
+  local lines = vim.deepcopy(suggestion.lines)
+  lines[1] = lines[1]:sub(col - suggestion.start_col + 1) -- the part typed before the cursor is there
+  queued = { bufnr = bufnr, text = table.concat(lines, '\n') }
+  local delete = ('<Del>'):rep(vim.fn.strchars(covered, true))
+  return vim.keycode(delete .. "<Cmd>lua require('refact.ghost').insert_queued()<CR>")
+end
+
+--- Pastes the text queued by `accept_keys` at the cursor (the end of those keys).
+function M.insert_queued()
+  local item = queued
+  queued = nil
+  if item and item.text ~= '' and api.nvim_get_current_buf() == item.bufnr then
+    -- In insert mode the paste is part of the insert: literal, one undo step, repeated by `.`.
+    api.nvim_paste(item.text, false, -1)
+  end
+end
+
+--- Inserts the shown suggestion: feeds `accept_keys` to the front of the typeahead, so the text goes
+--- in right after the current mapping (also an <expr> one). Returns false if none is shown (or it no
+--- longer applies).
+---@return boolean
+function M.accept(bufnr)
+  local keys = M.accept_keys(bufnr)
+  if not keys then
     return false
   end
-  local win = api.nvim_get_current_win()
-  local function insert()
-    local lines = suggestion.lines
-    api.nvim_buf_set_text(bufnr, suggestion.row, suggestion.start_col, suggestion.row, suggestion.end_col, lines)
-    local last_row = suggestion.row + #lines - 1
-    local last_col = (#lines == 1 and suggestion.start_col or 0) + #lines[#lines]
-    api.nvim_win_set_cursor(win, { last_row + 1, last_col })
-  end
-  if not pcall(insert) then
-    -- an <expr> mapping (text locked while it runs): insert right after it
-    vim.schedule(function()
-      if api.nvim_buf_is_valid(bufnr) and api.nvim_buf_get_changedtick(bufnr) == suggestion.tick then
-        insert()
-      end
-    end)
-  end
+  api.nvim_feedkeys(keys, 'ni', false)
   return true
 end
 

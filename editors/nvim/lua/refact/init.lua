@@ -17,10 +17,9 @@ M.defaults = {
   --- debounceMs, multiline, ...). nil: server defaults.
   settings = nil,
   completion = {
-    --- Offer the suggestion in the completion menu (<C-x><C-o>, vim.lsp.completion.get()).
+    --- Offer the suggestion in the completion menu (<C-x><C-o>, vim.lsp.completion.get()). The menu
+    --- opens only when asked: the server has no trigger characters (ghost text is what comes by itself).
     enabled = true,
-    --- Open the menu on the server's trigger characters as well.
-    autotrigger = false,
   },
   inline = {
     --- Show suggestions as ghost text while typing.
@@ -45,6 +44,16 @@ end
 ---@param opts? refact.Options
 function M.setup(opts)
   M.options = vim.tbl_deep_extend('force', vim.deepcopy(M.defaults), opts or {})
+  if M.options.completion.autotrigger ~= nil then
+    if M.options.completion.autotrigger then
+      vim.notify_once(
+        'refact: completion.autotrigger is gone: it never opened the menu (refact-lsp sends no trigger'
+          .. ' characters). Suggestions come by themselves as ghost text; open the menu with <C-x><C-o>.',
+        vim.log.levels.WARN
+      )
+    end
+    M.options.completion.autotrigger = nil
+  end
   local overrides = {}
   if M.options.cmd then
     overrides.cmd = M.options.cmd
@@ -72,8 +81,8 @@ local FALLBACK = '<Plug>(refact-accept-fallback)'
 
 --- Keeps what `key` did in insert mode in `bufnr` before this plugin maps it (the buffer's own mapping,
 --- else a global one) as the buffer's FALLBACK mapping, a copy with everything Vim keeps of it (`<SID>`,
---- `<expr>`, a Lua callback, remap or not). Returns a function that does it again: that mapping, or the
---- key itself when there was none.
+--- `<expr>`, a Lua callback, remap or not). Returns a function for the <expr> accept mapping that does
+--- it again, right where the key was typed (ahead of any keys typed after it): the keys to return.
 local function fallback(key, bufnr)
   vim.api.nvim_buf_call(bufnr, function()
     local before = vim.fn.maparg(key, 'i', false, true)
@@ -94,11 +103,20 @@ local function fallback(key, bufnr)
       return vim.fn.maparg(FALLBACK, 'i', false, true)
     end)
     if vim.tbl_isempty(copy) then
-      vim.api.nvim_feedkeys(vim.keycode(key), 'n', false)
-    else
-      vim.api.nvim_feedkeys(vim.keycode(FALLBACK), 'm', false)
+      return vim.keycode(key) -- the accept mapping does not remap: the key itself
     end
+    -- The copy must be remapped, the accept mapping's keys must not: run it next, from the typeahead.
+    vim.api.nvim_feedkeys(vim.keycode(FALLBACK), 'mi', false)
+    return ''
   end
+end
+
+--- Keys that accept the suggestion shown in the current buffer (nil if none), for an <expr> mapping.
+local function accept_keys()
+  if has_native_inline() then
+    return vim.lsp.inline_completion.get() and '' or nil -- applied once the mapping is done
+  end
+  return require('refact.ghost').accept_keys(vim.api.nvim_get_current_buf())
 end
 
 local function map_accept(bufnr)
@@ -107,14 +125,14 @@ local function map_accept(bufnr)
     return
   end
   local otherwise = fallback(key, bufnr)
+  -- An <expr> mapping: the suggestion goes in as keys (repeated by `.`), the fallback where the key was.
   vim.keymap.set('i', key, function()
-    if not M.accept() then
-      otherwise()
-    end
-  end, { buffer = bufnr, desc = ACCEPT_DESC })
+    return accept_keys() or otherwise()
+  end, { buffer = bufnr, expr = true, replace_keycodes = false, desc = ACCEPT_DESC })
 end
 
---- Accepts the suggestion shown in the current buffer. Returns false if none was shown.
+--- Accepts the suggestion shown in the current buffer (the text goes in right after the calling
+--- mapping, an <expr> one too, and `.` repeats it). Returns false if none was shown.
 ---@return boolean
 function M.accept()
   if has_native_inline() then
@@ -129,7 +147,7 @@ end
 function M.attach(client, bufnr)
   local opts = M.options
   if opts.completion.enabled and client.server_capabilities.completionProvider then
-    require('refact.menu').enable(client, bufnr, { autotrigger = opts.completion.autotrigger })
+    require('refact.menu').enable(client, bufnr)
   end
   if opts.inline.enabled and client.server_capabilities.inlineCompletionProvider then
     if has_native_inline() then

@@ -72,9 +72,8 @@ local function on_complete_done(bufnr, completed, reason)
 end
 
 --- Enables the completion menu of `client` in `bufnr`.
-function M.enable(client, bufnr, opts)
+function M.enable(client, bufnr)
   vim.lsp.completion.enable(true, client.id, bufnr, {
-    autotrigger = opts.autotrigger,
     convert = M.converter(client.offset_encoding or 'utf-16'),
   })
   api.nvim_create_autocmd('CompleteDone', {
