@@ -14,6 +14,7 @@ next input: greedy decoding can then queue the next step before the host has rea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -45,6 +46,14 @@ def greedy_pick(logits: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         logits[FIRST_PADDING_ID:] = float("-inf")
     at = torch.argmax(logits).view(1)  # NaN counts as the largest: a NaN logit is found, not skipped
     return torch.cat([at.to(out.dtype), logits.gather(0, at).to(out.dtype)], out=out)
+
+
+def picked_token(index: float, value: float) -> int:
+    """The token of a greedy pick read back (its index and its logit); ``ValueError`` when the logit is
+    NaN: the logits are, and there is no token (as when sampling)."""
+    if math.isnan(value):
+        raise ValueError("cannot pick a token: the logits are NaN")
+    return int(index)
 
 
 class DecodeGraph:

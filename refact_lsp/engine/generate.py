@@ -29,7 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from refact_lsp.dev.faults import maybe_inject
 from refact_lsp.engine import triton_decode
-from refact_lsp.engine.cuda_graph import DecodeGraph, greedy_pick
+from refact_lsp.engine.cuda_graph import DecodeGraph, greedy_pick, picked_token
 from refact_lsp.engine.kv_cache import KVCache
 from refact_lsp.engine.loading import LoadedModel
 from refact_lsp.engine.readback import PickReadback
@@ -79,9 +79,8 @@ class GenerationRequest:
 @dataclass
 class GenerationResult:
     text: str
-    token_ids: list[int] = field(
-        default_factory=list
-    )  # sampled tokens, without the control token ending them
+    token_ids: list[int] = field(default_factory=list)
+    """The sampled tokens, without the control token that ended them."""
     stop_reason: StopReason = "eot"
     prompt_tokens: int = 0
     reused_tokens: int = 0  # prompt tokens whose keys/values came from the previous request
@@ -101,15 +100,10 @@ def sample_next(
     if temperature < GREEDY_BELOW:
         if logits.device.type == "cpu":  # numpy's vectorised argmax: ~4 us where torch's takes ~100 us
             values = logits.numpy()
-            best = int(values.argmax())
-            value = float(values[best])
-        else:  # the index and its logit in one read back from the device
-            at = torch.argmax(logits)
-            index, value = torch.stack([at.to(logits.dtype), logits[at]]).tolist()
-            best = int(index)
-        if math.isnan(value):  # argmax picks the first NaN: no token, as when sampling
-            raise ValueError("cannot pick a token: the logits are NaN")
-        return best
+            best = int(values.argmax())  # the first NaN, if any
+            return picked_token(best, float(values[best]))
+        # the index and its logit in one read back from the device
+        return picked_token(*greedy_pick(logits, logits.new_empty(2)).tolist())
     # shifted by the maximum first: a tiny temperature sends the others to -inf, never the best to inf
     probs = torch.softmax((logits - logits.max()) / temperature, dim=-1)
     if 0 < top_p < 1:

@@ -4,9 +4,9 @@ queued after it go on."""
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from refact_lsp.engine.cuda_graph import picked_token
 
 
 class PickReadback:
@@ -30,7 +30,4 @@ class PickReadback:
         :func:`~refact_lsp.engine.generate.sample_next` raises."""
         if self._done is not None:
             self._done[n % 2].synchronize()
-        index, value = self._host[n % 2].tolist()
-        if math.isnan(value):
-            raise ValueError("cannot pick a token: the logits are NaN")
-        return int(index)
+        return picked_token(*self._host[n % 2].tolist())
