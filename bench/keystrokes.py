@@ -414,7 +414,7 @@ async def replay_section(client: Client, args, text: str, cursor: int, typed: st
             spec = run.end_stats.get("speculative", {})
             print(
                 f"   speculative runs {spec.get('runs')}, cancelled {spec.get('cancelled')}, "
-                f"hits {spec.get('hits')}"
+                f"hits {spec.get('hits')}; model runs by stop reason {run.end_stats.get('stop_reasons')}"
             )
     with section("per-keystroke ratio, default / naive (the same events)"):
         d, n = runs["default"], runs["naive"]

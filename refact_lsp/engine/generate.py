@@ -35,9 +35,10 @@ from refact_lsp.engine.loading import LoadedModel
 from refact_lsp.engine.readback import PickReadback
 from refact_lsp.engine.tokenizer import EOT_ID, FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
 
-StopReason = Literal["eot", "stop_string", "max_tokens", "time_budget", "cancelled"]
+StopReason = Literal["eot", "stop_string", "decided", "max_tokens", "time_budget", "cancelled"]
 """Why a generation ended; ``eot``: the model ended it with ``<|endoftext|>`` or another control token
-(``<fim_prefix>``, ``<filename>``, ...: none belongs in a completion, so none is written out as text)."""
+(``<fim_prefix>``, ``<filename>``, ...: none belongs in a completion, so none is written out as text);
+``decided``: the request's ``stop_when`` said that no more text would change the answer."""
 GREEDY_BELOW = 1e-6
 """Temperatures below this are greedy (the distribution is one-hot to float32's precision anyway)."""
 SHORT_TAIL = 8
@@ -74,6 +75,10 @@ class GenerationRequest:
     prefill_chunk: int | None = None
     """Tokens per prefill forward pass (default ``PREFILL_CHUNK``); the stop event is checked between
     them, so a small chunk makes a low-priority (speculative) run stop within about one decode step."""
+    stop_when: Callable[[str], bool] | None = None
+    """Called with the text so far after each token (stop strings cut off); True ends the generation
+    there (reason ``decided``): the caller knows that nothing the model writes next would change the
+    answer, e.g. a multi-line completion that has left the cursor's block."""
 
 
 @dataclass
@@ -457,6 +462,8 @@ class Generator:
             result.token_ids.append(token)
             if stream.push(token):
                 reason = "stop_string"
+            elif request.stop_when is not None and request.stop_when(stream.text):
+                reason = "decided"
             elif len(result.token_ids) >= max_new:
                 reason = "max_tokens"
             elif request.time_budget_s is not None and time.perf_counter() - t0 >= request.time_budget_s:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from refact_lsp.service.documents import Document, DocumentStore
 from refact_lsp.service.edits import line_edit
 from refact_lsp.service.model_files import is_local_source, local_model_files
 from refact_lsp.service.positions import Encoding, lsp_character
-from refact_lsp.service.postprocess import PostContext, only_repeats, postprocess
+from refact_lsp.service.postprocess import PostContext, decided, only_repeats, postprocess
 from refact_lsp.service.prompt import (
     CachedEncoder,
     Prompt,
@@ -479,7 +480,7 @@ class CompletionService:
         if completion is None:
             settings, generation = self.settings, self._load_generation
             await ticket.debounce(settings.debounceMs / 1000)
-            raw = (await ticket.run(lambda stop: self._generate(prompt, stop), self._count)).text
+            raw = (await ticket.run(lambda stop: self._generate(prompt, post, stop), self._count)).text
             if ticket.superseded:
                 raise Skipped("superseded")
             if raw is None:
@@ -558,7 +559,9 @@ class CompletionService:
         post = self._post_context(spec, prompt)  # read now: the document may change during the run
         ticket = self.scheduler.idle_ticket(uri)
         try:
-            run = await ticket.run(lambda stop: self._generate(prompt, stop, speculative=True), self._count)
+            run = await ticket.run(
+                lambda stop: self._generate(prompt, post, stop, speculative=True), self._count
+            )
             raw = run.text
         except Skipped:
             raw = None
@@ -585,8 +588,11 @@ class CompletionService:
         if run.record is not None:
             self.stats.record_run(run.record)
 
-    def _generate(self, prompt: Prompt, stop: threading.Event, speculative: bool = False) -> _Run:
-        """On the worker thread: one model run (``_count`` it on the loop)."""
+    def _generate(
+        self, prompt: Prompt, post: PostContext, stop: threading.Event, speculative: bool = False
+    ) -> _Run:
+        """On the worker thread: one model run (``_count`` it on the loop), ended as soon as its suggestion
+        after ``post``-processing is :func:`decided`."""
         from refact_lsp.engine.generate import GenerationOutOfMemory, GenerationRequest
 
         runner = self._runner
@@ -601,6 +607,7 @@ class CompletionService:
             stop_strings=("\n",) if prompt.mode == "single" else ("\n\n",),
             kv_reuse=settings.kvReuse,
             prefill_chunk=SPECULATIVE_PREFILL_CHUNK if speculative else None,
+            stop_when=functools.partial(decided, ctx=post) if post.mode == "multi" else None,
         )
         try:
             result = runner.generate(request, stop)

@@ -50,17 +50,23 @@ def _indent(text: str) -> int:
     return len(text[: len(text) - len(text.lstrip(" \t"))].expandtabs(TAB_WIDTH))
 
 
-def postprocess(raw: str, ctx: PostContext) -> str:
-    """The suggestion to show for ``raw`` model output, or ``""``."""
-    text = raw
+def _cut(raw: str) -> tuple[str, bool]:
+    """``raw`` up to its first stop text or blank line, line ends as ``\\n``; and whether it was cut."""
+    text, cut_at_stop = raw, False
     for stop in STOP_TEXTS:
         cut = text.find(stop)
         if cut >= 0:
-            text = text[:cut]
+            text, cut_at_stop = text[:cut], True
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     cut = text.find("\n\n")
     if cut >= 0:
-        text = text[:cut]
+        return text[:cut], True
+    return text, cut_at_stop
+
+
+def postprocess(raw: str, ctx: PostContext) -> str:
+    """The suggestion to show for ``raw`` model output, or ``""``."""
+    text, _ = _cut(raw)
     if ctx.mode == "single":
         text = text.split("\n", 1)[0]
     lines = [line.rstrip() for line in text.split("\n")]
@@ -76,20 +82,38 @@ def postprocess(raw: str, ctx: PostContext) -> str:
     return text
 
 
+def decided(raw: str, ctx: PostContext) -> bool:
+    """Whether the suggestion for ``raw`` is settled: ``postprocess(raw + more, ctx)`` is
+    ``postprocess(raw, ctx)`` whatever ``more`` is, so a generation may stop here. So it is after a stop
+    text or a blank line, after a line break in single-line mode, and in multi-line mode once a line has
+    begun (its first non-blank character is in) that runs out of the cursor's block."""
+    text, cut = _cut(raw)
+    if cut or (ctx.mode == "single" and "\n" in text):
+        return True
+    return ctx.mode == "multi" and _block_end(text.split("\n"), ctx) is not None
+
+
 def _keep_in_block(lines: list[str], ctx: PostContext) -> list[str]:
     """Stop before the first line dedented below the block the completion starts in."""
+    end = _block_end(lines, ctx)
+    return lines if end is None else lines[:end]
+
+
+def _block_end(lines: list[str], ctx: PostContext) -> int | None:
+    """The first line dedented below the block the completion starts in (None: none is); a line's
+    indentation counts from its first non-blank character on, whatever follows it."""
     if ctx.line_prefix:  # the completion continues the cursor line: that line's indentation
         block = _indent(ctx.line_prefix)
         first = 0
     else:  # whole lines from column 0: the first non-blank line sets the block
         first = next((i for i, line in enumerate(lines) if line.strip()), len(lines))
         if first == len(lines):
-            return lines
+            return None
         block = _indent(lines[first])
     for i in range(first + 1, len(lines)):
         if lines[i].strip() and _indent(lines[i]) < block:
-            return lines[:i]
-    return lines
+            return i
+    return None
 
 
 def _drop_repeated_tail(lines: list[str], next_lines: Sequence[str]) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from .lsp_session import LOOPING_TEXT, MULTILINE_TEXT, SCRIPTED_TEXT, Checkpoints
+from .lsp_session import LOOPING_TEXT, MULTILINE_AFTER, MULTILINE_TEXT, SCRIPTED_TEXT, Checkpoints
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +15,6 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Checkpoints:
     return Checkpoints(
         scripted=write_scripted_checkpoint(root / "scripted", SCRIPTED_TEXT),
         looping=write_scripted_checkpoint(root / "looping", LOOPING_TEXT, loop=True),
-        multiline=write_scripted_checkpoint(root / "multiline", MULTILINE_TEXT),
+        multiline=write_scripted_checkpoint(root / "multiline", MULTILINE_TEXT + MULTILINE_AFTER),
         missing=root / "does-not-exist",
     )

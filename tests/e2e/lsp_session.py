@@ -27,6 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPTED_TEXT = "a + b"
 LOOPING_TEXT = "spam eggs "
 MULTILINE_TEXT = "    return a + b\n    # done"
+MULTILINE_AFTER = "\nprint(total)"
+"""What the multi-line checkpoint writes after ``MULTILINE_TEXT``: a line out of the block, never shown."""
 READY_TIMEOUT_S = 90.0
 
 # Settings every e2e server starts with: greedy decoding, so scripted checkpoints answer exactly.

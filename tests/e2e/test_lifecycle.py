@@ -145,6 +145,9 @@ async def test_a_multi_line_suggestion_replaces_the_typed_indentation(
     assert [(i.insert_text, i.range) for i in items] == [
         (MULTILINE_TEXT.replace("\n", eol), types.Range(start=start, end=cursor))
     ]
+    # the model went on with a line out of the block (the second document's request is a cache hit):
+    # the run stopped at that line's first token
+    assert (await session.stats())["stop_reasons"].get("decided", 0) >= 1
     result = await session.completion(uri, 1, 4)
     assert [(i.label, i.text_edit.new_text) for i in result.items] == [
         ("return a + b", MULTILINE_TEXT.replace("\n", eol))

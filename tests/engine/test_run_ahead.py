@@ -48,6 +48,7 @@ REQUESTS = {
     "two tokens": dict(max_new_tokens=2),
     "three tokens": dict(max_new_tokens=3),
     "time budget": dict(max_new_tokens=100, time_budget_s=0.0),
+    "decided by the caller": dict(max_new_tokens=100, stop_when=lambda text: "return" in text),
 }
 
 
@@ -63,6 +64,8 @@ def test_every_stop_rule_gives_what_one_step_at_a_time_gives(
     assert got == expected
     tokens, text, reason = expected[:3]
     assert script_text.startswith(text) and reason != "cancelled"
+    if "stop_when" in REQUESTS[name]:
+        assert reason == "decided" and text.endswith("return") and len(text) < len(script_text)
     # the cache holds the prompt and the tokens fed back, not the one a stop came at
     assert got[4] == request.prompt_ids + tokens[: max(0, len(tokens) - (reason != "eot"))]
     if len(tokens) > 2:

@@ -54,7 +54,7 @@ class _Model:
         if not hold:
             self.release.set()
 
-    def __call__(self, prompt: Prompt, stop: threading.Event, speculative: bool = False) -> _Run:
+    def __call__(self, prompt: Prompt, post: Any, stop: threading.Event, speculative: bool = False) -> _Run:
         self.runs.append(prompt)
         self.started.set()
         self.release.wait(WAIT_S)
