@@ -547,13 +547,15 @@ def _range(s: Suggestion) -> types.Range:
 
 
 def _completion_item(s: Suggestion) -> types.CompletionItem:
+    start = types.Position(line=s.line, character=s.item_start)
+    edit_range = types.Range(start=start, end=types.Position(line=s.line, character=s.end))
     return types.CompletionItem(
-        label=s.label or s.text,
+        label=s.label or s.item_text,
         kind=types.CompletionItemKind.Text,
         detail="Refact",
         insert_text_format=types.InsertTextFormat.PlainText,
         filter_text=s.filter_text or None,
-        text_edit=types.TextEdit(range=_range(s), new_text=s.text),
+        text_edit=types.TextEdit(range=edit_range, new_text=s.item_text),
         sort_text="0",
         preselect=True,
     )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from refact_lsp.service.documents import Document, DocumentStore
-from refact_lsp.service.edits import line_edit
+from refact_lsp.service.edits import Edit, completion_item_edit, line_edit
 from refact_lsp.service.model_files import is_local_source, local_model_files
 from refact_lsp.service.positions import Encoding, lsp_character
 from refact_lsp.service.postprocess import PostContext, decided, only_repeats, postprocess
@@ -96,10 +96,15 @@ class Suggestion:
     line: int
     start: int
     end: int
+    item_start: int = 0
+    """The same suggestion as a completion item (``textDocument/completion``, see
+    :func:`completion_item_edit`) replaces ``[item_start, end)`` with ``item_text``: from the start of the
+    word before ``start``, that word written again in front of ``text``."""
+    item_text: str = ""
     label: str = ""
-    """The first non-blank line, without indentation (a completion item's label)."""
+    """The completion item's label: the first non-blank line of ``item_text``, without indentation."""
     filter_text: str = ""
-    """The first line of ``text``: it starts with what is typed between ``start`` and the cursor."""
+    """The first line of ``item_text``: it starts with what is typed between ``item_start`` and the cursor."""
 
 
 class _LinesWithOneReplaced(Sequence[str]):
@@ -657,14 +662,17 @@ class CompletionService:
             inserted_end = sel_start + len(sel_text)
             end = end - inserted_end + sel_end if end >= inserted_end else sel_end
             start = real_start
-        label = next((part.strip() for part in completion.split("\n") if part.strip()), completion.strip())
+        end = max(end, start)
+        item = completion_item_edit(real_line, Edit(start, end, text, req.line), doc.eol)
         return Suggestion(
             text=text,
             line=req.line,
             start=lsp_character(real_line, start, self.encoding),
-            end=lsp_character(real_line, max(end, start), self.encoding),
-            label=label,
-            filter_text=text.split(doc.eol, 1)[0],
+            end=lsp_character(real_line, end, self.encoding),
+            item_start=lsp_character(real_line, item.edit.start_index, self.encoding),
+            item_text=item.edit.new_text,
+            label=item.label,
+            filter_text=item.filter_text,
         )
 
     # Observability --------------------------------------------------------------------------------

@@ -12,22 +12,14 @@ The range stays on the cursor line, in Python str indices (convert with ``Edit.l
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Protocol
 
 from refact_lsp.service.positions import lsp_character
 from refact_lsp.service.prompt import Mode
 
 AUTO_CLOSED = ")]}\"'`;"
 _OPENERS = {")": "(", "]": "[", "}": "{"}
-
-
-class LineSource(Protocol):
-    """What edits need from a document (``Document`` provides it)."""
-
-    eol: str
-
-    def line(self, i: int) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +44,7 @@ class CompletionItemEdit:
     """A ``textDocument/completion`` item offering the same suggestion."""
 
     label: str
-    """The first non-blank line of the suggestion, without its indentation."""
+    """The first non-blank line of the inserted text, without its indentation."""
     filter_text: str
     """The first line of the inserted text (it starts with what is typed between range start and cursor)."""
     edit: Edit
@@ -149,19 +141,22 @@ def line_edit(
     return Edit(start, end, new_text, line)
 
 
-def inline_edit(doc: LineSource, line: int, index: int, completion: str, mode: Mode) -> Edit | None:
-    """``line_edit`` for a document's line, with the document's line ending."""
-    return line_edit(doc.line(line), line, index, completion, mode, doc.eol)
+def word_start(line_text: str, index: int) -> int:
+    """Where the word (letters, digits, ``_``, ``$``) that ends at ``index`` of ``line_text`` starts."""
+    return _WORD_BEFORE.search(line_text, 0, index).start()  # type: ignore[union-attr]
 
 
-def completion_item_edit(
-    doc: LineSource, line: int, index: int, completion: str, mode: Mode
-) -> CompletionItemEdit | None:
-    """The completion item for the suggestion: same edit range, label = its first line."""
-    edit = inline_edit(doc, line, index, completion, mode)
-    if edit is None:
-        return None
-    first_lines = completion.split("\n")
-    label = next((text.strip() for text in first_lines if text.strip()), completion.strip())
-    filter_text = edit.new_text.split(doc.eol, 1)[0]
-    return CompletionItemEdit(label, filter_text, edit)
+_WORD_BEFORE = re.compile(r"[\w$]*\Z")
+
+
+def completion_item_edit(line_text: str, edit: Edit, eol: str = "\n") -> CompletionItemEdit:
+    """The completion item of an inline ``edit`` of ``line_text``: the same edit, its range widened to the
+    start of the word that ends where it starts, that word written in front of its new text. Clients
+    filter completion items by the word at the cursor (eglot's completion-at-point, and company or corfu
+    through it, by the symbol at point: an item must start with it to be inserted); an item whose range
+    starts at the cursor in the middle of a word would be filtered out."""
+    start = word_start(line_text, edit.start_index)
+    new_text = line_text[start : edit.start_index] + edit.new_text
+    lines = new_text.split(eol)
+    label = next((text.strip() for text in lines if text.strip()), new_text.strip())
+    return CompletionItemEdit(label, lines[0], Edit(start, edit.end_index, new_text, edit.line))

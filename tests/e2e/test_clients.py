@@ -105,6 +105,25 @@ async def test_completion_offers_the_same_suggestion_as_a_text_edit(session: Ses
     )
 
 
+async def test_a_completion_item_starts_at_the_word_before_the_cursor(session: Session) -> None:
+    """eglot (and company or corfu through it) filters items by the symbol at point: at the end of a word
+    the item's range starts at that word, and its text and label start with it."""
+    uri = uri_of("word.py")
+    line = '    s = "😀"; total = café'
+    session.open(uri, f"def f():\n{line}\n")
+    cursor = units(line, session.encoding)
+    result = await session.completion(uri, 1, cursor)
+    [item] = result.items
+    start = types.Position(line=1, character=units('    s = "😀"; total = ', session.encoding))
+    assert item.text_edit == types.TextEdit(
+        range=types.Range(start=start, end=types.Position(line=1, character=cursor)),
+        new_text="café" + SCRIPTED_TEXT,
+    )
+    assert item.label == item.filter_text == "café" + SCRIPTED_TEXT
+    [inline] = await session.inline(uri, 1, cursor)  # the inline item stays at the cursor
+    assert (inline.insert_text, inline.range.start.character) == (SCRIPTED_TEXT, cursor)
+
+
 async def test_incremental_edits_use_the_negotiated_encoding(session: Session) -> None:
     uri = uri_of("edits.py")
     session.open(uri, f"{ASTRAL_LINE}\n")

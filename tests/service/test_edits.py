@@ -5,7 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from refact_lsp.service.documents import Document
-from refact_lsp.service.edits import Edit, completion_item_edit, covered_closers, inline_edit, line_edit
+from refact_lsp.service.edits import Edit, completion_item_edit, covered_closers, line_edit, word_start
 
 
 def apply(line_text: str, edit: Edit) -> str:
@@ -79,7 +79,7 @@ def test_the_rest_of_the_line_is_covered_when_the_completion_ends_with_it(
 
 def test_column0_multi_line_replaces_typed_indentation():
     doc = Document("u", "python", 1, "def f():\n    \nx = 1\n")
-    edit = inline_edit(doc, 1, 4, "    a = 1\n    return a", "multi")
+    edit = line_edit(doc.line(1), 1, 4, "    a = 1\n    return a", "multi")
     assert (edit.start_index, edit.end_index) == (0, 4)
     assert edit.new_text.startswith(doc.line(1)[:4])  # VS Code filters on the typed text
     assert apply(doc.line(1), edit) == "    a = 1\n    return a"
@@ -92,7 +92,7 @@ def test_column0_with_empty_line():
 
 def test_multi_line_text_uses_the_document_line_ending():
     doc = Document("u", "c", 1, "int f() {\r\n    \r\n}\r\n")
-    edit = inline_edit(doc, 1, 4, "    int a = 1;\n    return a;", "multi")
+    edit = line_edit(doc.line(1), 1, 4, "    int a = 1;\n    return a;", "multi", doc.eol)
     assert edit.new_text == "    int a = 1;\r\n    return a;"
 
 
@@ -137,11 +137,23 @@ def test_covering_never_takes_what_the_completion_does_not_close(before: str, op
 
 
 def test_completion_item_edit():
-    doc = Document("u", "python", 1, "def f():\n    \n")
-    item = completion_item_edit(doc, 1, 4, "    total = 0\n    return total", "multi")
-    assert item.label == "total = 0"
-    assert item.filter_text == "    total = 0"
-    assert item.edit == inline_edit(doc, 1, 4, "    total = 0\n    return total", "multi")
-    single = completion_item_edit(Document("u", "python", 1, "foo()"), 0, 4, "a, b)", "single")
+    line = "    "
+    multi = line_edit(line, 1, 4, "    total = 0\n    return total", "multi")
+    item = completion_item_edit(line, multi)
+    assert (item.label, item.filter_text, item.edit) == ("total = 0", "    total = 0", multi)
+    single = completion_item_edit("foo()", line_edit("foo()", 0, 4, "a, b)", "single"))
     assert (single.label, single.edit.start_index, single.edit.end_index) == ("a, b)", 4, 5)
-    assert completion_item_edit(doc, 1, 4, "", "multi") is None
+    crlf = completion_item_edit("  x", line_edit("  x", 0, 3, "s = 1\ny", "multi", "\r\n"), "\r\n")
+    assert (crlf.label, crlf.filter_text, crlf.edit.new_text) == ("xs = 1", "xs = 1", "xs = 1\r\ny")
+
+
+@pytest.mark.parametrize(
+    "line, index, start",
+    [("x = foo", 7, 4), ("x = foo", 5, 4), ("print(", 6, 6), ("", 0, 0), ("  $el_2", 7, 2), ("été", 3, 0)],
+)
+def test_a_completion_item_starts_at_the_word_before_the_cursor(line, index, start):
+    """Clients filter completion items by the word at the cursor: an item starts with it."""
+    assert word_start(line, index) == start
+    item = completion_item_edit(line, line_edit(line, 0, index, "a + b", "single"))
+    assert item.edit.start_index == start
+    assert item.edit.new_text == line[start:index] + "a + b" == item.filter_text
