@@ -17,8 +17,11 @@
 ;; - eglot has no inline completion, so `refact-lsp-inline-mode' asks
 ;;   textDocument/inlineCompletion when Emacs is idle after an edit, shows the
 ;;   suggestion as an overlay (ghost text), TAB accepts it, and any other
-;;   command that edits or moves point drops it.  It is switched on in buffers
-;;   that eglot manages with refact-lsp (`refact-lsp-inline-auto-enable').
+;;   command that edits or moves point drops it, as does an edit of the text
+;;   it replaces made outside a command (a timer, a process: an async
+;;   formatter, auto-revert); when it can no longer be accepted, TAB does
+;;   what it does without it.  It is switched on in buffers that eglot
+;;   manages with refact-lsp (`refact-lsp-inline-auto-enable').
 ;;
 ;; eglot runs one server per buffer: in the major modes given to refact-lsp,
 ;; refact-lsp replaces the language server eglot would otherwise start.
@@ -176,9 +179,10 @@ a word), say so in the echo area and return nil."
   "Overlays showing the current suggestion.")
 
 (defvar-local refact-lsp-inline--suggestion nil
-  "The suggestion shown: plist (:beg :end :text :tick :point).
-Accepting replaces BEG..END with TEXT; TICK and POINT are the buffer's
-when it was shown.")
+  "The suggestion shown: plist (:beg :end :text :replaced :offset).
+Accepting replaces BEG..END (markers) with TEXT.  REPLACED is the text
+from BEG to END and OFFSET the distance from BEG to point when it was
+shown: it can be accepted while both still hold, whatever else changed.")
 
 (defvar-local refact-lsp-inline--visible nil
   "Non-nil while a suggestion is shown: `refact-lsp-inline-active-map' is on.")
@@ -191,6 +195,9 @@ when it was shown.")
 
 (defvar-local refact-lsp-inline--last-state nil
   "(TICK . POINT) after the previous command.")
+
+(defvar-local refact-lsp-inline--command-tick nil
+  "`buffer-chars-modified-tick' before the running command, or nil.")
 
 (defvar refact-lsp-inline-active-map
   (let ((map (make-sparse-keymap)))
@@ -214,6 +221,9 @@ when it was shown.")
   "Drop the suggestion shown, if any."
   (interactive)
   (mapc #'delete-overlay refact-lsp-inline--overlays)
+  (when-let ((suggestion refact-lsp-inline--suggestion))
+    (set-marker (plist-get suggestion :beg) nil)
+    (set-marker (plist-get suggestion :end) nil))
   (setq refact-lsp-inline--overlays nil
         refact-lsp-inline--suggestion nil
         refact-lsp-inline--visible nil))
@@ -284,11 +294,54 @@ nil if TEXT does not continue TYPED."
                 (overlay-put hidden 'display "")
                 (overlay-put hidden 'refact-lsp-covered t)
                 (push hidden overlays)))
+            ;; Markers follow edits elsewhere; text inserted at either end
+            ;; goes inside, so that it counts as an edit of the replaced text.
             (setq refact-lsp-inline--overlays overlays
                   refact-lsp-inline--suggestion
-                  (list :beg beg :end end :text text
-                        :tick (buffer-chars-modified-tick) :point (point))
+                  (list :beg (copy-marker beg) :end (copy-marker end t)
+                        :text text
+                        :replaced (buffer-substring-no-properties beg end)
+                        :offset (- (point) beg))
                   refact-lsp-inline--visible t)))))))
+
+(defun refact-lsp-inline--intact-p (suggestion)
+  "Non-nil if the text that SUGGESTION would replace is as when shown."
+  (let ((beg (marker-position (plist-get suggestion :beg)))
+        (end (marker-position (plist-get suggestion :end))))
+    (and beg end (<= beg end)
+         (equal (buffer-substring-no-properties beg end)
+                (plist-get suggestion :replaced)))))
+
+(defun refact-lsp-inline--acceptable-p (suggestion)
+  "Non-nil if SUGGESTION can be accepted: its text intact, point where it was."
+  (and suggestion
+       (refact-lsp-inline--intact-p suggestion)
+       (= (point) (+ (plist-get suggestion :beg)
+                     (plist-get suggestion :offset)))))
+
+(defun refact-lsp-inline--after-change (&rest _)
+  "Drop the suggestion when the text it would replace changes.
+On `after-change-functions': catches edits made outside a command (a timer,
+a process filter), which `post-command-hook' does not see.  Edits elsewhere
+leave it, as the markers follow them.  Accepting drops the suggestion before
+inserting, so its own insertion finds nothing to drop."
+  (when-let ((suggestion refact-lsp-inline--suggestion))
+    (unless (refact-lsp-inline--intact-p suggestion)
+      (refact-lsp-inline-dismiss))))
+
+(defun refact-lsp-inline--fallback-command (keys)
+  "The command KEYS run when no suggestion is shown, or nil.
+Call after `refact-lsp-inline-dismiss', which turns off
+`refact-lsp-inline-active-map'.  A function key with no binding of its
+own (<tab>) is looked up as it translates (TAB), as the command loop does."
+  (let ((command (key-binding keys t)))
+    (unless command
+      (let ((translated (lookup-key local-function-key-map keys)))
+        (when (and (arrayp translated) (not (equal translated keys)))
+          (setq command (key-binding translated t)))))
+    (and (commandp command)
+         (not (eq command #'refact-lsp-inline-accept))
+         command)))
 
 (defun refact-lsp-inline--on-answer (result)
   "Show the first item of RESULT (InlineCompletionList or array of items)."
@@ -331,32 +384,58 @@ It is shown when the answer comes, if the buffer and point did not change."
        :timeout-fn #'ignore))))
 
 (defun refact-lsp-inline-accept ()
-  "Insert the suggestion shown at point."
+  "Insert the suggestion shown at point.
+If it can no longer be accepted (point moved, or the text it replaces
+changed, outside a command), drop it and run the command the keys that
+called this one run without it, so that TAB is not lost."
   (interactive)
-  (let ((suggestion refact-lsp-inline--suggestion))
+  (let* ((suggestion refact-lsp-inline--suggestion)
+         (acceptable (refact-lsp-inline--acceptable-p suggestion))
+         (beg (and acceptable (marker-position (plist-get suggestion :beg))))
+         (end (and acceptable (marker-position (plist-get suggestion :end))))
+         (keys (this-command-keys-vector)))
     (refact-lsp-inline-dismiss)
-    (when (and suggestion
-               (= (plist-get suggestion :tick) (buffer-chars-modified-tick)))
-      (let ((beg (plist-get suggestion :beg)))
-        (delete-region beg (plist-get suggestion :end))
-        (goto-char beg)
-        (insert (plist-get suggestion :text))))))
+    (if acceptable
+        (progn
+          (delete-region beg end)
+          (goto-char beg)
+          (insert (plist-get suggestion :text)))
+      ;; Only for the keys of `refact-lsp-inline-active-map' (not M-x).
+      (when-let ((command (and (called-interactively-p 'any)
+                               (eq (lookup-key refact-lsp-inline-active-map
+                                               keys)
+                                   #'refact-lsp-inline-accept)
+                               (refact-lsp-inline--fallback-command keys))))
+        (setq this-command command)
+        (call-interactively command nil keys)))))
+
+(defun refact-lsp-inline--pre-command ()
+  "Note the buffer's tick before a command.
+For `refact-lsp-inline--post-command'."
+  (setq refact-lsp-inline--command-tick (buffer-chars-modified-tick)))
 
 (defun refact-lsp-inline--post-command ()
   "Drop the suggestion after a command that edits or moves point.
-Note edits for the idle timer, and follow a new idle delay."
+Edits made between commands (a timer, a process) are not the command's:
+`refact-lsp-inline--after-change' judges those.  Note edits for the idle
+timer, and follow a new idle delay."
   (refact-lsp-inline--ensure-timer)
-  (let ((state (cons (buffer-chars-modified-tick) (point))))
-    (unless (equal state refact-lsp-inline--last-state)
-      (when (and refact-lsp-inline--visible
-                 (not (eq this-command 'refact-lsp-inline-accept)))
-        (refact-lsp-inline-dismiss))
-      (when (and refact-lsp-inline--last-state
-                 (/= (car state) (car refact-lsp-inline--last-state)))
-        (setq refact-lsp-inline--edited t))
-      (setq refact-lsp-inline--last-state state))
-    (when (and refact-lsp-inline--visible (eq this-command 'keyboard-quit))
-      (refact-lsp-inline-dismiss))))
+  (let ((tick (buffer-chars-modified-tick))
+        (command-tick refact-lsp-inline--command-tick))
+    (setq refact-lsp-inline--command-tick nil)
+    (when (and refact-lsp-inline--visible
+               (or (eq this-command 'keyboard-quit)
+                   (and (not (eq this-command 'refact-lsp-inline-accept))
+                        (or (and command-tick (/= tick command-tick))
+                            (not (refact-lsp-inline--acceptable-p
+                                  refact-lsp-inline--suggestion))))))
+      (refact-lsp-inline-dismiss))
+    (let ((state (cons tick (point))))
+      (unless (equal state refact-lsp-inline--last-state)
+        (when (and refact-lsp-inline--last-state
+                   (/= (car state) (car refact-lsp-inline--last-state)))
+          (setq refact-lsp-inline--edited t))
+        (setq refact-lsp-inline--last-state state)))))
 
 (defun refact-lsp-inline--ensure-timer ()
   "Make the shared idle timer, or make it again after a new idle delay.
@@ -389,9 +468,14 @@ Needs a buffer managed by eglot with refact-lsp."
       (progn
         (setq refact-lsp-inline--last-state
               (cons (buffer-chars-modified-tick) (point)))
+        (add-hook 'pre-command-hook #'refact-lsp-inline--pre-command nil t)
         (add-hook 'post-command-hook #'refact-lsp-inline--post-command nil t)
+        (add-hook 'after-change-functions #'refact-lsp-inline--after-change
+                  nil t)
         (refact-lsp-inline--ensure-timer))
+    (remove-hook 'pre-command-hook #'refact-lsp-inline--pre-command t)
     (remove-hook 'post-command-hook #'refact-lsp-inline--post-command t)
+    (remove-hook 'after-change-functions #'refact-lsp-inline--after-change t)
     (refact-lsp-inline-dismiss)))
 
 (defun refact-lsp-inline--maybe-enable ()

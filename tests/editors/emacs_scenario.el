@@ -250,6 +250,51 @@ they are, without the characters that overlays hide (`display' \"\" or `invisibl
                 :timers (cl-count #'refact-lsp-inline--on-idle timer-idle-list :key #'timer--function))))
     (customize-set-variable 'refact-lsp-inline-idle-delay 0.01)))
 
+;; Edits from outside a command: a timer (or a process filter: an async formatter, auto-revert).
+(defun scenario-from-timer (function)
+  "Call FUNCTION in the current buffer from a timer, outside any command, and wait until it ran."
+  (let ((buffer (current-buffer)) (done nil))
+    (run-at-time 0 nil (lambda () (with-current-buffer buffer (funcall function)) (setq done t)))
+    (scenario-wait (lambda () done) "the timer")))
+
+(defvar scenario-indents 0 "Calls of `indent-for-tab-command' (TAB without the ghost text).")
+
+(defun scenario-count-indent (&rest _)
+  (cl-incf scenario-indents))
+
+(defun scenario-ghost-then (file edit &optional keys)
+  "Show the ghost text in FILE, call EDIT from a timer, then type KEYS (TAB); the observations."
+  (scenario-open file "def add(a, b):\n    return")
+  (scenario-type "SPC")
+  (scenario-ask)
+  (let ((ghost (scenario-wait #'scenario-ghost "the ghost text")))
+    (scenario-from-timer edit)
+    (let ((after-edit (scenario-ghost))
+          (overlays (scenario-overlays))
+          (key (format "%s" (key-binding (kbd "TAB")))))
+      (setq scenario-indents 0)
+      ;; `execute-kbd-macro' runs `post-command-hook' once before the first key, which a TAB typed after a
+      ;; timer does not: without it here, TAB meets the suggestion as the timer left it.
+      (let ((post-command-hook (remq #'refact-lsp-inline--post-command post-command-hook)))
+        (scenario-type (or keys "TAB")))
+      (list :ghost ghost :ghost_after_edit after-edit :tab_after_edit key
+            :overlays_after_edit overlays
+            :indents scenario-indents :text (scenario-buffer-text) :ghost_after (scenario-ghost)))))
+
+(scenario-step "async_edit"
+  (advice-add 'indent-for-tab-command :before #'scenario-count-indent)
+  (unwind-protect
+      (list
+       ;; A line inserted above: the ghost text moves with the text and TAB accepts it.
+       :elsewhere (scenario-ghost-then "async_elsewhere.py"
+                                       (lambda () (save-excursion (goto-char (point-min)) (insert "import os\n"))))
+       ;; Text inserted at point, where the suggestion goes: it is dropped at once, TAB indents.
+       :at_point (scenario-ghost-then "async_at_point.py" (lambda () (insert "x")))
+       ;; Point moved (no text changed): the suggestion cannot be accepted there; <tab> (the key of a
+       ;; graphical frame, bound in the ghost text's keymap only) runs what TAB runs without it.
+       :moved (scenario-ghost-then "async_moved.py" (lambda () (back-to-indentation)) "<tab>"))
+    (advice-remove 'indent-for-tab-command #'scenario-count-indent)))
+
 (let ((coding-system-for-write 'utf-8))
   (princ (concat "REFACT-RESULTS:"
                  (decode-coding-string

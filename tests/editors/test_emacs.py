@@ -180,3 +180,35 @@ def test_a_new_idle_delay_reaches_the_shared_timer(results: dict) -> None:
     assert step["customized"] == 0.5
     assert step["after_setq"] == 0.25
     assert step["timers"] == 1
+
+
+def test_an_edit_from_outside_a_command_never_loses_tab(results: dict, scripted_server) -> None:
+    """A timer or process (an async formatter, auto-revert) edits the buffer while the ghost text is shown:
+    an edit elsewhere leaves the suggestion, moved with the text, and TAB accepts it; an edit where it goes
+    drops it at once and TAB indents; when point moved, TAB (``<tab>``) runs what it runs without it."""
+    step = _step(results, "async_edit")
+    suggestion = scripted_server.single_line_text
+
+    elsewhere = step["elsewhere"]
+    assert elsewhere["ghost"]["text"] == suggestion
+    moved_by = len("import os\n")
+    assert elsewhere["ghost_after_edit"] == {"text": suggestion, "pos": elsewhere["ghost"]["pos"] + moved_by}
+    assert elsewhere["tab_after_edit"] == "refact-lsp-inline-accept"
+    assert elsewhere["text"] == f"import os\ndef add(a, b):\n    return {suggestion}"
+    assert elsewhere["indents"] == 0
+    assert elsewhere["ghost_after"] is None
+
+    at_point = step["at_point"]
+    assert at_point["ghost"]["text"] == suggestion
+    assert at_point["ghost_after_edit"] is None
+    assert at_point["overlays_after_edit"] == 0
+    assert at_point["tab_after_edit"] == "indent-for-tab-command"
+    assert at_point["indents"] == 1  # the keypress is not lost
+    assert suggestion not in at_point["text"]
+
+    moved = step["moved"]
+    assert moved["ghost_after_edit"] == moved["ghost"]
+    assert moved["tab_after_edit"] == "refact-lsp-inline-accept"
+    assert moved["indents"] == 1
+    assert moved["text"] == "def add(a, b):\n    return "
+    assert moved["ghost_after"] is None
