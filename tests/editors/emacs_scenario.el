@@ -136,6 +136,11 @@ they are, without the characters that overlays hide (`display' \"\" or `invisibl
   (completion-at-point)
   (list :text (scenario-buffer-text) :point_at_end (= (point) (point-max))))
 
+(scenario-step "capf_word"
+  (scenario-open "capf_word.py" "def add(a, b):\n    x = \"h\u00e9llo\" + t\u00f6tal")
+  (completion-at-point)
+  (list :text (scenario-buffer-text) :point_at_end (= (point) (point-max))))
+
 (scenario-step "inline"
   (scenario-open "inline.py" "def add(a, b):\n    retur")
   (let ((before-key (key-binding (kbd "TAB"))))

@@ -110,6 +110,13 @@ def test_completion_at_point_inserts_the_scripted_completion(results: dict, scri
     assert step["point_at_end"] is True
 
 
+def test_completion_at_point_completes_at_the_end_of_a_word(results: dict, scripted_server) -> None:
+    """eglot filters items by the symbol at point: the item starts at that word, so it is inserted."""
+    step = _step(results, "capf_word")
+    assert step["text"] == f'def add(a, b):\n    x = "héllo" + tötal{scripted_server.single_line_text}'
+    assert step["point_at_end"] is True
+
+
 def test_overlay_appears_and_tab_accepts_it(results: dict, scripted_server) -> None:
     step = _step(results, "inline")
     assert step["text_with_ghost"] == "def add(a, b):\n    return ", "the overlay must not change the text"
