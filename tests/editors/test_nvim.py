@@ -101,11 +101,14 @@ def _stats(editor: Any) -> dict:
     )
 
 
-def _open(editor: Any, name: str, lines: list[str]) -> None:
-    """Leaves insert mode, opens a new python file holding ``lines``, cursor at the end of the last one."""
+def _open(editor: Any, name: str, lines: list[str], setup: str = "") -> None:
+    """Leaves insert mode, opens a new python file holding ``lines``, cursor at the end of the last one.
+    ``setup``: an Ex command run in the buffer before the server sees it (``setlocal fileformat=dos``)."""
     editor.input("<Esc>")
     _wait(lambda: editor.api.get_mode()["mode"] == "n", "normal mode")
     editor.command(f"edit {name}")
+    if setup:
+        editor.command(setup)
     editor.current.buffer[:] = lines
     editor.command("setfiletype python")
     _wait(lambda: _client_info(editor), f"refact-lsp to attach to {name}")
@@ -292,6 +295,42 @@ def test_multiline_ghost_text_uses_virtual_lines(nvim: Any, scripted_server) -> 
         _use_model(nvim, scripted_server.single_line_model)
 
 
+def test_a_dos_buffer_gets_no_carriage_returns(nvim: Any, scripted_server) -> None:
+    """A 'fileformat' dos buffer is sent with CRLF, so the server answers in CRLF: the lines are split
+    there, no ``^M`` is shown and no "\\r" inserted, by Tab or by the completion menu."""
+    lines = scripted_server.multiline_text.split("\n")
+    _open(nvim, "dos.py", ["def add(a, b):", "   ", "x = 1"], setup="setlocal fileformat=dos")
+    _use_model(nvim, scripted_server.multiline_model)
+    try:
+        nvim.current.window.cursor = (2, 2)
+        nvim.input("A")
+        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        nvim.input(" ")
+        marks = _wait(lambda: _ghost(nvim), "multi-line ghost text")
+        assert marks == [{"row": 1, "col": 4, "text": "return a + b", "lines": ["    # done"]}]
+        assert _screen(nvim, 4)[0] == ["def add(a, b):", *lines, "x = 1"]
+        nvim.input("<Tab>")
+        _wait(lambda: len(nvim.current.buffer) == 4, "the accepted multi-line suggestion")
+        assert nvim.current.buffer[:] == ["def add(a, b):", *lines, "x = 1"]
+
+        # A line after the cursor: the server takes the dominant line ending of the document.
+        _open(nvim, "dos_menu.py", ["def add(a, b):", "    ", "x = 1"], setup="setlocal fileformat=dos")
+        nvim.current.window.cursor = (2, 0)
+        nvim.input("A")
+        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        nvim.exec_lua("vim.lsp.completion.get()")
+        info = _wait(
+            lambda: nvim.exec_lua("local i = vim.fn.complete_info(); return #i.items > 0 and i"),
+            "the completion menu",
+        )
+        assert [(item["word"], item["info"]) for item in info["items"]] == [(lines[0], "\n".join(lines))]
+        nvim.input("<C-y>")
+        _wait(lambda: len(nvim.current.buffer) == 4, "the accepted multi-line item")
+        assert nvim.current.buffer[:] == ["def add(a, b):", *lines, "x = 1"]
+    finally:
+        _use_model(nvim, scripted_server.single_line_model)
+
+
 def test_typing_drops_the_suggestion(nvim: Any) -> None:
     _open(nvim, "typing.py", ["def add(a, b):", "    return"])
     _insert_at_end(nvim)
@@ -336,6 +375,55 @@ def test_ctrl_c_drops_the_suggestion(nvim: Any) -> None:
     nvim.input("<C-c>")
     _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
     assert _ghost(nvim) == []
+
+
+def test_ctrl_c_from_insert_completion_drops_the_suggestion(nvim: Any) -> None:
+    """<C-n> with a single match inserts it and stays in insert-completion mode ('ic'), where a suggestion
+    for the new text is shown; <C-c> from there (mode 'ic' to 'n') drops it too."""
+    _open(nvim, "ctrl_c_ic.py", ["def add(alpha, b):", "    return al"])
+    _insert_at_end(nvim)
+    nvim.input("x<BS>")
+    _wait(lambda: [m["col"] for m in _ghost(nvim)] == [len("    return al")], "ghost text after 'al'")
+    nvim.input("<C-n>")
+    _wait(lambda: _line(nvim, 1) == "    return alpha", "the keyword completion")
+    _wait(lambda: [m["col"] for m in _ghost(nvim)] == [len("    return alpha")], "ghost text after 'alpha'")
+    assert nvim.api.get_mode()["mode"] == "ic"
+    nvim.input("<C-c>")
+    _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    assert _ghost(nvim) == []
+
+
+def test_no_ghost_text_while_the_completion_menu_is_open(nvim: Any, scripted_server) -> None:
+    """As in Copilot.vim: opening the menu drops the ghost (also when it changes no text: completeopt
+    noinsert), none is shown while it is open, Tab is not an accept then; one comes after it closes."""
+    completion = scripted_server.single_line_text
+    typed = "    return al"
+    _open(nvim, "pum.py", ["def add(alpha, alps):", typed])
+    nvim.command("setlocal noexpandtab softtabstop=0")
+    try:
+        for completeopt, line in (("menu,popup", "    return alpha"), ("menuone,noinsert,noselect", typed)):
+            nvim.command(f"set completeopt={completeopt}")
+            nvim.current.buffer[1] = typed
+            _insert_at_end(nvim)
+            nvim.input("x<BS>")
+            _wait(lambda: _ghost(nvim), "ghost text")
+            nvim.input("<C-n>")
+            _wait(lambda: nvim.funcs.pumvisible() == 1, f"the menu ({completeopt})")
+            _wait(lambda: _ghost(nvim) == [], f"the ghost text to go ({completeopt})", timeout=5)
+            time.sleep(0.5)  # longer than a request: none is shown while the menu is open
+            assert (_ghost(nvim), _line(nvim, 1), nvim.funcs.pumvisible()) == ([], line, 1), completeopt
+            if completeopt == "menu,popup":
+                nvim.input("<C-y>")  # closes the menu: a suggestion for the completed word comes
+                _wait(lambda line=line: [m["col"] for m in _ghost(nvim)] == [len(line)], "a new ghost")
+                nvim.input("<Tab>")
+                _wait(lambda line=line: _line(nvim, 1) == line + completion, "the accepted suggestion")
+            else:
+                nvim.input("<Tab>")  # what it does without a suggestion: ends completion, types a tab
+                _wait(lambda line=line: _line(nvim, 1) == line + "\t", "the tab typed")
+            nvim.input("<Esc>")
+            _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    finally:
+        nvim.command("set completeopt&")
 
 
 def test_accept_works_from_an_expr_mapping(nvim: Any, scripted_server) -> None:

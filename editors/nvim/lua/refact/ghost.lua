@@ -1,7 +1,9 @@
 --- Ghost text for Neovim 0.11, which has no vim.lsp.inline_completion: after a pause in insert mode,
 --- ask `textDocument/inlineCompletion`, show the first item with extmarks (inline virtual text for
 --- the cursor line, virtual lines for the rest), accept it with a key, drop it on any other edit,
---- cursor move or leaving insert mode. Answers to outdated requests are dropped.
+--- cursor move or leaving insert mode. Answers to outdated requests are dropped. Like Copilot.vim, nothing
+--- is shown while the insert-mode completion menu is open (`pumvisible()`): opening it drops the ghost,
+--- and the accept key does what it did before.
 ---
 --- Accepting goes through keys (`accept_keys`): a <Del> for each character right of the cursor that
 --- the item types again, then a paste of its text (nvim_paste). That text is literal (no autoindent,
@@ -38,6 +40,10 @@ local function item_text(item)
     text = text.value
   end
   return type(text) == 'string' and text or nil
+end
+
+local function pum_visible()
+  return vim.fn.pumvisible() == 1
 end
 
 --- Byte column of an LSP character offset in `line`.
@@ -162,6 +168,9 @@ local function on_answer(bufnr, seq, tick, row, col, encoding, result)
   then
     return -- stale: the buffer or the cursor changed meanwhile
   end
+  if pum_visible() then
+    return -- the completion menu is open: no ghost over or beside it (CompleteDone asks again)
+  end
   local items = result and (result.items or result) or {}
   local item = items[1]
   local text = item and item_text(item)
@@ -186,7 +195,8 @@ local function on_answer(bufnr, seq, tick, row, col, encoding, result)
     col = col,
     start_col = start_col,
     end_col = end_col,
-    lines = vim.split(text, '\n', { plain = true }),
+    -- In the document's line ending: a 'fileformat' dos buffer is sent with "\r\n" (mac: "\r").
+    lines = vim.split((text:gsub('\r\n?', '\n')), '\n', { plain = true }),
     tick = tick,
   }
   if render(bufnr, suggestion, col, state.opts.hl_group) then
@@ -231,7 +241,7 @@ function M.schedule(bufnr)
   state.timer = state.timer or vim.uv.new_timer()
   state.timer:stop()
   state.timer:start(state.opts.delay_ms, 0, vim.schedule_wrap(function()
-    if states[bufnr] and vim.startswith(api.nvim_get_mode().mode, 'i') then
+    if states[bufnr] and vim.startswith(api.nvim_get_mode().mode, 'i') and not pum_visible() then
       M.request(bufnr)
     end
   end))
@@ -257,10 +267,14 @@ local queued = nil
 --- them: a <Del> for each character right of the cursor that the item types again, then a paste of
 --- the rest of its text (`insert_queued`). They are meant to run at once, not remapped: returned by
 --- an <expr> mapping or fed to the front of the typeahead. Drops the suggestion; nil if none was
---- shown or it no longer applies. Works while text is locked (an <expr> mapping).
+--- shown, it no longer applies or the completion menu is open (the key is the menu's then). Works while
+--- text is locked (an <expr> mapping).
 ---@return string?
 function M.accept_keys(bufnr)
   bufnr = bufnr == 0 and api.nvim_get_current_buf() or bufnr
+  if pum_visible() then
+    return nil
+  end
   local suggestion = M.current(bufnr)
   if not suggestion then
     return nil
@@ -323,6 +337,25 @@ function M.attach(client, bufnr, opts)
       M.schedule(bufnr)
     end,
   })
+  -- The completion menu: its edits (<C-n> inserting a match) fire TextChangedP, not TextChangedI, and
+  -- opening it may change nothing (completeopt noinsert). Nothing is shown while it is open; asked
+  -- again once it closes.
+  api.nvim_create_autocmd({ 'TextChangedP', 'CompleteChanged' }, {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      M.dismiss(bufnr)
+    end,
+  })
+  api.nvim_create_autocmd('CompleteDone', {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      if not M.current(bufnr) then
+        M.schedule(bufnr) -- runs once the menu is gone, in insert mode only
+      end
+    end,
+  })
   api.nvim_create_autocmd('CursorMovedI', {
     group = group,
     buffer = bufnr,
@@ -344,10 +377,11 @@ function M.attach(client, bufnr, opts)
       M.dismiss(bufnr)
     end,
   })
-  -- <C-c> leaves insert mode without InsertLeave; <C-o> runs a normal-mode command from it
+  -- <C-c> leaves insert mode without InsertLeave; <C-o> runs a normal-mode command from it. Also from
+  -- insert-mode completion ('ic', 'ix': after <C-n>, <C-x><C-o>).
   api.nvim_create_autocmd('ModeChanged', {
     group = group,
-    pattern = 'i:*',
+    pattern = 'i*:*',
     callback = function()
       if not vim.startswith(vim.v.event.new_mode, 'i') and api.nvim_get_current_buf() == bufnr then
         M.dismiss(bufnr)

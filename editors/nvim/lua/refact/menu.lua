@@ -33,7 +33,9 @@ function M.converter(encoding)
     if range['end'].line == row - 1 then
       covered = line:sub(col + 1, math.max(col, byte_col(line, range['end'].character, encoding)))
     end
-    local lines = vim.split(edit.newText, '\n', { plain = true })
+    -- In the document's line ending: a 'fileformat' dos buffer is sent with "\r\n" (mac: "\r").
+    local text = edit.newText:gsub('\r\n?', '\n')
+    local lines = vim.split(text, '\n', { plain = true })
     local delete = covered
     if covered ~= '' and vim.endswith(lines[#lines], covered) then
       lines[#lines] = lines[#lines]:sub(1, -#covered - 1)
@@ -41,7 +43,7 @@ function M.converter(encoding)
     end
     -- Read back by the CompleteDone handler (the item is the one in user_data.nvim.lsp).
     item._refact = { rest = vim.list_slice(lines, 2), delete = delete }
-    return { word = lines[1], abbr = item.label, menu = '[Refact]', info = edit.newText }
+    return { word = lines[1], abbr = item.label, menu = '[Refact]', info = text }
   end
 end
 
