@@ -97,9 +97,16 @@ class DecodeGraph:
         torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
         self.graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads of the server may use CUDA while this one captures
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self.logits = self._run()
+        stream = torch.cuda.current_stream(device)
+        try:
+            # thread_local: other threads of the server may use CUDA while this one captures
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                self.logits = self._run()
+        except BaseException:
+            # a capture that fails at its end (capture_end raising) leaves this thread on the capture
+            # stream: the eager steps that follow would no longer be ordered with the default stream's work
+            torch.cuda.set_stream(stream)
+            raise
         torch.cuda.synchronize(device)
 
     def _run(self) -> torch.Tensor:
