@@ -24,8 +24,10 @@ FIM_MIDDLE_ID = 2
 FIM_SUFFIX_ID = 3
 SPECIAL_TOKENS = 3
 
-CLOSING_CHARS = frozenset(")]}>\"'`;,:.")
-"""Characters that may follow the cursor for a mid-line completion in ``midLine: "auto"``."""
+CLOSING_CHARS = frozenset("()[]{}>\"'`;,:.")
+"""Characters that may follow the cursor for a mid-line completion in ``midLine: "auto"``: those of the
+Refact VS Code client (brackets, quotes, ``,.;:``), with ``[``, ``>`` and a backtick. Opening brackets too:
+a call or literal right of the cursor (``x = |()``)."""
 
 WINDOW_HEADROOM = 16
 """A fresh window leaves budget/16 tokens free, so typing keeps it fitting (and its suffix reusable)."""

@@ -28,6 +28,8 @@ def spm(encode, suffix, prefix):
         ('s = ""', 5, "auto", "auto", "single"),
         ("foo(])};", 4, "auto", "auto", "single"),
         ("foo(bar)", 4, "auto", "auto", None),
+        ("x = ()", 4, "auto", "auto", "single"),  # opening brackets too, as Refact's own client
+        ("x = {}", 4, "auto", "auto", "single"),
         ("foo(bar)", 4, "auto", "always", "single"),
         ("foo()", 4, "auto", "never", None),
         ("foo   ", 3, "auto", "never", "single"),  # whitespace right is not mid-line
