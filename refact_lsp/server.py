@@ -512,13 +512,15 @@ def process_snapshot(protocol: RefactProtocol) -> dict[str, Any]:
 def apply_settings(
     ls: RefactLanguageServer, values: dict[str, Any], reload: bool, initial: bool = False
 ) -> None:
-    """Client settings (see ``CompletionService.configure``); a bad value is shown to the user and changes
-    nothing."""
+    """Client settings (see ``CompletionService.configure``); a bad value is shown to the user and left out,
+    the others apply."""
     try:
-        ls.service.configure(values, reload=reload, initial=initial)
+        problems = ls.service.configure(values, reload=reload, initial=initial)
     except ServiceError as exc:
-        log.warning("rejected settings: %s", exc)
-        ls.settings_error(str(exc))
+        problems = [str(exc)]
+    for problem in problems:
+        log.warning("rejected setting: %s", problem)
+        ls.settings_error(problem)
 
 
 def _prompt_arguments(args: tuple[Any, ...]) -> tuple[str, int, int]:

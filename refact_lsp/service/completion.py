@@ -191,15 +191,19 @@ class CompletionService:
 
     # Settings and the model -----------------------------------------------------------------------
 
-    def configure(self, values: dict[str, Any], reload: bool = True, initial: bool = False) -> None:
+    def configure(self, values: dict[str, Any], reload: bool = True, initial: bool = False) -> list[str]:
         """Client settings (LSP names): the client's whole ``refact`` section (pulled or pushed), over the
         command line's settings and ``initializationOptions``, so that a key the client no longer sends
         goes back to those, and one it sends as null to the command line's value (else the built-in
         default); ``initial``: the ``initializationOptions`` themselves. Changing model, device or dtype
-        reloads in the background. A bad value changes nothing."""
+        reloads in the background.
+
+        A bad value is left out, as if its key were not sent, and the rest applies: returns what was
+        wrong with each (empty when all is well). ``ServiceError`` when ``values`` is no object."""
+        errors: list[SettingsError] = []
         try:
-            base = self._base.merged(values, self._cli) if initial else self._base
-            new = base if initial else base.merged(values, self._cli)
+            base = self._base.merged(values, self._cli, errors) if initial else self._base
+            new = base if initial else base.merged(values, self._cli, errors)
         except SettingsError as exc:
             raise ServiceError(str(exc)) from exc
         if new != self.settings:
@@ -207,6 +211,7 @@ class CompletionService:
         self._base, self.settings = base, new
         if reload and self._started and self._model_key() != self._load_key:
             self._schedule_load()
+        return [str(exc) for exc in errors]
 
     def start(self) -> None:
         """Starts loading the configured model (after ``initialized``)."""

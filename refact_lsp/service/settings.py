@@ -56,20 +56,37 @@ class Settings:
         """Defaults updated with ``data`` (LSP names; unknown keys are ignored, see ``unknown_keys``)."""
         return cls().merged(data)
 
-    def merged(self, data: Mapping[str, Any] | None, defaults: Settings | None = None) -> Settings:
+    def merged(
+        self,
+        data: Mapping[str, Any] | None,
+        defaults: Settings | None = None,
+        errors: list[SettingsError] | None = None,
+    ) -> Settings:
         """A copy with the keys in ``data`` changed (``{"refact": {...}}`` unwrapped), a null one to its
-        value in ``defaults`` (the built-in defaults unless given); ``SettingsError``."""
+        value in ``defaults`` (the built-in defaults unless given). A bad value raises ``SettingsError``;
+        with an ``errors`` list it is appended there instead and its key left as it is (for
+        ``contextTokens`` not above ``maxNewTokens``, both keys), so that one typo does not throw away
+        the other settings (the model among them). Data that is no object always raises."""
         data = _unwrap(data)
         defaults = defaults or Settings()
         changes = {}
         for key, value in data.items():
             if key in Settings.__dataclass_fields__:
-                changes[key] = _copy(getattr(defaults, key)) if value is None else _check(key, value)
+                try:
+                    changes[key] = _copy(getattr(defaults, key)) if value is None else _check(key, value)
+                except SettingsError as exc:
+                    if errors is None:
+                        raise
+                    errors.append(exc)
         new = dataclasses.replace(self, **changes)
         if new.contextTokens <= new.maxNewTokens:
-            raise SettingsError(
+            exc = SettingsError(
                 "contextTokens", new.contextTokens, f"more than maxNewTokens ({new.maxNewTokens})"
             )
+            if errors is None:
+                raise exc
+            errors.append(exc)
+            new = dataclasses.replace(new, contextTokens=self.contextTokens, maxNewTokens=self.maxNewTokens)
         return new
 
     def to_lsp(self) -> dict[str, Any]:

@@ -106,7 +106,7 @@ async def test_settings_change_what_is_suggested(session: Session, checkpoints) 
     assert [i.insert_text for i in await session.inline(DOC, *CURSOR)] == ["a +"]
     session.configure({"maxNewTokens": 50})
     await asyncio.sleep(0.2)
-    # A bad value is reported and changes nothing.
+    # A bad value is reported and left out.
     before = len(session.client.messages)
     session.configure({"maxNewTokens": "many"})
     await session.wait_for(lambda _s: len(session.client.messages) > before, 10, "a settings error")

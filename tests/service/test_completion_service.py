@@ -58,8 +58,34 @@ async def test_a_key_the_client_no_longer_sends_goes_back_to_the_servers_default
         0.5,
     )
     with pytest.raises(ServiceError):
-        service.configure({"maxNewTokens": 0}, reload=False)  # a bad section changes nothing
+        service.configure(["maxNewTokens"], reload=False)  # type: ignore[arg-type]  # no object: nothing
     assert service.settings.model == "/models/cli"
+    service.close()
+
+
+async def test_a_bad_value_is_left_out_and_the_rest_applies() -> None:
+    """One typo must not throw away the section: with the model in it, the default model (a 3 GB download)
+    would load instead of the user's."""
+    service = CompletionService(asyncio.get_running_loop(), _Events())
+    problems = service.configure(
+        {"model": "/models/mine", "maxNewTokens": 5000, "temperature": 0.3}, reload=False, initial=True
+    )
+    assert [p.split(" is invalid")[0] for p in problems] == ["setting 'maxNewTokens' = 5000"]
+    assert (service.settings.model, service.settings.maxNewTokens, service.settings.temperature) == (
+        "/models/mine",
+        50,
+        0.3,
+    )
+    problems = service.configure({"maxNewTokens": 64, "contextTokens": 32, "topP": 0.5}, reload=False)
+    assert len(problems) == 1 and "contextTokens" in problems[0]
+    settings = service.settings
+    assert (settings.maxNewTokens, settings.contextTokens, settings.topP, settings.model) == (
+        50,
+        4096,
+        0.5,
+        "/models/mine",
+    )
+    assert service.configure({"maxNewTokens": 64}, reload=False) == []
     service.close()
 
 

@@ -66,6 +66,14 @@ def test_bad_merge_leaves_the_settings_unchanged():
     assert s.maxNewTokens == 20
 
 
+def test_a_bad_value_collected_keeps_its_key_and_the_others_apply():
+    s = Settings.from_lsp({"maxNewTokens": 20})
+    errors: list[SettingsError] = []
+    t = s.merged({"maxNewTokens": 30, "topP": 2, "temperature": 0.5, "contextTokens": 25}, errors=errors)
+    assert [e.key for e in errors] == ["topP", "contextTokens"]
+    assert (t.maxNewTokens, t.contextTokens, t.topP, t.temperature) == (20, 4096, 1.0, 0.5)
+
+
 def test_not_an_object():
     with pytest.raises(SettingsError, match="object"):
         Settings.from_lsp(["x"])
