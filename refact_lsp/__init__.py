@@ -8,9 +8,23 @@ so ``AutoModelForCausalLM.from_pretrained(folder)`` works after ``import refact_
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
+import os
 import sys
+
+# ``python -m refact_lsp`` puts the working directory first on sys.path, and editors start a language server
+# in the user's project: a random.py or inspect.py there would be imported instead of the standard
+# library's, here already (importlib.util imports random). While ``-m`` locates this package, argv[0] is
+# "-m"; the package's own modules are found through its __path__ from now on. (PYTHONSAFEPATH=1 or
+# ``python -P`` do the same for all of Python.)
+if (
+    sys.argv[:1] == ["-m"]
+    and sys.path
+    and os.path.realpath(sys.path[0] or ".") == os.path.realpath(os.getcwd())
+):
+    del sys.path[0]
+
+import importlib.abc  # noqa: E402 - after the working directory left sys.path
+import importlib.util  # noqa: E402
 
 __version__ = "0.1.0"
 

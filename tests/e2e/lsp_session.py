@@ -181,8 +181,9 @@ async def start_session(
     initialization_options: dict[str, Any] | None = None,
     configuration: dict[str, Any] | None = None,
     args: list[str] | None = None,
+    cwd: Path = REPO,
 ) -> Session:
-    """Starts ``python -m refact_lsp`` and initializes it as ``client_name`` would."""
+    """Starts ``python -m refact_lsp`` in ``cwd`` and initializes it as ``client_name`` would."""
     client = make_test_lsp_client()
     if configuration is not None:
         client.set_configuration(configuration, section="refact")
@@ -191,7 +192,7 @@ async def start_session(
     command = [sys.executable, "-m", "refact_lsp", "--stdio", *(args or [])]
     if model is not None:
         command += ["--model", str(model)]
-    await client.start_io(*command, env=env, cwd=str(REPO))
+    await client.start_io(*command, env=env, cwd=str(cwd))
     caps = capabilities_of(client_name, encodings)
     result = await client.initialize_session(
         types.InitializeParams(
@@ -210,6 +211,20 @@ async def stop_session(session: Session) -> None:
         await asyncio.wait_for(session.client.shutdown_session(), 15)
     finally:
         await session.client.stop()
+
+
+SHADOWING_MODULES = ("random", "tempfile", "inspect", "json", "asyncio", "dataclasses", "typing")
+"""Standard-library names a user's project may well hold a file of (random.py, inspect.py, ...)."""
+
+
+def shadowing_project(folder: Path) -> Path:
+    """A project folder whose files are named like standard-library modules, each of which ends the
+    process when imported: ``python -m refact_lsp`` started there (as editors start servers, in the
+    project) must import none of them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in SHADOWING_MODULES:
+        (folder / f"{name}.py").write_text(f"raise SystemExit('the project\\'s {name}.py was imported')\n")
+    return folder
 
 
 def uri_of(name: str) -> str:

@@ -22,6 +22,7 @@ from .lsp_session import (
     SCRIPTED_TEXT,
     Checkpoints,
     Session,
+    shadowing_project,
     start_session,
     stop_session,
     uri_of,
@@ -33,12 +34,15 @@ CURSOR = (1, len("    return "))
 
 
 @pytest_asyncio.fixture(scope="module")
-async def session(checkpoints: Checkpoints):
+async def session(checkpoints: Checkpoints, tmp_path_factory: pytest.TempPathFactory):
+    # started in a project with a random.py, an inspect.py, ...: every test here also shows that the
+    # server (torch and transformers included) imports none of them
     s = await start_session(
         "visual-studio-code",
         model=checkpoints.missing,
         initialization_options=dict(BASE_SETTINGS),
         configuration=dict(BASE_SETTINGS),
+        cwd=shadowing_project(tmp_path_factory.mktemp("project")),
     )
     s.open(DOC, TEXT)
     yield s
