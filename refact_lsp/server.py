@@ -157,6 +157,11 @@ class RefactProtocol(LanguageServerProtocol):
             self._send_invalid_request(message.id, "the server is shutting down")  # LSP: error, not silence
             return
         method = getattr(message, "method", None)
+        if method == types.INITIALIZE and self._initialize_received and hasattr(message, "id"):
+            # LSP: initialize is sent once; a second one would switch the position encoding under the
+            # documents' positions and merge its options as if the session began again
+            self._send_invalid_request(message.id, "initialize may only be sent once")
+            return
         if not self._initialize_received and method not in (None, types.INITIALIZE, types.EXIT):
             # LSP: a request before initialize gets ServerNotInitialized, a notification is dropped
             if hasattr(message, "id"):

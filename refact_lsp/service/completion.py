@@ -88,6 +88,15 @@ class Selection:
     text: str
 
 
+@dataclass
+class _Job:
+    """A request's computation, and how many requests wait for it."""
+
+    key: tuple[Any, ...]
+    task: asyncio.Future[Suggestion | None]
+    waiters: int = 0
+
+
 @dataclass(frozen=True)
 class Suggestion:
     """One answer: replace ``[start, end)`` on ``line`` (LSP units) with ``text`` (document line endings)."""
@@ -188,6 +197,7 @@ class CompletionService:
         self._closed = False
         self._engine_ids: Sequence[int] = ()  # the last run's prompt (the KV slot it is in holds it)
         self._speculation: asyncio.Future[None] | None = None
+        self._jobs: dict[str, _Job] = {}  # per document: the newest request's computation
 
     # Settings and the model -----------------------------------------------------------------------
 
@@ -416,7 +426,7 @@ class CompletionService:
             raise ServiceError(f"the model is not ready (state {self._model_state})")
         req = self._resolve(uri, line, character)
         assert req is not None
-        mode = self._mode(req)
+        mode = self._mode(req) if self.settings.is_enabled(req.doc.language_id) else None
         if mode is None:
             return None
         prompt = self._build_prompt(req, mode)
@@ -425,35 +435,70 @@ class CompletionService:
     async def complete(
         self, uri: str, line: int, character: int, selection: Selection | None = None
     ) -> Suggestion | None:
-        """One completion request: None means no suggestion (empty answer)."""
+        """One completion request: None means no suggestion (empty answer).
+
+        A request for what another one still being computed asks (same document version, position,
+        selection, settings and model) waits for that computation instead of superseding it: a client
+        asking for both ghost text and completion items on a keystroke gets both. Cancelling one of them
+        stops the computation only when no other request waits for it."""
         started = time.perf_counter()
         stats = self.stats
         stats.requests += 1
         self._retry_failed_load()
-        ticket = self.scheduler.ticket(uri)  # supersedes older requests for this document
+        key = self._request_key(uri, line, character, selection)
+        job = self._jobs.get(uri)
+        if job is None or job.task.done() or job.key != key:
+            ticket = self.scheduler.ticket(uri)  # supersedes older requests for this document
+            job = _Job(key, asyncio.ensure_future(self._computation(ticket, uri, line, character, selection)))
+            self._jobs[uri] = job
+            job.task.add_done_callback(functools.partial(self._forget_job, uri, job))
+        job.waiters += 1
         try:
-            suggestion = await self._complete(ticket, uri, line, character, selection)
-        except Skipped as skip:
-            if skip.reason == "dropped":
-                stats.dropped += 1
-            else:
-                stats.superseded += 1
-            suggestion = None
+            suggestion = await asyncio.shield(job.task)
         except asyncio.CancelledError:
+            job.waiters -= 1
+            if job.waiters == 0:
+                job.task.cancel()
             stats.cancellations += 1
             raise
-        except Exception:
-            stats.errors += 1
-            log.exception("completion failed at %s:%d:%d", uri, line, character)
-            suggestion = None
-        finally:
-            ticket.close()
         if suggestion is None:
             stats.empty += 1
         else:
             stats.completions += 1
         stats.record_latency("total", (time.perf_counter() - started) * 1000)
         return suggestion
+
+    def _request_key(
+        self, uri: str, line: int, character: int, selection: Selection | None
+    ) -> tuple[Any, ...]:
+        """What a request asks, as far as its answer goes (compared with ``==``: settings hold a dict)."""
+        doc = self.documents.get(uri) if uri in self.documents else None
+        text = (id(doc), doc.revision) if doc is not None else None
+        return (text, line, character, selection, self.settings, self._load_generation, self._model_state)
+
+    def _forget_job(self, uri: str, job: _Job, _task: Any) -> None:
+        if self._jobs.get(uri) is job:
+            del self._jobs[uri]
+
+    async def _computation(
+        self, ticket: Any, uri: str, line: int, character: int, selection: Selection | None
+    ) -> Suggestion | None:
+        """The work of a request (and of the identical ones that wait for it)."""
+        stats = self.stats
+        try:
+            return await self._complete(ticket, uri, line, character, selection)
+        except Skipped as skip:
+            if skip.reason == "dropped":
+                stats.dropped += 1
+            else:
+                stats.superseded += 1
+            return None
+        except Exception:
+            stats.errors += 1
+            log.exception("completion failed at %s:%d:%d", uri, line, character)
+            return None
+        finally:
+            ticket.close()
 
     async def _complete(
         self,

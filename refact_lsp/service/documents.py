@@ -79,6 +79,8 @@ class Document:
         self.uri = uri
         self.language_id = language_id
         self.version = version
+        self.revision = 0
+        """Changes applied since the document was opened (the client's ``version`` need not change)."""
         self._set_text(text)
 
     def _set_text(self, text: str) -> None:
@@ -132,6 +134,7 @@ class Document:
         Positions past the end of a line or of the document are clamped; a reversed range is swapped.
         Returns which lines were replaced and how the line count changed.
         """
+        self.revision += 1
         if range_ is None:
             self._set_text(text)
             return None

@@ -101,6 +101,7 @@ async def test_settings_change_what_is_suggested(session: Session, checkpoints) 
     session.configure({"languages": {"*": True, "python": False}})
     await asyncio.sleep(0.2)
     assert await session.inline(DOC, *CURSOR) == []
+    assert await session.prompt(DOC, *CURSOR) is None  # "no completion here", as the editors' commands say
     session.configure({"languages": {"*": True}})
     await asyncio.sleep(0.2)
     assert [i.insert_text for i in await session.inline(DOC, *CURSOR)] == [SCRIPTED_TEXT]
@@ -160,14 +161,65 @@ async def test_a_multi_line_suggestion_replaces_the_typed_indentation(
 
 async def test_a_burst_is_collapsed_by_the_debounce_into_one_model_run(session: Session, checkpoints) -> None:
     await use_model(session, checkpoints.scripted, debounceMs=300, completionCache=False)
+    uri = uri_of("burst.py")
+    session.open(uri, TEXT)
+    line, character = CURSOR
     before = await session.stats()
-    burst = [asyncio.ensure_future(session.inline(DOC, *CURSOR)) for _ in range(5)]
+    burst = []
+    for typed in range(5):  # typing spaces: each request for a newer text
+        if typed:
+            at = types.Position(line=line, character=character + typed - 1)
+            session.change(
+                uri, [types.TextDocumentContentChangePartial(range=types.Range(start=at, end=at), text=" ")]
+            )
+        burst.append(asyncio.ensure_future(session.inline(uri, line, character + typed)))
+        await asyncio.sleep(0.01)
     results = await asyncio.gather(*burst)
     after = await session.stats()
     assert [[i.insert_text for i in r] for r in results] == [[]] * 4 + [[SCRIPTED_TEXT]]
     assert after["model_runs"] - before["model_runs"] == 1
     assert after["superseded"] - before["superseded"] == 4
     session.configure({"debounceMs": 0, "completionCache": True})
+
+
+async def test_ghost_text_and_completion_items_asked_together_share_one_run(
+    session: Session, checkpoints
+) -> None:
+    """Neovim with nvim-cmp or blink.cmp beside ghost text, or a client whose quick suggestions fire on
+    each keystroke, ask for both at the same place: neither answer is lost to the other."""
+    await use_model(session, checkpoints.scripted, debounceMs=25, completionCache=False)
+    before = await session.stats()
+    inline, completion = await asyncio.gather(session.inline(DOC, *CURSOR), session.completion(DOC, *CURSOR))
+    after = await session.stats()
+    assert [i.insert_text for i in inline] == [SCRIPTED_TEXT]
+    assert [i.text_edit.new_text for i in completion.items] == [SCRIPTED_TEXT]
+    assert after["model_runs"] - before["model_runs"] == 1
+    assert after["superseded"] == before["superseded"]
+    session.configure({"debounceMs": 0, "completionCache": True})
+
+
+async def test_cancelling_one_of_two_requests_sharing_a_run_leaves_the_other_its_answer(
+    session: Session, checkpoints
+) -> None:
+    await use_model(session, checkpoints.looping, maxNewTokens=2000, debounceMs=0, completionCache=False)
+    before = await session.stats()
+    cancelled = asyncio.ensure_future(
+        session.client.protocol.send_request_async(
+            types.TEXT_DOCUMENT_INLINE_COMPLETION, session.inline_params(DOC, *CURSOR), msg_id="one-of-two"
+        )
+    )
+    await _wait_until_generating(session)
+    kept = asyncio.ensure_future(session.completion(DOC, *CURSOR))
+    await session.wait_for(lambda s: s["requests"] - before["requests"] == 2, 10, "the second request")
+    session.client.cancel_request(types.CancelParams(id="one-of-two"))
+    with pytest.raises(JsonRpcRequestCancelled):
+        await cancelled
+    [item] = (await kept).items
+    after = await session.stats()
+    assert LOOPING_TEXT.startswith(item.text_edit.new_text[: len(LOOPING_TEXT)].rstrip())
+    assert after["model_runs"] - before["model_runs"] == 1
+    assert after["last_run"]["stop_reason"] != "cancelled"
+    session.configure({"maxNewTokens": 50})
 
 
 async def _wait_until_generating(session: Session) -> dict:
@@ -233,3 +285,19 @@ async def test_bad_requests_get_errors_and_the_server_lives_on(session: Session,
     # Positions far outside the document are clamped, not errors.
     assert isinstance(await session.inline(DOC, 999, 999), list)
     assert (await session.stats())["model"]["state"] == "ready"
+    # A second initialize is refused; the session's position encoding and settings stay.
+    encoding = session.encoding
+    with pytest.raises(JsonRpcException, match="once"):
+        await session.raw_request(
+            types.INITIALIZE,
+            {
+                "processId": None,
+                "rootUri": None,
+                "capabilities": {
+                    "general": {"positionEncodings": ["utf-32" if encoding != "utf-32" else "utf-16"]}
+                },
+                "initializationOptions": {"maxNewTokens": 1},
+            },
+        )
+    await use_model(session, checkpoints.scripted)
+    assert [i.insert_text for i in await session.inline(DOC, *CURSOR)] == [SCRIPTED_TEXT]
