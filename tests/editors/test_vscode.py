@@ -303,6 +303,382 @@ def test_overlapping_restarts_leave_one_server(vsix: Path, tmp_path: Path) -> No
     }
 
 
+# The server's settings in package.json, against what the server checks (refact_lsp/service/settings.py).
+CLIENT_ONLY_SETTINGS = {"refact.enable", "refact.serverCommand", "refact.trace.server"}
+JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", dict: "object"}
+
+
+def _contributed() -> dict[str, dict]:
+    manifest = json.loads((EXTENSION / "package.json").read_text())
+    return manifest["contributes"]["configuration"]["properties"]
+
+
+def _accepted(key: str, value: object) -> bool:
+    from refact_lsp.service.settings import SettingsError, _check
+
+    try:
+        _check(key, value)
+    except SettingsError:
+        return False
+    return True
+
+
+def test_package_json_contributes_every_server_setting() -> None:
+    """Each server setting is a VS Code setting ``refact.<name>`` with the server's type and default, and
+    the range, choices or pattern that ``settings._check`` accepts (so VS Code flags what the server would
+    reject); no other ``refact.*`` setting but the extension's own."""
+    import dataclasses
+
+    from refact_lsp.service import settings
+
+    properties = _contributed()
+    fields = [f.name for f in dataclasses.fields(settings.Settings)]
+    assert set(properties) - CLIENT_ONLY_SETTINGS == {f"refact.{name}" for name in fields}
+    defaults = settings.Settings()
+    for name in fields:
+        schema = properties[f"refact.{name}"]
+        value_type = type(getattr(defaults, name))
+        assert schema["type"] == JSON_TYPES[value_type], name
+        if name == "model":
+            assert schema["default"] == ""  # empty: sent as null, the server's default (or its --model)
+        else:
+            assert schema["default"] == getattr(defaults, name), name
+            assert _accepted(name, schema["default"]), name
+        if schema["type"] in ("integer", "number"):
+            low = schema.get("minimum", schema.get("exclusiveMinimum"))
+            high = schema["maximum"]
+            step = 1 if schema["type"] == "integer" else 1e-6
+            assert _accepted(name, high) and not _accepted(name, high + step), name
+            if "exclusiveMinimum" in schema:
+                assert not _accepted(name, low) and _accepted(name, low + step), name
+            else:
+                assert _accepted(name, low) and not _accepted(name, low - step), name
+        if "enum" in schema:
+            choices = {"dtype": settings.DTYPES, "multiline": settings.CHOICES, "midLine": settings.CHOICES}
+            assert set(schema["enum"]) == set(choices[name]), name
+            assert len(schema.get("enumDescriptions", schema["enum"])) == len(schema["enum"]), name
+        if name == "languages":
+            assert schema["additionalProperties"] == {"type": "boolean"}
+    device = re.compile(properties["refact.device"]["pattern"])
+    samples = ("auto", "cpu", "mps", "cuda", "cuda:0", "cuda:12", "gpu", "cuda:", "cuda:x", "cpu0", "tpu", "")
+    for value in samples:
+        assert bool(device.search(value)) == _accepted("device", value), value
+    assert "int8" in properties["refact.dtype"]["enum"]
+    # The trace setting tells what the language client does: the channel's log level turns tracing on and off.
+    trace = properties["refact.trace.server"]
+    assert trace["enum"] == ["messages", "verbose"] and "Trace" in trace["markdownDescription"]
+
+
+# A stand-in `vscode` module for the real bundled extension and vscode-languageclient (after the reviewer's
+# harness). Settings as VS Code gives them: package.json defaults (VSCODE_DEFAULTS) under the user's
+# (VSCODE_CONFIG), objects merged, and the section's values also as properties of the configuration object.
+STANDIN_VSCODE = r"""
+const events = [];
+const log = (...a) => events.push(a.join(' '));
+const mkEvent = () => {
+  const ls = [];
+  const ev = (l) => {
+    ls.push(l);
+    return { dispose() { const i = ls.indexOf(l); if (i >= 0) ls.splice(i, 1); } };
+  };
+  ev.fire = (x) => ls.slice().forEach((l) => l(x));
+  return ev;
+};
+const any = new Proxy(function () {}, {
+  get: (t, p) => (p === 'then' ? undefined : p === Symbol.toPrimitive ? () => '' : any),
+  set: () => true, apply: () => any, construct: () => any,
+});
+const inert = (o) => new Proxy(o, { get: (t, p) => (p in t ? t[p] : p === 'then' ? undefined : any) });
+const disposable = { dispose() {} };
+class EventEmitter { constructor() { this.event = mkEvent(); } fire(x) { this.event.fire(x); } dispose() {} }
+const LogLevel = { Off: 0, Trace: 1, Debug: 2, Info: 3, Warning: 4, Error: 5 };
+const isObject = (v) => typeof v === 'object' && v !== null && !Array.isArray(v);
+const defaults = JSON.parse(process.env.VSCODE_DEFAULTS || '{}');
+const user = JSON.parse(process.env.VSCODE_CONFIG || '{}');
+const merged = {};
+for (const k of new Set([...Object.keys(defaults), ...Object.keys(user)])) {
+  const both = isObject(defaults[k]) && isObject(user[k]);
+  merged[k] = both ? { ...defaults[k], ...user[k] } : k in user ? user[k] : defaults[k];
+}
+const valueAt = (path) => {
+  if (path in merged) return merged[path];
+  const sub = Object.keys(merged).filter((k) => k.startsWith(path + '.'));
+  if (!sub.length) return undefined;
+  const o = {};
+  for (const k of sub) {
+    const parts = k.slice(path.length + 1).split('.');
+    let t = o;
+    for (const p of parts.slice(0, -1)) t = t[p] = t[p] || {};
+    t[parts[parts.length - 1]] = merged[k];
+  }
+  return o;
+};
+const getConfiguration = (section) => {
+  const full = (key) => (section ? section + '.' + key : key);
+  return Object.assign({}, section ? valueAt(section) || {} : {}, {
+    get: (key, fallback) => { const v = valueAt(full(key)); return v === undefined ? fallback : v; },
+    has: (key) => valueAt(full(key)) !== undefined,
+    inspect: () => ({}),
+    update: async () => {},
+  });
+};
+const channel = (name) => inert({
+  name, logLevel: LogLevel.Info, onDidChangeLogLevel: mkEvent(), show() {}, dispose() {},
+  trace: (m) => log('[trace]', m), debug: (m) => log('[debug]', m), info: (m) => log('[info]', m),
+  warn: (m) => log('[warn]', m), error: (m) => log('[error]', m),
+  append: (m) => log('[append]', m), appendLine: (m) => log('[append]', m),
+});
+const statusItems = [];
+const commandHandlers = {};
+class Uri {
+  constructor(scheme, path) { this.scheme = scheme; this.path = path; this.fsPath = path; }
+  static file(p) { return new Uri('file', p); }
+  static parse(s) { return new Uri(s.split(':')[0], s.slice(s.indexOf(':') + 1)); }
+  static from(o) { return new Uri(o.scheme, o.path); }
+  toString() { return this.scheme + '://' + this.path; }
+  with() { return this; }
+}
+class Disposable {
+  constructor(f) { this.dispose = f; }
+  static from(...d) { return { dispose() { d.forEach((x) => x.dispose()); } }; }
+}
+class MarkdownString {
+  constructor() { this.value = ''; }
+  appendMarkdown(s) { this.value += s; return this; }
+  appendText(s) { this.value += s; return this; }
+}
+module.exports = inert({
+  EventEmitter, LogLevel, Uri, Disposable, MarkdownString,
+  StatusBarAlignment: { Left: 1, Right: 2 }, ThemeColor: class { constructor(id) { this.id = id; } },
+  ViewColumn: { Beside: -2 }, ConfigurationTarget: { Global: 1, Workspace: 2 },
+  version: '1.100.0', env: inert({ appName: 'stand-in', language: 'en', machineId: 'x', sessionId: 'y' }),
+  commands: inert({
+    registerCommand: (n, f) => { commandHandlers[n] = f; return disposable; },
+    executeCommand: async (n, ...a) => (commandHandlers[n] ? commandHandlers[n](...a) : undefined),
+  }),
+  window: inert({
+    createOutputChannel: (name) => channel(name),
+    createStatusBarItem: () => {
+      const item = inert({ show() {}, dispose() {}, hide() {} });
+      statusItems.push(item);
+      return item;
+    },
+    showErrorMessage: async (m, ...items) => { log('SHOW-ERROR', m, JSON.stringify(items)); },
+    showWarningMessage: async (m) => { log('SHOW-WARN', m); },
+    showInformationMessage: async (m) => { log('SHOW-INFO', m); },
+    setStatusBarMessage: () => disposable,
+    withProgress: async (o, task) =>
+      task({ report() {} }, { isCancellationRequested: false, onCancellationRequested: () => disposable }),
+    visibleTextEditors: [],
+    onDidChangeActiveTextEditor: mkEvent(), onDidChangeVisibleTextEditors: mkEvent(),
+    tabGroups: inert({ all: [], onDidChangeTabs: mkEvent(), onDidChangeTabGroups: mkEvent() }),
+  }),
+  workspace: inert({
+    getConfiguration, onDidChangeConfiguration: mkEvent(), textDocuments: [], notebookDocuments: [],
+    workspaceFolders: [{ uri: Uri.file(process.env.WORKSPACE_DIR), name: 'workspace', index: 0 }],
+    registerTextDocumentContentProvider: () => disposable,
+    onDidOpenTextDocument: mkEvent(), onDidCloseTextDocument: mkEvent(), onDidChangeTextDocument: mkEvent(),
+    onDidSaveTextDocument: mkEvent(), onWillSaveTextDocument: mkEvent(),
+    onDidChangeWorkspaceFolders: mkEvent(), onDidCreateFiles: mkEvent(), onDidRenameFiles: mkEvent(),
+    onDidDeleteFiles: mkEvent(), onWillCreateFiles: mkEvent(), onWillRenameFiles: mkEvent(),
+    onWillDeleteFiles: mkEvent(), onDidOpenNotebookDocument: mkEvent(), onDidCloseNotebookDocument: mkEvent(),
+    onDidChangeNotebookDocument: mkEvent(), onDidSaveNotebookDocument: mkEvent(),
+  }),
+  languages: inert({
+    registerInlineCompletionItemProvider: () => disposable,
+    registerCompletionItemProvider: () => disposable,
+    createDiagnosticCollection: () => inert({ dispose() {}, clear() {}, set() {} }),
+  }),
+  InlineCompletionTriggerKind: { Invoke: 0, Automatic: 1 },
+  _events: events, _status: statusItems,
+});
+"""
+
+STANDIN_DRIVER = r"""
+const Module = require('module');
+const resolve = Module._resolveFilename;
+Module._resolveFilename = function (r, ...rest) {
+  return r === 'vscode' ? require.resolve('./vscode.js') : resolve.call(this, r, ...rest);
+};
+const vscode = require('./vscode.js');
+const ext = require('./extension.js');
+(async () => {
+  await ext.activate({ subscriptions: [], globalStorageUri: vscode.Uri.file(process.env.STORAGE_DIR) });
+  await new Promise((r) => setTimeout(r, Number(process.env.WAIT_MS)));
+  const status = vscode._status[0].text;
+  await ext.deactivate();
+  console.log(JSON.stringify({ status, events: vscode._events }));
+  process.exit(0);
+})().catch((error) => { console.error(error); process.exit(1); });
+"""
+
+# A language server (stdlib only) that records how it was started, what it was sent and asks for
+# `workspace/configuration`; FAKE_MODE `fail` dies at startup with a traceback, `crash-then-fail` crashes once
+# it ran, then dies at startup like `fail`.
+FAKE_SERVER = r"""
+import json, os, sys
+out, mode = os.environ["FAKE_OUT"], os.environ["FAKE_MODE"]
+with open(os.path.join(out, "spawns.jsonl"), "a") as f:
+    f.write(json.dumps({"cwd": os.getcwd(), "PYTHONSAFEPATH": os.environ.get("PYTHONSAFEPATH")}) + "\n")
+with open(os.path.join(out, "spawns.jsonl")) as f:
+    spawns = len(f.readlines())
+
+def log(level, text):
+    sys.stderr.write(f"2026-01-31 12:00:00,123 {level} fake.server: {text}\n")
+    sys.stderr.flush()
+
+def record(name, value):
+    with open(os.path.join(out, name), "w") as f:
+        json.dump(value, f)
+
+if mode == "fail" or (mode == "crash-then-fail" and spawns > 1):
+    log("INFO", "starting")
+    sys.stderr.write('Traceback (most recent call last):\n  File "<fake>", line 1, in <module>\n')
+    sys.stderr.write("ModuleNotFoundError: No module named 'fake_missing'\n")
+    sys.exit(1)
+
+def read():
+    length = 0
+    while True:
+        line = sys.stdin.buffer.readline()
+        if not line:
+            sys.exit(0)
+        if not line.strip():
+            return json.loads(sys.stdin.buffer.read(length))
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+
+def send(message):
+    body = json.dumps({"jsonrpc": "2.0", **message}).encode()
+    sys.stdout.buffer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    sys.stdout.buffer.flush()
+
+while True:
+    message = read()
+    method = message.get("method")
+    if method == "initialize":
+        record("initializationOptions.json", message["params"].get("initializationOptions"))
+        send({"id": message["id"], "result": {"capabilities": {}}})
+    elif method == "initialized":
+        log("DEBUG", "a debug line")
+        log("INFO", "an info line")
+        log("WARNING", "a warning line")
+        items = [{"section": "refact"}, {"section": "refact.midLine"}, {"section": "refact.topP"}]
+        send({"id": "cfg", "method": "workspace/configuration", "params": {"items": items}})
+    elif method is None and message.get("id") == "cfg":
+        record("configuration.json", message.get("result"))
+        if mode == "crash-then-fail":
+            log("ERROR", "crashing")
+            sys.exit(1)
+    elif method == "exit":
+        sys.exit(0)
+    elif "id" in message and method is not None:  # shutdown, refact.stats
+        send({"id": message["id"], "result": None if method == "shutdown" else {"model": {"state": "ready"}}})
+"""
+
+
+def _run_extension(tmp_path: Path, mode: str, config: dict, wait_ms: int) -> dict:
+    """The bundled ``extension.ts`` (with the real vscode-languageclient) in the stand-in ``vscode`` against
+    the fake server: the status bar text at the end, the log and messages, and what the server recorded."""
+    (tmp_path / "vscode.js").write_text(STANDIN_VSCODE)
+    (tmp_path / "driver.js").write_text(STANDIN_DRIVER)
+    (tmp_path / "fake_server.py").write_text(FAKE_SERVER)
+    (tmp_path / "workspace").mkdir()
+    (tmp_path / "server-out").mkdir()
+    esbuild = EXTENSION / "node_modules" / ".bin" / "esbuild"
+    bundling = [str(esbuild), str(EXTENSION / "src" / "extension.ts"), "--bundle", "--platform=node"]
+    _run([*bundling, "--external:vscode", f"--outfile={tmp_path / 'extension.js'}"], cwd=tmp_path, timeout=60)
+    defaults = {key: schema.get("default") for key, schema in _contributed().items()}
+    user = {"refact.serverCommand": [sys.executable, str(tmp_path / "fake_server.py")], **config}
+    env = {
+        **os.environ,
+        "VSCODE_DEFAULTS": json.dumps(defaults),
+        "VSCODE_CONFIG": json.dumps(user),
+        "WORKSPACE_DIR": str(tmp_path / "workspace"),
+        "STORAGE_DIR": str(tmp_path / "storage"),  # missing: the extension creates it
+        "FAKE_OUT": str(tmp_path / "server-out"),
+        "FAKE_MODE": mode,
+        "WAIT_MS": str(wait_ms),
+    }
+    out = _run(["node", "driver.js"], cwd=tmp_path, timeout=60, env=env)
+    result = json.loads(out.strip().splitlines()[-1])
+    recorded = tmp_path / "server-out"
+    result["spawns"] = [json.loads(line) for line in (recorded / "spawns.jsonl").read_text().splitlines()]
+    for name in ("initializationOptions", "configuration"):
+        path = recorded / f"{name}.json"
+        result[name] = json.loads(path.read_text()) if path.exists() else None
+    return result
+
+
+def test_extension_sends_every_server_setting_and_runs_the_server_outside_the_workspace(
+    vsix: Path, tmp_path: Path
+) -> None:
+    """The whole ``refact`` section but the extension's own keys goes to the server, in
+    ``initializationOptions`` and as the answer to ``workspace/configuration``; the server runs in the
+    extension's storage folder with PYTHONSAFEPATH=1 (a workspace ``random.py`` cannot shadow the standard
+    library); its stderr is logged at each record's level."""
+    from refact_lsp.service.settings import Settings, unknown_keys
+
+    config = {
+        "refact.temperature": 0,
+        "refact.midLine": "never",
+        "refact.contextTokens": 2048,
+        "refact.kvReuse": False,
+        "refact.languages": {"markdown": False},
+        "refact.aNewerServerSetting": 7,
+        "refact.trace.server": "verbose",
+        "refact.enable": True,
+    }
+    result = _run_extension(tmp_path, "serve", config, wait_ms=2500)
+    sent = result["initializationOptions"]
+    assert set(sent) == set(Settings().to_lsp()) | {"aNewerServerSetting"}, sent
+    assert sent["model"] is None and sent["temperature"] == 0 and sent["midLine"] == "never"
+    assert sent["contextTokens"] == 2048 and sent["kvReuse"] is False
+    assert sent["languages"] == {"*": True, "markdown": False}
+    assert unknown_keys(sent) == ["aNewerServerSetting"]
+    assert Settings.from_lsp(sent).topP == 1.0  # every value the extension sends is valid
+    assert result["configuration"] == [sent, "never", 1]
+    assert result["spawns"] == [{"cwd": str(tmp_path / "storage"), "PYTHONSAFEPATH": "1"}]
+    events = result["events"]
+    for line in (
+        "[debug] fake.server: a debug line",
+        "[info] fake.server: an info line",
+        "[warn] fake.server: a warning line",
+    ):
+        assert line in events, events
+    assert not any(e.startswith("[error]") or e.startswith("SHOW-") for e in events), events
+    assert "Refact: ready" in result["status"]
+
+
+def _messages(events: list[str]) -> list[str]:
+    return [e for e in events if e.startswith(("SHOW-ERROR", "SHOW-WARN", "SHOW-INFO"))]
+
+
+def test_server_that_fails_to_start_gives_one_message_and_no_restart(vsix: Path, tmp_path: Path) -> None:
+    """A server that dies at startup: one error message with its last stderr lines (and Show Log), no
+    restarts, and the status bar stays at error; its traceback is logged as errors, its INFO record as
+    info."""
+    result = _run_extension(tmp_path, "fail", {}, wait_ms=3000)
+    assert len(result["spawns"]) == 1
+    messages = _messages(result["events"])
+    assert len(messages) == 1, messages
+    assert "No module named 'fake_missing'" in messages[0] and "Show Log" in messages[0]
+    assert "Refact: error" in result["status"]
+    assert "[info] fake.server: starting" in result["events"]
+    assert "[error] ModuleNotFoundError: No module named 'fake_missing'" in result["events"]
+
+
+def test_server_that_crashed_is_restarted_once_a_failed_restart_stops(vsix: Path, tmp_path: Path) -> None:
+    """A server that crashes after it started is restarted by the client; a restart that fails at startup is
+    reported once and not retried."""
+    result = _run_extension(tmp_path, "crash-then-fail", {}, wait_ms=3500)
+    assert len(result["spawns"]) == 2
+    messages = _messages(result["events"])
+    assert len(messages) == 1 and "No module named 'fake_missing'" in messages[0], messages
+    assert "Refact: error" in result["status"]
+
+
 def _e2e_prerequisites() -> str | None:
     """Why the code-server test cannot run here, or None."""
     if os.environ.get(E2E_FLAG) != "1":
@@ -344,7 +720,7 @@ def test_code_server_ghost_text_tab_save(vsix: Path, tmp_path: Path) -> None:
         "codeServer": code_server,
         "vsix": str(vsix),
         # PYTHONPATH: the server from this checkout even where the package is not installed (the extension
-        # starts the server in the workspace folder).
+        # starts the server in its storage folder, with PYTHONSAFEPATH=1).
         "serverCommand": [
             "env",
             f"PYTHONPATH={REPO}",

@@ -3,13 +3,21 @@
  * completion feature turns the server's `textDocument/inlineCompletion` answers into ghost text (Tab accepts).
  * Adds a status bar item (model state, last latency) and commands for `refact.stats` and `refact.prompt`.
  */
+import type { ChildProcess } from 'child_process';
+import * as fs from 'fs';
+import * as os from 'os';
 import * as path from 'path';
+import * as readline from 'readline';
 import * as vscode from 'vscode';
 import {
+    CloseAction,
     DidChangeConfigurationNotification,
+    ErrorAction,
+    type ErrorHandler,
     ExecuteCommandRequest,
     LanguageClient,
     type LanguageClientOptions,
+    type MessageTransports,
     type ServerOptions,
     State,
     TransportKind,
@@ -22,6 +30,7 @@ import {
     serverSettings,
     setCompletionsEnabled,
 } from './settings';
+import { ServerStderr } from './serverlog';
 import { modelStatus, StatusBar } from './status';
 
 const VIEW_SCHEME = 'refact-view';
@@ -30,8 +39,34 @@ const POLL_BUSY_MS = 500;
 const POLL_IDLE_MS = 10_000;
 /** After a completion answer (the model state may have changed), not after every keystroke. */
 const POLL_AFTER_ANSWER_MS = 1_000;
+/** Lines of the server's stderr in the message about a failed start. */
+const FAILURE_LINES = 6;
 
-let client: LanguageClient | undefined;
+/**
+ * The language client, quiet while the server has not answered `initialize` since the client (re)started it: a
+ * failed start is reported once, by `startFailed`, instead of by each of the client's own error messages.
+ */
+class RefactLanguageClient extends LanguageClient {
+    /** The server reached Running since the client last started (or restarted) it. */
+    running = false;
+    /** This start's failure was reported. */
+    failureReported = false;
+    /** The server process last started, and its stderr (the client forgets the process when it stops it). */
+    process: ChildProcess | undefined;
+    stderr: ServerStderr | undefined;
+
+    protected override async createMessageTransports(encoding: string): Promise<MessageTransports> {
+        const transports = await super.createMessageTransports(encoding);
+        this.process = this.serverProcess;
+        return transports;
+    }
+
+    override error(message: string, data?: unknown, showNotification: boolean | 'force' = true): void {
+        super.error(message, data, this.running ? showNotification : false);
+    }
+}
+
+let client: RefactLanguageClient | undefined;
 /**
  * Starting, restarting and stopping the server take turns on this chain, so that one client (one server
  * process) exists at a time: a restart that began while another was still stopping or starting the server
@@ -43,6 +78,8 @@ let pendingRestarts = 0;
 /** Set by `deactivate`: no restart starts a server any more. */
 let deactivated = false;
 let output: vscode.LogOutputChannel;
+/** Where the server runs: the extension's global storage folder, never the workspace (see `serverWorkingDir`). */
+let serverCwd: string;
 let status: StatusBar;
 let pollTimer: NodeJS.Timeout | undefined;
 let pollDue = 0;
@@ -55,6 +92,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     output = vscode.window.createOutputChannel('Refact LSP', { log: true });
     status = new StatusBar('refact.menu');
     status.setEnabled(completionsEnabled());
+    serverCwd = serverWorkingDir(context);
     context.subscriptions.push(
         output,
         status,
@@ -87,6 +125,24 @@ export async function deactivate(): Promise<void> {
     await inTurn(stopClient);
 }
 
+/**
+ * The server's working folder: the extension's global storage (created if missing). Not the workspace folder
+ * (the language client's default), where a file such as `random.py` or `signal.py` would shadow the standard
+ * library module for a server started as `python -m refact_lsp`.
+ */
+function serverWorkingDir(context: vscode.ExtensionContext): string {
+    const dir = context.globalStorageUri?.fsPath;
+    if (dir) {
+        try {
+            fs.mkdirSync(dir, { recursive: true });
+            return dir;
+        } catch (error) {
+            output.warn(`cannot create ${dir}: ${errorMessage(error)}; the server runs in the home folder`);
+        }
+    }
+    return os.homedir();
+}
+
 /** Runs `task` after every start, restart and stop asked for before it has finished. */
 function inTurn(task: () => Promise<void>): Promise<void> {
     const turn = lifecycle.then(task);
@@ -107,10 +163,50 @@ async function startClient(): Promise<void> {
         command: command[0],
         args: command.slice(1),
         transport: TransportKind.stdio, // appends --stdio
+        // PYTHONSAFEPATH (Python 3.11+): `python -m` does not put the working folder first on sys.path either.
+        options: { cwd: serverCwd, env: { ...process.env, PYTHONSAFEPATH: '1' } },
+    };
+    // Until the server answered `initialize`, a connection error or close is a failed start: reported once (with
+    // the server's last stderr lines) and not retried, since the same command would fail again. Later, the
+    // client's default handling: restart a crashed server, up to 4 times in 3 minutes.
+    let defaultHandler: ErrorHandler | undefined;
+    const defaults = () => (defaultHandler ??= newClient.createDefaultErrorHandler());
+    const errorHandler: ErrorHandler = {
+        error: (error, message, count) => {
+            if (newClient.running) {
+                return defaults().error(error, message, count);
+            }
+            return { action: ErrorAction.Continue, handled: true }; // the close that follows reports it
+        },
+        closed: () => {
+            if (newClient.running) {
+                return defaults().closed();
+            }
+            const server = newClient.process;
+            const reason = async () => `the server exited while starting${await exitStatus(server)}`;
+            void startFailed(newClient, command, reason);
+            return { action: CloseAction.DoNotRestart, handled: true };
+        },
     };
     const clientOptions: LanguageClientOptions = {
         documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }],
         outputChannel: output,
+        errorHandler,
+        initializationFailedHandler: (error) => {
+            output.error(`initialize failed: ${errorMessage(error)}`);
+            return false; // no retry: the client stops the server, `startFailed` reports it
+        },
+        stdioOptions: {
+            stdout: (input, channel) => {
+                readline
+                    .createInterface({ input, crlfDelay: Infinity, terminal: false, historySize: 0 })
+                    .on('line', (line) => channel.info(line));
+            },
+            // Each line at the level of the server's log record (it logs INFO and DEBUG lines to stderr too).
+            stderr: (input, channel) => {
+                newClient.stderr = new ServerStderr(input, channel);
+            },
+        },
         initializationOptions: () => {
             const settings = serverSettings();
             lastSentSettings = JSON.stringify(settings);
@@ -151,7 +247,7 @@ async function startClient(): Promise<void> {
                     if (!Array.isArray(answer)) {
                         return answer;
                     }
-                    const settings = serverSettings() as unknown as Record<string, unknown>;
+                    const settings = serverSettings();
                     return answer.map((value, i) => {
                         const section = params.items[i]?.section;
                         if (section === SECTION) {
@@ -167,15 +263,25 @@ async function startClient(): Promise<void> {
         },
     };
 
-    const newClient = new LanguageClient('refact', 'Refact LSP', serverOptions, clientOptions);
+    const newClient = new RefactLanguageClient('refact', 'Refact LSP', serverOptions, clientOptions);
     client = newClient;
     newClient.onDidChangeState((event) => {
+        if (event.newState === State.Starting) {
+            newClient.running = false;
+            newClient.failureReported = false;
+        } else if (event.newState === State.Running) {
+            newClient.running = true;
+        }
         if (client !== newClient) {
             return;
         }
-        if (event.newState === State.Stopped) {
+        if (event.newState === State.Stopped || event.newState === State.StartFailed) {
             stopPolling();
-            status.setStatus({ state: 'stopped' });
+            if (!newClient.failureReported) {
+                status.setStatus({ state: 'stopped' }); // a failed start keeps its error
+            }
+        } else if (event.newState === State.Starting) {
+            status.setStatus({ state: 'starting' });
         } else if (event.newState === State.Running) {
             schedulePoll(0); // also after the client restarted a crashed server
         }
@@ -184,7 +290,41 @@ async function startClient(): Promise<void> {
     try {
         await newClient.start();
     } catch (error) {
-        reportStartFailure(`could not start ${JSON.stringify(command)}: ${error}`);
+        await startFailed(newClient, command, () => errorMessage(error));
+    }
+}
+
+/**
+ * A start that did not reach Running (the server could not be run, exited, or failed `initialize`): the status
+ * bar shows the error and one message gives the server's last stderr lines, whichever of the client's
+ * error paths reports it first.
+ */
+async function startFailed(
+    failed: RefactLanguageClient,
+    command: string[],
+    reason: () => string | Promise<string>,
+): Promise<void> {
+    if (failed.failureReported || client !== failed || deactivated) {
+        return;
+    }
+    failed.failureReported = true;
+    status.setStatus({ state: 'error', error: 'the server did not start' }); // the details follow
+    // (Waits for the end of the server's stderr, whose last lines may come after the connection closed.)
+    const lines = (await failed.stderr?.tail(FAILURE_LINES)) ?? [];
+    if (client !== failed || deactivated) {
+        return;
+    }
+    const detail = lines.length > 0 ? lines.join('\n') : await reason();
+    reportStartFailure(`the server ${JSON.stringify(command)} did not start: ${detail}`);
+    const choice = await vscode.window.showErrorMessage(
+        `Refact: the server did not start (${command.join(' ')}):\n${detail}`,
+        'Show Log',
+        'Open Settings',
+    );
+    if (choice === 'Show Log') {
+        output.show();
+    } else if (choice === 'Open Settings') {
+        await vscode.commands.executeCommand('workbench.action.openSettings', `${SECTION}.serverCommand`);
     }
 }
 
@@ -199,7 +339,25 @@ function settingsToSend(): ServerSettings | undefined {
     return settings;
 }
 
-/** Start failures: the language client already shows its own error message; the status bar keeps it. */
+/** ` (exit code N)` or ` (SIGNAL)` once `server` exited (waiting a second for it), else nothing. */
+async function exitStatus(server: ChildProcess | undefined): Promise<string> {
+    if (server && server.exitCode === null && server.signalCode === null) {
+        await new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, 1000);
+            server.once('exit', () => {
+                clearTimeout(timer);
+                resolve();
+            });
+        });
+    }
+    const code = server?.exitCode ?? server?.signalCode;
+    if (code === null || code === undefined) {
+        return '';
+    }
+    return typeof code === 'number' ? ` (exit code ${code})` : ` (${code})`;
+}
+
+/** A start failure in the log and the status bar (whose error state stays until the next start). */
 function reportStartFailure(message: string): void {
     output.error(message);
     status.setStatus({
@@ -218,7 +376,10 @@ async function stopClient(): Promise<void> {
                 // The client refuses to stop while starting (e.g. restarting a crashed server): let it finish.
                 await old.start().catch(() => undefined);
             }
-            await old.stop(2000);
+            if (old.state !== State.StartFailed) {
+                // (A failed start left no server: the client stopped it, and it refuses to stop again.)
+                await old.stop(2000);
+            }
         } catch (error) {
             output.warn(`stopping the server: ${error}`);
         }

@@ -4,34 +4,64 @@ import * as vscode from 'vscode';
 
 export const SECTION = 'refact';
 
-/** Settings the server understands (LSP names), sent as initializationOptions and didChangeConfiguration. */
-export interface ServerSettings {
-    /** null: the server's default (its `--model`, else the Refact model), also after the user clears it. */
-    model: string | null;
-    device: string;
-    dtype: string;
-    maxNewTokens: number;
-    temperature: number;
-    debounceMs: number;
-    multiline: string;
-}
+/** `refact.*` settings of the extension itself: never sent to the server. */
+export const CLIENT_ONLY_KEYS: readonly string[] = ['enable', 'serverCommand', 'trace'];
 
-/** The server's settings from the VS Code configuration; an empty `model` is null (the server's default). */
+/**
+ * The server's settings (`refact_lsp/service/settings.py`, LSP names), each contributed in package.json with the
+ * server's default, so that VS Code gives every one of them (its default where the user set none).
+ */
+export const SERVER_KEYS: readonly string[] = [
+    'model',
+    'device',
+    'dtype',
+    'maxNewTokens',
+    'temperature',
+    'topP',
+    'debounceMs',
+    'multiline',
+    'midLine',
+    'contextTokens',
+    'languages',
+    'kvReuse',
+    'completionCache',
+    'speculative',
+    'allowPickle',
+];
+
+/**
+ * Settings for the server (LSP names), sent as initializationOptions, didChangeConfiguration and the answer to
+ * workspace/configuration: the whole `refact` section but the client's own keys. `model` null is the server's
+ * default (its `--model`, else the Refact model), also after the user clears it.
+ */
+export type ServerSettings = { model: string | null } & Record<string, unknown>;
+
+/**
+ * The server's settings from the VS Code configuration: every key of the `refact` section but
+ * `CLIENT_ONLY_KEYS` (the contributed ones, and any other key the user set: the server ignores, and logs,
+ * keys it does not know). An empty `model` is null (the server's default); a leading `~` in it is expanded.
+ */
 export function serverSettings(): ServerSettings {
     const config = vscode.workspace.getConfiguration(SECTION);
-    const settings: ServerSettings = {
-        model: null,
-        device: config.get<string>('device', 'auto'),
-        dtype: config.get<string>('dtype', 'auto'),
-        maxNewTokens: config.get<number>('maxNewTokens', 50),
-        temperature: config.get<number>('temperature', 0.2),
-        debounceMs: config.get<number>('debounceMs', 25),
-        multiline: config.get<string>('multiline', 'auto'),
-    };
-    const model = config.get<string>('model', '').trim();
-    if (model) {
-        settings.model = expandHome(model);
+    const keys = new Set<string>(SERVER_KEYS);
+    // VS Code's configuration object also holds the section's values as properties (next to get/has/...).
+    for (const [key, value] of Object.entries(config)) {
+        if (typeof value !== 'function') {
+            keys.add(key);
+        }
     }
+    const settings: ServerSettings = { model: null };
+    for (const key of keys) {
+        if (CLIENT_ONLY_KEYS.includes(key)) {
+            continue;
+        }
+        const value = config.get<unknown>(key);
+        if (value !== undefined) {
+            settings[key] = value;
+        }
+    }
+    const model = typeof settings.model === 'string' ? settings.model.trim() : '';
+    settings.model = model ? expandHome(model) : null;
     return settings;
 }
 
