@@ -208,12 +208,15 @@ class CompletionService:
         default); ``initial``: the ``initializationOptions`` themselves. Changing model, device or dtype
         reloads in the background.
 
-        A bad value is left out, as if its key were not sent, and the rest applies: returns what was
-        wrong with each (empty when all is well). ``ServiceError`` when ``values`` is no object."""
+        A bad value is reported and its key keeps the value in force (for ``initializationOptions``, the
+        command line's); the rest applies. Returns what was wrong with each (empty when all is well).
+        ``ServiceError`` when ``values`` is no object."""
         errors: list[SettingsError] = []
         try:
             base = self._base.merged(values, self._cli, errors) if initial else self._base
-            new = base if initial else base.merged(values, self._cli, errors)
+            # a bad key of a later section keeps the value in force (not the base's: a typo in "model"
+            # must not load another model)
+            new = base if initial else base.merged(values, self._cli, errors, keep=self.settings)
         except SettingsError as exc:
             raise ServiceError(str(exc)) from exc
         if new != self.settings:
@@ -459,6 +462,7 @@ class CompletionService:
             job.waiters -= 1
             if job.waiters == 0:
                 job.task.cancel()
+                self._forget_job(uri, job, None)  # a new identical request must not join a cancelled job
             stats.cancellations += 1
             raise
         if suggestion is None:

@@ -12,7 +12,6 @@ The range stays on the cursor line, in Python str indices (convert with ``Edit.l
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from refact_lsp.service.positions import lsp_character
@@ -143,10 +142,10 @@ def line_edit(
 
 def word_start(line_text: str, index: int) -> int:
     """Where the word (letters, digits, ``_``, ``$``) that ends at ``index`` of ``line_text`` starts."""
-    return _WORD_BEFORE.search(line_text, 0, index).start()  # type: ignore[union-attr]
-
-
-_WORD_BEFORE = re.compile(r"[\w$]*\Z")
+    start = max(0, min(index, len(line_text)))
+    while start and (line_text[start - 1].isalnum() or line_text[start - 1] in "_$"):
+        start -= 1
+    return start
 
 
 def completion_item_edit(line_text: str, edit: Edit, eol: str = "\n") -> CompletionItemEdit:

@@ -61,14 +61,17 @@ class Settings:
         data: Mapping[str, Any] | None,
         defaults: Settings | None = None,
         errors: list[SettingsError] | None = None,
+        keep: Settings | None = None,
     ) -> Settings:
         """A copy with the keys in ``data`` changed (``{"refact": {...}}`` unwrapped), a null one to its
         value in ``defaults`` (the built-in defaults unless given). A bad value raises ``SettingsError``;
-        with an ``errors`` list it is appended there instead and its key left as it is (for
-        ``contextTokens`` not above ``maxNewTokens``, both keys), so that one typo does not throw away
-        the other settings (the model among them). Data that is no object always raises."""
+        with an ``errors`` list it is appended there instead and its key gets its value in ``keep``
+        (default: this copy's; for ``contextTokens`` not above ``maxNewTokens``, both keys), so that one
+        typo does not throw away the other settings (the model among them). Data that is no object always
+        raises."""
         data = _unwrap(data)
         defaults = defaults or Settings()
+        keep = keep or self
         changes = {}
         for key, value in data.items():
             if key in Settings.__dataclass_fields__:
@@ -78,6 +81,7 @@ class Settings:
                     if errors is None:
                         raise
                     errors.append(exc)
+                    changes[key] = _copy(getattr(keep, key))
         new = dataclasses.replace(self, **changes)
         if new.contextTokens <= new.maxNewTokens:
             exc = SettingsError(
@@ -86,7 +90,7 @@ class Settings:
             if errors is None:
                 raise exc
             errors.append(exc)
-            new = dataclasses.replace(new, contextTokens=self.contextTokens, maxNewTokens=self.maxNewTokens)
+            new = dataclasses.replace(new, contextTokens=keep.contextTokens, maxNewTokens=keep.maxNewTokens)
         return new
 
     def to_lsp(self) -> dict[str, Any]:

@@ -209,3 +209,19 @@ async def test_another_setting_changed_during_the_load_does_not_load_the_model_a
         await asyncio.sleep(0.01)
     assert loader.loads == ["/models/a"]
     service.close()
+
+
+async def test_a_request_right_after_an_identical_cancelled_one_is_answered(encode) -> None:
+    """The cancelled request's computation is being cancelled: the new one must not wait for it."""
+    model = _Model(lambda prompt: "1", hold=True)
+    service = _service(encode, model)
+    service.open(URI, "python", 1, "x = \n")
+    first = asyncio.ensure_future(service.complete(URI, 0, 4))
+    await _wait(model.started)
+    first.cancel()  # $/cancelRequest, then the client asks again at the same place
+    second = asyncio.ensure_future(service.complete(URI, 0, 4))
+    model.release.set()
+    answer = await asyncio.wait_for(second, WAIT_S)
+    assert answer is not None and answer.text == "1"
+    assert first.cancelled()
+    service.close()

@@ -86,6 +86,10 @@ async def test_a_bad_value_is_left_out_and_the_rest_applies() -> None:
         "/models/mine",
     )
     assert service.configure({"maxNewTokens": 64}, reload=False) == []
+    service.configure({"model": "/models/other"}, reload=False)
+    # a typo in a later section keeps the model in force, not the one the client started with
+    assert len(service.configure({"model": "", "temperature": 0.1}, reload=False)) == 1
+    assert (service.settings.model, service.settings.temperature) == ("/models/other", 0.1)
     service.close()
 
 

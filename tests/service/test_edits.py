@@ -149,7 +149,15 @@ def test_completion_item_edit():
 
 @pytest.mark.parametrize(
     "line, index, start",
-    [("x = foo", 7, 4), ("x = foo", 5, 4), ("print(", 6, 6), ("", 0, 0), ("  $el_2", 7, 2), ("été", 3, 0)],
+    [
+        ("x = foo", 7, 4),
+        ("x = foo", 5, 4),
+        ("print(", 6, 6),
+        ("", 0, 0),
+        ("  $el_2", 7, 2),
+        ("été", 3, 0),
+        ('h = "' + "0f" * 50_000 + '"', 100_005, 5),  # a long word: a backwards scan, not a regex search
+    ],
 )
 def test_a_completion_item_starts_at_the_word_before_the_cursor(line, index, start):
     """Clients filter completion items by the word at the cursor: an item starts with it."""
