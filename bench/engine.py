@@ -426,7 +426,11 @@ def decode_report(args: argparse.Namespace, device: torch.device, tok: RefactTok
 
 def speed_report(args: argparse.Namespace, device: torch.device, tok: RefactTokenizer) -> None:
     prompt = random_prompt(args.prompt_len)
-    dtypes = [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
+    dtypes = (
+        [getattr(torch, name) for name in args.dtypes.split(",")]
+        if args.dtypes
+        else [torch.float32] + ([torch.bfloat16] if device.type == "cuda" else [])
+    )
     bw = memory_bandwidth_gbs(device)
     print(f"measured read bandwidth {bw:.1f} GB/s")
     for shape in args.shapes.split(","):
@@ -683,6 +687,9 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true", help="decode: also torch.compile (about 40 s more)")
     ap.add_argument("--shapes", default=None, help="speed: tiny,real; int8: mid")
     ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--dtypes", default=None, help="speed: e.g. float32,bfloat16 (default: float32, and bfloat16 on CUDA)"
+    )
     ap.add_argument("--prompt-len", type=int, default=None, help="gpu: 2000; others: 256")
     ap.add_argument("--steps", type=int, default=None, help="decode steps per run (gpu: 64; others: 32)")
     ap.add_argument("--repeats", type=int, default=3)
