@@ -28,7 +28,8 @@ SETTINGS: dict[str, Any] = {
     "contextTokens": 300,  # smaller than the file: the window moves and its hysteresis matters
 }
 DEFAULTS = {"kvReuse": True, "completionCache": True, "speculative": True}
-SOURCE = REPO / "refact_lsp" / "service" / "postprocess.py"
+SOURCE = REPO / "tests" / "data" / "typed_postprocess.py.txt"
+"""A frozen copy of ``refact_lsp/service/postprocess.py`` (as of ``e7ee1c7``): the scenario types its text."""
 TYPED = 60  # characters typed per session
 
 
