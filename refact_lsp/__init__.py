@@ -13,9 +13,9 @@ import sys
 
 # ``python -m refact_lsp`` puts the working directory first on sys.path, and editors start a language server
 # in the user's project: a random.py or inspect.py there would be imported instead of the standard
-# library's, here already (importlib.util imports random). While ``-m`` locates this package, argv[0] is
-# "-m"; the package's own modules are found through its __path__ from now on. (PYTHONSAFEPATH=1 or
-# ``python -P`` do the same for all of Python.)
+# library's, here already (importlib.abc imports tempfile, and with it random). While ``-m`` locates this
+# package, argv[0] is "-m"; the package's own modules are found through its __path__ from now on.
+# (PYTHONSAFEPATH=1 or ``python -P`` do the same for all of Python.)
 if (
     sys.argv[:1] == ["-m"]
     and sys.path

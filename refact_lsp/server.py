@@ -517,8 +517,8 @@ def process_snapshot(protocol: RefactProtocol) -> dict[str, Any]:
 def apply_settings(
     ls: RefactLanguageServer, values: dict[str, Any], reload: bool, initial: bool = False
 ) -> None:
-    """Client settings (see ``CompletionService.configure``); a bad value is shown to the user and left out,
-    the others apply."""
+    """Client settings (see ``CompletionService.configure``); a bad value is shown to the user and its key
+    keeps the value in force, the others apply."""
     try:
         problems = ls.service.configure(values, reload=reload, initial=initial)
     except ServiceError as exc:

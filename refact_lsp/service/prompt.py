@@ -175,9 +175,9 @@ def completion_mode(
     """Which completion to run at ``index`` in ``line_text``; None means no completion here.
 
     Mid-line (non-whitespace right of the cursor): ``mid_line`` "never" -> None, "auto" -> only when
-    that text is closing punctuation (Refact's rule), "always" -> allowed. Then ``multiline``: "always"
-    -> "multi", "never" -> "single", "auto" -> "multi" when only whitespace is left of the cursor and
-    the cursor is not mid-line, else "single".
+    that text is ``CLOSING_CHARS`` (brackets, quotes, punctuation) and whitespace, "always" -> allowed.
+    Then ``multiline``: "always" -> "multi", "never" -> "single", "auto" -> "multi" when only
+    whitespace is left of the cursor and the cursor is not mid-line, else "single".
     """
     index = max(0, min(index, len(line_text)))
     right = line_text[index:]

@@ -46,7 +46,8 @@ class Settings:
     kvReuse: bool = True
     completionCache: bool = True
     speculative: bool = True
-    """After a suggestion, compute the next one as if it were accepted (needs ``completionCache``)."""
+    """After a suggestion, compute the next one as if it were accepted (needs ``kvReuse`` and
+    ``completionCache``)."""
     languages: dict[str, bool] = field(default_factory=lambda: {"*": True})
     midLine: str = "auto"
     allowPickle: bool = False
