@@ -337,16 +337,6 @@ function M.attach(client, bufnr, opts)
       M.schedule(bufnr)
     end,
   })
-  -- The completion menu: its edits (<C-n> inserting a match) fire TextChangedP, not TextChangedI, and
-  -- opening it may change nothing (completeopt noinsert). Nothing is shown while it is open; asked
-  -- again once it closes.
-  api.nvim_create_autocmd({ 'TextChangedP', 'CompleteChanged' }, {
-    group = group,
-    buffer = bufnr,
-    callback = function()
-      M.dismiss(bufnr)
-    end,
-  })
   api.nvim_create_autocmd('CompleteDone', {
     group = group,
     buffer = bufnr,
@@ -370,7 +360,10 @@ function M.attach(client, bufnr, opts)
       end
     end,
   })
-  api.nvim_create_autocmd({ 'InsertLeave', 'BufLeave' }, {
+  -- Also the completion menu: its edits (<C-n> inserting a match) fire TextChangedP, not TextChangedI,
+  -- and opening it may change nothing (completeopt noinsert). Nothing is shown while it is open; asked
+  -- again once it closes (CompleteDone above).
+  api.nvim_create_autocmd({ 'InsertLeave', 'BufLeave', 'TextChangedP', 'CompleteChanged' }, {
     group = group,
     buffer = bufnr,
     callback = function()
