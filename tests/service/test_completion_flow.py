@@ -99,17 +99,28 @@ def _service(encode: Callable[[str], list[int]], model: _Model, **settings: Any)
     return service
 
 
+async def _running(
+    encode: Callable[[str], list[int]], answer: Callable[[Prompt], str], text: str, line: int, character: int
+) -> tuple[_Model, CompletionService, asyncio.Future[Any]]:
+    """A service whose model holds ``answer`` until released, ``text`` open, and a request at ``(line,
+    character)`` whose model run has started."""
+    model = _Model(answer, hold=True)
+    service = _service(encode, model)
+    service.open(URI, "python", 1, text)
+    request = asyncio.ensure_future(service.complete(URI, line, character))
+    await _wait(model.started)
+    return model, service, request
+
+
 def _whole_lines_or_rest(prompt: Prompt) -> str:
     """A model continuing ``def f(a):\\n    |``: whole lines from column 0, else the rest of the line."""
     return "    b = a + 1\n    return b" if prompt.mode == "multi" else "b = a + 1"
 
 
 async def test_an_answer_made_under_settings_changed_during_its_run_is_not_cached(encode) -> None:
-    model = _Model(_whole_lines_or_rest, hold=True)
-    service = _service(encode, model)
-    service.open(URI, "python", 1, "def f(a):\n    \n")
-    first = asyncio.ensure_future(service.complete(URI, 1, 4))  # column 0: multi-line
-    await _wait(model.started)
+    model, service, first = await _running(
+        encode, _whole_lines_or_rest, "def f(a):\n    \n", 1, 4
+    )  # multi-line
     service.configure({"multiline": "never"})  # clears the cache of multi-line answers
     model.release.set()
     assert (await first) is not None
@@ -122,12 +133,8 @@ async def test_an_answer_made_under_settings_changed_during_its_run_is_not_cache
 async def test_postprocessing_sees_the_text_the_prompt_was_built_from(encode) -> None:
     """A line typed below the cursor during the run, and deleted again, changes neither the answer nor what
     is cached for the request's text."""
-    model = _Model(_whole_lines_or_rest, hold=True)
-    service = _service(encode, model)
     text = "def f(a):\n    \n"
-    service.open(URI, "python", 1, text)
-    first = asyncio.ensure_future(service.complete(URI, 1, 4))
-    await _wait(model.started)
+    model, service, first = await _running(encode, _whole_lines_or_rest, text, 1, 4)
     service.change(URI, 2, [((2, 0, 2, 0), "    return b\n")])  # no request for it yet (debounced)
     model.release.set()
     answer = await first
@@ -141,11 +148,7 @@ async def test_postprocessing_sees_the_text_the_prompt_was_built_from(encode) ->
 
 
 async def test_the_range_is_in_units_of_the_line_the_request_saw(encode) -> None:
-    model = _Model(lambda prompt: "1", hold=True)
-    service = _service(encode, model)
-    service.open(URI, "python", 1, "x = \n")
-    first = asyncio.ensure_future(service.complete(URI, 0, 4))
-    await _wait(model.started)
+    model, service, first = await _running(encode, lambda prompt: "1", "x = \n", 0, 4)
     service.change(URI, 2, [((0, 0, 0, 0), "\U0001f600")])  # two UTF-16 units before the cursor
     model.release.set()
     answer = await first
@@ -213,11 +216,7 @@ async def test_another_setting_changed_during_the_load_does_not_load_the_model_a
 
 async def test_a_request_right_after_an_identical_cancelled_one_is_answered(encode) -> None:
     """The cancelled request's computation is being cancelled: the new one must not wait for it."""
-    model = _Model(lambda prompt: "1", hold=True)
-    service = _service(encode, model)
-    service.open(URI, "python", 1, "x = \n")
-    first = asyncio.ensure_future(service.complete(URI, 0, 4))
-    await _wait(model.started)
+    model, service, first = await _running(encode, lambda prompt: "1", "x = \n", 0, 4)
     first.cancel()  # $/cancelRequest, then the client asks again at the same place
     second = asyncio.ensure_future(service.complete(URI, 0, 4))
     model.release.set()
