@@ -448,10 +448,13 @@ class CompletionService:
         stats = self.stats
         stats.requests += 1
         self._retry_failed_load()
-        key = self._request_key(uri, line, character, selection)
+        place = self._request_place(uri, line, character)
+        key = (place, selection)
         job = self._jobs.get(uri)
         if job is None or job.task.done() or job.key != key:
-            ticket = self.scheduler.ticket(uri)  # supersedes older requests for this document
+            # supersedes older requests for this document, unless they are for the same place (completion
+            # items beside ghost text for the popup's selected item: both current)
+            ticket = self.scheduler.ticket(uri, place=place)
             job = _Job(key, asyncio.ensure_future(self._computation(ticket, uri, line, character, selection)))
             self._jobs[uri] = job
             job.task.add_done_callback(functools.partial(self._forget_job, uri, job))
@@ -472,13 +475,12 @@ class CompletionService:
         stats.record_latency("total", (time.perf_counter() - started) * 1000)
         return suggestion
 
-    def _request_key(
-        self, uri: str, line: int, character: int, selection: Selection | None
-    ) -> tuple[Any, ...]:
-        """What a request asks, as far as its answer goes (compared with ``==``: settings hold a dict)."""
+    def _request_place(self, uri: str, line: int, character: int) -> tuple[Any, ...]:
+        """The text, position, settings and model a request is for: with its selection, all its answer
+        depends on (compared with ``==``: settings hold a dict)."""
         doc = self.documents.get(uri) if uri in self.documents else None
         text = (id(doc), doc.revision) if doc is not None else None
-        return (text, line, character, selection, self.settings, self._load_generation, self._model_state)
+        return (text, line, character, self.settings, self._load_generation, self._model_state)
 
     def _forget_job(self, uri: str, job: _Job, _task: Any) -> None:
         if self._jobs.get(uri) is job:

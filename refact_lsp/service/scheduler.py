@@ -98,8 +98,13 @@ class Worker:
 class Ticket:
     """One request's place in the scheduler (see the module docstring)."""
 
-    def __init__(self, scheduler: Scheduler, key: str | None, droppable: bool, idle: bool = False):
+    def __init__(
+        self, scheduler: Scheduler, key: str | None, droppable: bool, idle: bool = False, place: Any = None
+    ):
         self.key = key
+        self.place = place
+        """What the request is for (compared with ``==``): a newer ticket for the same key and place does
+        not supersede this one."""
         self.droppable = droppable
         self.idle = idle
         """Lowest priority: runs only on an idle worker, preempted by any other ticket."""
@@ -190,7 +195,7 @@ class Scheduler:
         self.loop = loop
         self.max_waiting = max(1, max_waiting)
         self.worker = Worker()
-        self._latest: dict[str, Ticket] = {}
+        self._latest: dict[str, list[Ticket]] = {}  # per key: the newest ticket, and those for its place
         self._waiting: deque[Ticket] = deque()
         self._busy = False
         self._idle: Ticket | None = None  # the idle ticket, waiting to start or running
@@ -211,16 +216,23 @@ class Scheduler:
     def waiting(self) -> int:
         return len(self._waiting)
 
-    def ticket(self, key: str | None, droppable: bool = True) -> Ticket:
-        """A new ticket; an older one for the same ``key`` is superseded, an idle one preempted."""
+    def ticket(self, key: str | None, droppable: bool = True, place: Any = None) -> Ticket:
+        """A new ticket; older ones for the same ``key`` are superseded, unless they are for the same
+        ``place`` (not None: two requests for the same text and position, say ghost text and completion
+        items, are both current); an idle one is preempted."""
         self.preempt_idle()
-        ticket = Ticket(self, key, droppable)
+        ticket = Ticket(self, key, droppable, place=place)
         if key is not None:
-            older = self._latest.get(key)
-            if older is not None and older.skipped is None:
-                older.skip("superseded")
-                self.superseded_count += 1
-            self._latest[key] = ticket
+            kept = []
+            for older in self._latest.get(key, ()):
+                if older.skipped is not None:
+                    continue
+                if place is not None and older.place == place:
+                    kept.append(older)
+                else:
+                    older.skip("superseded")
+                    self.superseded_count += 1
+            self._latest[key] = [*kept, ticket]
         return ticket
 
     def idle_ticket(self, key: str | None = None) -> Ticket:
@@ -243,8 +255,7 @@ class Scheduler:
 
     def cancel_key(self, key: str) -> None:
         """Stops whatever is pending or running for ``key`` (e.g. the document was closed)."""
-        ticket = self._latest.pop(key, None)
-        if ticket is not None:
+        for ticket in self._latest.pop(key, ()):
             ticket.skip("closed")
 
     async def run_exclusive(self, work: Callable[[threading.Event], T]) -> T:
@@ -257,7 +268,7 @@ class Scheduler:
 
     def close(self) -> None:
         """Stops every ticket and lets the worker thread end."""
-        for ticket in list(self._latest.values()) + list(self._waiting):
+        for ticket in [*self._latest_tickets(), *self._waiting]:
             ticket.skip("closed")
         if self._idle is not None:
             self._idle.skip("closed")
@@ -268,7 +279,7 @@ class Scheduler:
 
         Only thread-safe things are touched (the tickets' stop events). True if the worker ended in time.
         """
-        for ticket in [*self._latest.values(), *self._waiting, *([self._idle] if self._idle else [])]:
+        for ticket in [*self._latest_tickets(), *self._waiting, *([self._idle] if self._idle else [])]:
             ticket.stop.set()
         self.worker.close()
         return self.worker.join(timeout)
@@ -301,7 +312,10 @@ class Scheduler:
 
     def _pending_request(self) -> bool:
         """Whether a request's ticket is alive and not running (debouncing or waiting)."""
-        return any(not t.idle and t.skipped is None and not t.running for t in self._latest.values())
+        return any(not t.idle and t.skipped is None and not t.running for t in self._latest_tickets())
+
+    def _latest_tickets(self) -> list[Ticket]:
+        return [ticket for tickets in self._latest.values() for ticket in tickets]
 
     def _release(self) -> None:
         """The worker is free: hand it to the oldest waiting ticket."""
@@ -320,5 +334,8 @@ class Scheduler:
         self._forget_waiting(ticket)
         if self._idle is ticket:
             self._idle = None
-        if ticket.key is not None and self._latest.get(ticket.key) is ticket:
-            del self._latest[ticket.key]
+        tickets = self._latest.get(ticket.key) if ticket.key is not None else None
+        if tickets is not None and ticket in tickets:
+            tickets.remove(ticket)
+            if not tickets:
+                del self._latest[ticket.key]

@@ -198,6 +198,33 @@ async def test_ghost_text_and_completion_items_asked_together_share_one_run(
     session.configure({"debounceMs": 0, "completionCache": True})
 
 
+async def test_ghost_text_for_the_popups_selected_item_does_not_supersede_the_items(
+    session: Session, checkpoints
+) -> None:
+    """With the completion popup open, a client asks for items and for ghost text after the selected one:
+    two requests for the same place, both current."""
+    await use_model(session, checkpoints.scripted, debounceMs=25, completionCache=False)
+    uri = uri_of("selected.py")
+    session.open(uri, "def add(a, b):\n    return ad\n")
+    start, cursor = len("    return "), len("    return ad")
+    selected = types.SelectedCompletionInfo(
+        range=types.Range(
+            start=types.Position(line=1, character=start), end=types.Position(line=1, character=cursor)
+        ),
+        text="add_numbers(",
+    )
+    before = await session.stats()
+    completion, inline = await asyncio.gather(
+        session.completion(uri, 1, cursor), session.inline(uri, 1, cursor, selected)
+    )
+    after = await session.stats()
+    assert [i.text_edit.new_text for i in completion.items] == ["ad" + SCRIPTED_TEXT]
+    assert [i.insert_text for i in inline] == ["add_numbers(" + SCRIPTED_TEXT]
+    assert after["superseded"] == before["superseded"]
+    assert after["model_runs"] - before["model_runs"] == 2
+    session.configure({"debounceMs": 0, "completionCache": True})
+
+
 async def test_cancelling_one_of_two_requests_sharing_a_run_leaves_the_other_its_answer(
     session: Session, checkpoints
 ) -> None:

@@ -41,9 +41,9 @@ class Engine:
         return work
 
 
-async def complete(scheduler: Scheduler, key: str, work, debounce_s: float = 0.0):
+async def complete(scheduler: Scheduler, key: str, work, debounce_s: float = 0.0, place=None):
     """What the completion service does with a ticket: None when skipped."""
-    ticket = scheduler.ticket(key)
+    ticket = scheduler.ticket(key, place=place)
     try:
         await ticket.debounce(debounce_s)
         result = await ticket.run(work)
@@ -83,6 +83,24 @@ async def test_superseded_while_running_stops_and_never_overlaps(scheduler: Sche
     assert await second == "new:done"
     assert engine.steps_done["old"] < 50  # stopped within a step or so, not after 500
     assert engine.max_active == 1
+
+
+async def test_requests_for_the_same_place_run_one_after_the_other_and_a_new_place_supersedes_them(
+    scheduler: Scheduler,
+) -> None:
+    engine = Engine()
+    jobs = [engine.job(name, steps=3) for name in ("ghost", "menu", "next")]
+    ghost = asyncio.create_task(complete(scheduler, "doc", jobs[0], place=("v1", 4)))
+    await asyncio.sleep(0.005)
+    menu = asyncio.create_task(complete(scheduler, "doc", jobs[1], place=("v1", 4)))
+    assert await asyncio.gather(ghost, menu) == ["ghost:done", "menu:done"]
+    waiting = [
+        asyncio.create_task(complete(scheduler, "doc", jobs[i], 0.05, place=("v2", 5))) for i in (0, 1)
+    ]
+    await asyncio.sleep(0.005)
+    newer = asyncio.create_task(complete(scheduler, "doc", jobs[2], place=("v3", 6)))
+    assert await asyncio.gather(*waiting, newer) == ["superseded", "superseded", "next:done"]
+    assert scheduler.superseded_count == 2 and engine.max_active == 1
 
 
 async def test_other_documents_are_not_superseded(scheduler: Scheduler) -> None:
