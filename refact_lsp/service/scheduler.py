@@ -1,9 +1,10 @@
 """Scheduling of model work: per-document debounce, supersede, cancellation, one job at a time.
 
 A completion request takes a :class:`Ticket` for its document. A newer ticket for the same
-document supersedes the older one at once (eglot never sends ``$/cancelRequest``): a debouncing
-or waiting ticket wakes up with :class:`Skipped`, a running one has its stop event set, which the
-engine checks between decode steps. Jobs run one at a time on a single daemon worker thread, off
+document supersedes the older ones at once (eglot never sends ``$/cancelRequest``), except those for
+the same ``place`` (the same text and position: both still current): a debouncing or waiting ticket
+wakes up with :class:`Skipped`, a running one has its stop event set, which the engine checks between
+decode steps. Jobs run one at a time on a single daemon worker thread, off
 the event loop. At most ``max_waiting`` tickets wait for the worker; when a burst over many
 documents exceeds that, the oldest waiting ticket is dropped (the newest is the one the user sees).
 
