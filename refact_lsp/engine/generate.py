@@ -54,6 +54,8 @@ KV_SLOTS = 4
 document's window, or the column-0 multi-line prompt right after Enter next to the single-line one of
 the line being typed, keeps its own instead of overwriting the one the next keystroke needs. With one
 key/value head a slot is small (the 1.6B model in bf16: 32 MB at 4,096 tokens)."""
+CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"
+"""How torch words a failed CPU allocation (a plain RuntimeError, not ``torch.OutOfMemoryError``)."""
 log = logging.getLogger(__name__)
 
 
@@ -399,7 +401,9 @@ class Generator:
             # model's GPU is made the current one: Triton launches and graph captures go to the current GPU.
             with sdpa_kernel(SDPA_BACKENDS), torch.cuda.device(self.device):
                 return self._generate(request, should_stop, on_token)
-        except torch.OutOfMemoryError as e:
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not isinstance(e, torch.OutOfMemoryError) and CPU_OUT_OF_MEMORY not in str(e):
+                raise
             reason = str(e).splitlines()[0] if str(e) else "out of memory"
         # outside the except block: the failed call's frames (and their tensors) are gone before freeing
         self.release_memory()

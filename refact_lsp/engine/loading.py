@@ -10,6 +10,7 @@ dtype ``int8`` (CPU only) loads float32 and quantizes the Linear layers (:mod:`r
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import logging
@@ -230,6 +231,10 @@ def locate_checkpoint(spec: ModelSpec, on_progress: ProgressCallback | None = No
     return _download(source, spec, on_progress or (lambda _e: None))
 
 
+_LOCAL_STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+"""A download that fails writing the cache: retrying without the user's help would fail the same way."""
+
+
 def _download(repo_id: str, spec: ModelSpec, on_progress: ProgressCallback) -> Path:
     from huggingface_hub import snapshot_download
 
@@ -239,6 +244,18 @@ def _download(repo_id: str, spec: ModelSpec, on_progress: ProgressCallback) -> P
     bars = _progress_tqdm(on_progress, _expected_bytes(files, patterns))
     try:
         folder = snapshot_download(repo_id, revision=spec.revision, allow_patterns=patterns, tqdm_class=bars)
+    except OSError as e:
+        if e.errno not in _LOCAL_STORAGE_ERRORS:
+            raise ModelLoadError(
+                f"could not download {repo_id!r}: {type(e).__name__}: {e}", retryable=True
+            ) from e
+        # the same again later would fill the disk (or fail) again: the user has to make room first
+        from huggingface_hub import constants
+
+        raise ModelLoadError(
+            f"could not download {repo_id!r} into the cache folder {constants.HF_HUB_CACHE} "
+            f"(set HF_HUB_CACHE or HF_HOME to use another): {e.strerror or e}"
+        ) from e
     except Exception as e:  # network, auth, missing repo: all user-facing, and maybe better later
         message = f"could not download {repo_id!r}: {type(e).__name__}: {e}"
         raise ModelLoadError(message, retryable=True) from e
@@ -307,6 +324,9 @@ def read_tensors(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Te
             tensors.update(_load_pickled_tensors(f))
             continue
         try:
+            f.open(
+                "rb"
+            ).close()  # the OS's error (permission denied...), which safetensors words as "not found"
             with safe_open(str(f), framework="pt", device="cpu") as sf:
                 for name in sf.keys():  # noqa: SIM118 - safe_open is not a mapping
                     tensors[name] = sf.get_tensor(name)
@@ -412,7 +432,9 @@ def load_weights(
     expected = {name: p.shape for name, p in model.state_dict().items()}
     tensors = fuse_legacy_tensors(read_tensors(folder, allow_pickle))
     check_tensors(tensors, expected, str(folder))
-    state = {n: t.to(device=device, dtype=dtype or t.dtype) for n, t in tensors.items()}
+    # copy=True: a tensor already of the right dtype on the CPU would stay mapped from the file, and a file
+    # rewritten under the running server (cp over it) would change the weights or crash it (SIGBUS)
+    state = {n: t.to(device=device, dtype=dtype or t.dtype, copy=True) for n, t in tensors.items()}
     model.load_state_dict(state, strict=True, assign=True)
     return model.eval().requires_grad_(False)
 
@@ -424,7 +446,8 @@ def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> 
     dtype = resolve_dtype(spec.dtype, device)
     folder = locate_checkpoint(spec, report)
     label = "int8" if is_int8(spec.dtype) else str(dtype).removeprefix("torch.")
-    report(ProgressEvent("load", f"loading {folder.name} on {device} ({label})", 0))
+    name = folder.name if Path(spec.source).expanduser().is_dir() else spec.source  # not a snapshot's hash
+    report(ProgressEvent("load", f"loading {name} on {device} ({label})", 0))
     config = read_config(folder)
     tok_path = folder / "tokenizer.json"
     if not tok_path.is_file():

@@ -206,6 +206,48 @@ def test_hub_download_fetches_pickle_weights_only_for_a_repo_without_safetensors
     assert fake_hub["owner/pickles"] == ["config.json", "pytorch_model.bin", "tokenizer.json"]
 
 
+def test_a_full_disk_is_no_reason_to_download_again(fake_hub, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retrying would fill the disk again, every time: not retryable, and the cache folder is named."""
+    import errno
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", full)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(ModelSpec("owner/both", device="cpu"))
+    assert not info.value.retryable
+    assert str(constants.HF_HUB_CACHE) in str(info.value) and "No space left" in str(info.value)
+
+    def offline(*_args, **_kwargs):
+        raise OSError(errno.ENETUNREACH, "Network is unreachable")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(ModelSpec("owner/both", device="cpu"))
+    assert info.value.retryable  # the network may come back
+
+
+def test_the_loaded_weights_are_not_the_files_own(random_ckpt: Path, tmp_path: Path) -> None:
+    """A checkpoint rewritten under the running server (cp over it) changes neither its weights nor, cut
+    short, kills it: the weights are copied out of the file's memory map."""
+    folder = tmp_path / "ckpt"
+    shutil.copytree(random_ckpt, folder)
+    loaded = load_model(ModelSpec(str(folder), device="cpu", dtype="float32"))
+    before = loaded.model.lm_head.weight.clone()
+    tensors = load_file(str(folder / "model.safetensors"))
+    data = (folder / "model.safetensors").read_bytes()
+    assert tensors["lm_head.weight"].dtype == torch.float32  # the same dtype: no conversion copies it
+    with open(folder / "model.safetensors", "r+b") as f:  # in place, same size: the mapping sees it
+        header = 8 + int.from_bytes(data[:8], "little")
+        f.seek(header)
+        f.write(bytes(len(data) - header))
+    assert torch.equal(loaded.model.lm_head.weight, before)
+
+
 def test_from_pretrained_device_map_auto_picks_the_engines_device(random_ckpt: Path) -> None:
     from transformers import AutoModelForCausalLM
 

@@ -20,3 +20,18 @@ def test_local_sources_and_hub_ids(tmp_path: Path) -> None:
     assert is_local_source(str(tmp_path))
     assert is_local_source("./models/refact") and is_local_source("~/models/refact")
     assert not is_local_source("smallcloudai/Refact-1_6B-fim")
+
+
+def test_the_files_change_when_one_is_made_readable_or_replaced(tmp_path: Path) -> None:
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"x" * 10)
+    weights.chmod(0o000)
+    before = local_model_files(str(tmp_path))
+    weights.chmod(0o644)  # a fix that changes neither the time written nor the size
+    assert local_model_files(str(tmp_path)) != before
+    readable = local_model_files(str(tmp_path))
+    replacement = tmp_path / "new"
+    replacement.write_bytes(b"y" * 10)
+    os.utime(replacement, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns))
+    replacement.replace(weights)
+    assert local_model_files(str(tmp_path)) != readable
