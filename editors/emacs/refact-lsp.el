@@ -191,7 +191,10 @@ shown: it can be accepted while both still hold, whatever else changed.")
   "Number of the latest request; answers to older ones are dropped.")
 
 (defvar-local refact-lsp-inline--edited nil
-  "Non-nil when the buffer changed since the last request.")
+  "Non-nil when a command edited the buffer or moved point since the last request.")
+
+(defvar-local refact-lsp-inline--asked-state nil
+  "(TICK . POINT) of the last request, or nil: not asked again on idle.")
 
 (defvar-local refact-lsp-inline--last-state nil
   "(TICK . POINT) after the previous command.")
@@ -358,7 +361,9 @@ It is shown when the answer comes, if the buffer and point did not change."
     ;; eglot sends didChange on a timer and never cancels requests: flush
     ;; the edits first so the server completes the text as it is now.
     (eglot--signal-textDocument/didChange)
-    (setq refact-lsp-inline--edited nil)
+    (setq refact-lsp-inline--edited nil
+          refact-lsp-inline--asked-state
+          (cons (buffer-chars-modified-tick) (point)))
     (let ((buffer (current-buffer))
           (seq (cl-incf refact-lsp-inline--seq))
           (tick (buffer-chars-modified-tick))
@@ -417,8 +422,8 @@ For `refact-lsp-inline--post-command'."
 (defun refact-lsp-inline--post-command ()
   "Drop the suggestion after a command that edits or moves point.
 Edits made between commands (a timer, a process) are not the command's:
-`refact-lsp-inline--after-change' judges those.  Note edits for the idle
-timer, and follow a new idle delay."
+`refact-lsp-inline--after-change' judges those.  Note edits and moves of
+point for the idle timer, and follow a new idle delay."
   (refact-lsp-inline--ensure-timer)
   (let ((tick (buffer-chars-modified-tick))
         (command-tick refact-lsp-inline--command-tick))
@@ -432,8 +437,8 @@ timer, and follow a new idle delay."
       (refact-lsp-inline-dismiss))
     (let ((state (cons tick (point))))
       (unless (equal state refact-lsp-inline--last-state)
-        (when (and refact-lsp-inline--last-state
-                   (/= (car state) (car refact-lsp-inline--last-state)))
+        ;; An edit or a move of point (C-e to the end of a line): ask on idle.
+        (when refact-lsp-inline--last-state
           (setq refact-lsp-inline--edited t))
         (setq refact-lsp-inline--last-state state)))))
 
@@ -453,8 +458,12 @@ The delay is the default value of `refact-lsp-inline-idle-delay'."
             refact-lsp-inline--timer-delay delay))))
 
 (defun refact-lsp-inline--on-idle ()
-  "Idle timer: ask for a suggestion if the buffer was edited since the last."
+  "Idle timer: ask for a suggestion after an edit or a move of point.
+Not again for the text and point of the last request, nor while a
+suggestion is shown."
   (when (and refact-lsp-inline-mode refact-lsp-inline--edited
+             (not (equal (cons (buffer-chars-modified-tick) (point))
+                         refact-lsp-inline--asked-state))
              (not refact-lsp-inline--visible)
              (not buffer-read-only) (not (minibufferp)))
     (refact-lsp-inline-request)))

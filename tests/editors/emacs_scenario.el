@@ -234,6 +234,35 @@ they are, without the characters that overlays hide (`display' \"\" or `invisibl
                   :overlays_accepted (scenario-overlays)))))
     (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL") :multiline "auto")))
 
+;; A command that only moves point (no edit) asks on idle too, as after an edit.
+(defun scenario-answer ()
+  "Wait until the server answered every request; the ghost text shown then, or nil."
+  (scenario-wait (lambda () (zerop (jsonrpc-continuation-count (refact-lsp--server)))) "the answer")
+  (accept-process-output nil 0.2)
+  (scenario-ghost))
+
+(scenario-step "move"
+  (scenario-open "move.py" "def add(a, b):\n    return \n")
+  (goto-char (point-min))
+  (forward-line 1)
+  (scenario-type "C-e")  ; to the end of "    return ": a move, no edit
+  (scenario-ask)
+  (let ((at-end (scenario-answer)) (end (point)) (seq refact-lsp-inline--seq))
+    (scenario-ask)  ; nothing changed and the ghost text is shown: no new request
+    (let ((seq-shown refact-lsp-inline--seq))
+      (scenario-type "C-b")  ; drops the ghost text
+      (scenario-ask)
+      (scenario-answer)
+      (scenario-type "C-f")  ; back to the end of the line
+      (scenario-ask)
+      (let ((back (scenario-answer)) (seq-back refact-lsp-inline--seq))
+        (scenario-type "C-b C-f")  ; away and back to the state just asked for, no idle between
+        (scenario-ask)
+        (list :ghost_at_end at-end :end end
+              :asked_while_shown (if (/= seq seq-shown) t :json-false)
+              :ghost_back back
+              :asked_same_state_again (if (/= seq-back refact-lsp-inline--seq) t :json-false))))))
+
 (scenario-step "prompt_none"
   ;; Mid-line ("    return a|b"): the server completes nothing and refact.prompt answers null.
   (scenario-open "prompt_none.py" "def add(a, b):\n    return ab\n")

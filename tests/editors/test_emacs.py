@@ -172,6 +172,18 @@ def test_a_multiline_suggestion_hides_the_auto_closed_paren_it_types(results: di
     assert step["overlays_accepted"] == 0
 
 
+def test_a_move_of_point_asks_on_idle(results: dict, scripted_server) -> None:
+    """A command that only moves point (C-e to the end of a line, C-b C-f back) asks on idle as an edit does
+    (copilot.el asks after any command), but not while the ghost text is shown there, nor again for the text
+    and point of the last request."""
+    step = _step(results, "move")
+    suggestion = scripted_server.single_line_text
+    assert step["ghost_at_end"] == {"text": suggestion, "pos": step["end"]}
+    assert step["asked_while_shown"] is False
+    assert step["ghost_back"] == {"text": suggestion, "pos": step["end"]}
+    assert step["asked_same_state_again"] is False
+
+
 def test_show_prompt_where_the_server_completes_nothing(results: dict) -> None:
     """M-x refact-lsp-show-prompt mid-line (refact.prompt answers null): a message, no error."""
     step = _step(results, "prompt_none")
