@@ -584,3 +584,149 @@ def test_completion_autotrigger_is_gone_with_a_warning(nvim: Any, scripted_serve
     finally:
         nvim.exec_lua("vim.notify = _G.refact_notify")
         nvim.exec_lua(setup, options)
+
+
+def test_a_single_match_inserted_without_a_menu_is_finished(nvim: Any, scripted_server) -> None:
+    """With the default 'completeopt' (no menuone) the single Refact item goes in at once, no menu opens;
+    <Esc> then ends completion with reason 'discard': the item is still finished (the re-typed ")"
+    removed, the later lines of a multi-line item inserted)."""
+    nvim.command("set completeopt=menu,popup")
+    _open(nvim, "single_match.py", ["def add(a, b):", "    f()"])
+    nvim.command("setlocal omnifunc=v:lua.vim.lsp.omnifunc")  # not the python ftplugin's
+    _use_model(nvim, scripted_server.closer_model)
+    try:
+        nvim.current.window.cursor = (2, 6)
+        nvim.input("i")
+        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        nvim.input("<C-x><C-o>")
+        _wait(lambda: _line(nvim, 1).startswith("    f(x):"), "the item inserted at once")
+        assert nvim.funcs.pumvisible() == 0
+        nvim.input("<Esc>")
+        _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+        _wait(lambda: _line(nvim, 1) == "    f(x):", "the re-typed ')' removed")
+        assert tuple(nvim.current.window.cursor) == (2, len("    f(x)"))
+
+        _use_model(nvim, scripted_server.multiline_model)
+        _open(nvim, "single_match_ml.py", ["def add(a, b):", "    "])
+        nvim.command("setlocal omnifunc=v:lua.vim.lsp.omnifunc")
+        _insert_at_end(nvim)
+        nvim.input("<C-x><C-o>")
+        _wait(lambda: _line(nvim, 1) == "    return a + b", "the first line inserted at once")
+        nvim.input("<Esc>")
+        lines = scripted_server.multiline_text.split("\n")
+        _wait(lambda: nvim.current.buffer[:] == ["def add(a, b):", *lines], "the later lines")
+        assert tuple(nvim.current.window.cursor) == (3, len(lines[-1]) - 1)
+    finally:
+        nvim.command("set completeopt&")
+        _use_model(nvim, scripted_server.single_line_model)
+
+
+def test_no_request_in_a_read_only_buffer(nvim: Any) -> None:
+    _open(nvim, "read_only.py", ["def add(a, b):", "    return "])
+    nvim.command("setlocal readonly")
+    try:
+        before = _stats(nvim).get("requests")
+        _insert_at_end(nvim)
+        nvim.input("x<BS>")
+        _wait(lambda: _line(nvim, 1) == "    return ", "the typed and deleted x")
+        time.sleep(0.5)  # longer than the pause and a request
+        assert (_stats(nvim).get("requests"), _ghost(nvim)) == (before, [])
+    finally:
+        nvim.command("setlocal noreadonly")
+
+
+def test_a_suggestion_comes_without_an_edit(nvim: Any) -> None:
+    """As in Copilot: on entering insert mode and after moving the cursor, not only after typing; not
+    asked again while nothing changes."""
+    _open(nvim, "no_edit.py", ["def add(a, b):", "    return "])
+    end = len("    return ")
+    nvim.input("A")
+    _wait(lambda: [m["col"] for m in _ghost(nvim)] == [end], "ghost text on entering insert mode")
+    nvim.input("<Left>")
+    _wait(lambda: all(m["col"] != end for m in _ghost(nvim)), "the ghost to go", timeout=5)
+    nvim.input("<Right>")
+    _wait(lambda: [m["col"] for m in _ghost(nvim)] == [end], "ghost text after moving back")
+    requests = _stats(nvim).get("requests")
+    time.sleep(0.5)
+    assert _stats(nvim).get("requests") == requests, "nothing asked again where nothing changed"
+    nvim.input("<Esc>")
+    _wait(lambda: _ghost(nvim) == [], "the ghost to go on leaving insert mode")
+    nvim.input("A")
+    _wait(lambda: [m["col"] for m in _ghost(nvim)] == [end], "ghost text on entering insert mode again")
+
+
+#: Suggestions with a tab: completed inside ``f(é, |)`` (the ")" re-typed) and, multi-line, in ``foo(|)``.
+TAB_TEXT = "x)\t# é"
+ML_TAB_TEXT = "a,\t# é\n    b)"
+
+
+@pytest.fixture(scope="module")
+def tab_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    folder = tmp_path_factory.mktemp("nvim-tab-checkpoints")
+    return write_scripted_checkpoint(folder / "tab", TAB_TEXT), write_scripted_checkpoint(
+        folder / "ml-tab", ML_TAB_TEXT
+    )
+
+
+@pytest.mark.parametrize(
+    ("which", "lines", "cursor", "settings"),
+    [
+        (0, ["def f(a):", "    f(é, )"], (2, len("    f(é, ".encode())), {}),
+        (
+            1,
+            ["def f():", "x = foo() + 1234567890", "z = 1"],
+            (2, 8),
+            {"multiline": "always", "midLine": "always"},
+        ),
+    ],
+)
+def test_a_tab_in_the_ghost_text_is_drawn_as_wide_as_when_typed(
+    nvim: Any, scripted_server, tab_models: tuple[Path, Path], which: int, lines: list[str], cursor, settings
+) -> None:
+    """Inline virtual text draws a tab one cell wide: the ghost shows it as the spaces it takes once
+    accepted ('tabstop'), so the screen before Tab is the screen after it."""
+    _open(nvim, f"tab_ghost_{which}.py", lines)
+    nvim.command("setlocal tabstop=8 noexpandtab nolist")
+    _use_model(nvim, tab_models[which], **settings)
+    try:
+        nvim.current.window.cursor = cursor
+        nvim.input("i")
+        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        nvim.input("y<BS>")
+        _wait(lambda: _ghost(nvim), "ghost text")
+        rows = len(lines) + which
+        shown = _screen(nvim, rows)[0]
+        nvim.input("<Tab>")
+        _wait(lambda: "\t" in "".join(nvim.current.buffer[:]), "the accepted suggestion")
+        nvim.input("<Esc>")
+        _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+        assert shown == _screen(nvim, rows)[0]
+        assert "\t" not in "".join(shown)
+    finally:
+        _use_model(nvim, scripted_server.single_line_model)
+
+
+def test_dot_repeats_an_item_accepted_from_the_menu(nvim: Any, scripted_server) -> None:
+    """The later lines inserted after <C-y> are part of the insert too: `.` types them again."""
+    lines = scripted_server.multiline_text.split("\n")
+    _open(nvim, "menu_dot.py", ["def add(a, b):", "    ", "", "def sub(a, b):", "    "])
+    _use_model(nvim, scripted_server.multiline_model)
+    try:
+        nvim.current.window.cursor = (2, 3)
+        nvim.input("A")  # what `.` repeats
+        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        nvim.exec_lua("vim.lsp.completion.get()")
+        _wait(lambda: nvim.exec_lua("return #vim.fn.complete_info().items > 0"), "the completion menu")
+        nvim.input("<C-y>")
+        _wait(lambda: len(nvim.current.buffer) == 6, "the accepted multi-line item")
+        nvim.input("<Esc>")
+        _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+        nvim.current.window.cursor = (6, 0)
+        nvim.input(".")
+        _wait(lambda: _line(nvim, 5) != "    ", "the repeated insert")
+        time.sleep(0.3)
+        assert nvim.current.buffer[:] == ["def add(a, b):", *lines, "", "def sub(a, b):", *lines]
+    finally:
+        _use_model(nvim, scripted_server.single_line_model)

@@ -52,6 +52,33 @@ local function byte_col(line, character, encoding)
   return ok and math.min(col, #line) or #line
 end
 
+--- Nothing is asked for a buffer that cannot be edited ('readonly', 'nomodifiable'): a help page,
+--- a file opened with :view.
+local function editable(bufnr)
+  return not vim.bo[bufnr].readonly and vim.bo[bufnr].modifiable
+end
+
+--- `text` with its tabs expanded to spaces as they would be drawn from display column `from` (0-based)
+--- ('tabstop', 'vartabstop'): inline virtual text draws a literal tab one cell wide.
+local function expand_tabs(text, from)
+  if not text:find('\t', 1, true) then
+    return text
+  end
+  local out, width = {}, from
+  for part, tab in text:gmatch('([^\t]*)(\t?)') do
+    if part ~= '' then
+      table.insert(out, part)
+      width = width + vim.fn.strdisplaywidth(part, width)
+    end
+    if tab ~= '' then
+      local n = vim.fn.strdisplaywidth('\t', width)
+      table.insert(out, (' '):rep(n))
+      width = width + n
+    end
+  end
+  return table.concat(out)
+end
+
 local function cancel_request(bufnr, state)
   if state.request_id then
     local client = vim.lsp.get_client_by_id(state.client_id)
@@ -114,10 +141,20 @@ local function render(bufnr, suggestion, cursor_col, hl_group)
   if table.concat(pieces) == '' and #rest == 0 then
     return false
   end
+  -- Tabs as spaces, from where each piece is drawn: after the line up to the cursor, the pieces before
+  -- it and the characters between them.
+  local from = vim.fn.strdisplaywidth(line:sub(1, cursor_col))
+  for i, piece in ipairs(pieces) do
+    pieces[i] = expand_tabs(piece, from)
+    from = from + vim.fn.strdisplaywidth(pieces[i], from)
+    if i < #pieces then
+      from = from + vim.fn.strdisplaywidth(covered:sub(i, i), from)
+    end
+  end
   local virt_lines, tail = nil, line:sub(cursor_col + 1)
   if #rest > 0 then
     virt_lines = vim.tbl_map(function(l)
-      return { { l, hl_group } }
+      return { { expand_tabs(l, 0), hl_group } }
     end, rest)
     -- Several lines: accepting moves what is right of the cursor, less the characters the item types
     -- again, after its last line. Shown there (as text, not ghost), and blanked out on the cursor line.
@@ -142,8 +179,7 @@ local function render(bufnr, suggestion, cursor_col, hl_group)
   end
   if virt_lines and tail ~= '' then
     -- Blanks over the text right of the cursor (drawn after the inline ghost, so from its end).
-    local from = vim.fn.strdisplaywidth(line:sub(1, cursor_col))
-    from = from + vim.fn.strdisplaywidth(ghost_first, from)
+    -- `from`: where the ghost ends (pieces holds ghost_first alone here).
     api.nvim_buf_set_extmark(bufnr, ns, suggestion.row, cursor_col, {
       virt_text = { { (' '):rep(vim.fn.strdisplaywidth(tail, from)) } },
       virt_text_pos = 'overlay',
@@ -208,7 +244,7 @@ end
 function M.request(bufnr)
   local state = states[bufnr]
   local client = state and vim.lsp.get_client_by_id(state.client_id)
-  if not client or api.nvim_get_current_buf() ~= bufnr then
+  if not client or api.nvim_get_current_buf() ~= bufnr or not editable(bufnr) then
     return
   end
   cancel_request(bufnr, state)
@@ -219,6 +255,7 @@ function M.request(bufnr)
   params.context = { triggerKind = INLINE_TRIGGER_AUTOMATIC }
   local row, col = unpack(api.nvim_win_get_cursor(0))
   local tick = api.nvim_buf_get_changedtick(bufnr)
+  state.asked = { row, col, tick }
   -- The real buffer number (not 0): the client then flushes pending didChange notifications first.
   local ok, request_id = client:request('textDocument/inlineCompletion', params, function(err, result)
     if err then
@@ -235,7 +272,7 @@ end
 --- Schedules a request after the configured pause; each call restarts the pause.
 function M.schedule(bufnr)
   local state = states[bufnr]
-  if not state then
+  if not state or not editable(bufnr) then
     return
   end
   state.timer = state.timer or vim.uv.new_timer()
@@ -293,7 +330,14 @@ function M.accept_keys(bufnr)
   local covered = line:sub(col + 1, suggestion.end_col)
   local lines = vim.deepcopy(suggestion.lines)
   lines[1] = lines[1]:sub(col - suggestion.start_col + 1) -- the part typed before the cursor is there
-  queued = { bufnr = bufnr, text = table.concat(lines, '\n') }
+  return M.insert_keys(bufnr, table.concat(lines, '\n'), covered)
+end
+
+--- Keys that delete `covered` (the characters right of the cursor) and paste `text` in insert mode, as
+--- part of the insert (so `.` repeats them). Also used by the completion menu (menu.lua).
+---@return string
+function M.insert_keys(bufnr, text, covered)
+  queued = { bufnr = bufnr, text = text }
   local delete = ('<Del>'):rep(vim.fn.strchars(covered, true))
   return vim.keycode(delete .. "<Cmd>lua require('refact.ghost').insert_queued()<CR>")
 end
@@ -346,17 +390,35 @@ function M.attach(client, bufnr, opts)
       end
     end,
   })
+  -- Like Copilot, a suggestion also comes without an edit: on entering insert mode and after moving the
+  -- cursor (after the same pause). Not again where the last request was, for the same text.
+  api.nvim_create_autocmd('InsertEnter', {
+    group = group,
+    buffer = bufnr,
+    callback = function()
+      M.schedule(bufnr)
+    end,
+  })
   api.nvim_create_autocmd('CursorMovedI', {
     group = group,
     buffer = bufnr,
     callback = function()
-      local shown = M.current(bufnr)
-      if shown then
-        local cursor = api.nvim_win_get_cursor(0)
+      local cursor = api.nvim_win_get_cursor(0)
+      if M.current(bufnr) then
         local mark = api.nvim_buf_get_extmarks(bufnr, ns, 0, -1, {})[1]
-        if not mark or mark[2] ~= cursor[1] - 1 or mark[3] ~= cursor[2] then
-          M.dismiss(bufnr)
+        if mark and mark[2] == cursor[1] - 1 and mark[3] == cursor[2] then
+          return
         end
+        M.dismiss(bufnr)
+      end
+      local asked = states[bufnr] and states[bufnr].asked
+      if
+        not asked
+        or asked[1] ~= cursor[1]
+        or asked[2] ~= cursor[2]
+        or asked[3] ~= api.nvim_buf_get_changedtick(bufnr)
+      then
+        M.schedule(bufnr)
       end
     end,
   })

@@ -47,13 +47,23 @@ function M.converter(encoding)
   end
 end
 
-local function on_complete_done(bufnr, completed, reason)
+local ns = api.nvim_create_namespace('refact.menu')
+
+--- Finishes the item inserted at the mark `mark_id` (where the cursor was at CompleteDone): accepted
+--- with <C-y>, or 'discard': the single match that the default 'completeopt' (no menuone) inserts at
+--- once, followed by <Esc> or more typing.
+local function on_complete_done(bufnr, completed, mark_id)
   local extra = vim.tbl_get(completed, 'user_data', 'nvim', 'lsp', 'completion_item', '_refact')
-  if not extra or reason ~= 'accept' or api.nvim_get_current_buf() ~= bufnr then
+  if not api.nvim_buf_is_valid(bufnr) then
     return
   end
-  local row, col = unpack(api.nvim_win_get_cursor(0))
-  row = row - 1
+  local mark = api.nvim_buf_get_extmark_by_id(bufnr, ns, mark_id, {})
+  api.nvim_buf_del_extmark(bufnr, ns, mark_id)
+  if not extra or not mark[1] or api.nvim_get_current_buf() ~= bufnr then
+    return
+  end
+  local row, col = mark[1], mark[2]
+  local cursor = api.nvim_win_get_cursor(0)
   local line = api.nvim_buf_get_lines(bufnr, row, row + 1, true)[1]
   local word = completed.word or ''
   if line:sub(col - #word + 1, col) ~= word then
@@ -66,10 +76,27 @@ local function on_complete_done(bufnr, completed, reason)
   if #extra.rest == 0 and delete_to == col then
     return
   end
+  if cursor[1] - 1 == row and cursor[2] == col and vim.startswith(api.nvim_get_mode().mode, 'i') then
+    -- Still inserting right after the word: as keys, part of the insert, so that `.` repeats it all.
+    local text = #extra.rest > 0 and '\n' .. table.concat(extra.rest, '\n') or ''
+    local keys = require('refact.ghost').insert_keys(bufnr, text, line:sub(col + 1, delete_to))
+    api.nvim_feedkeys(keys, 'ni', false)
+    return
+  end
   -- The rest of the first line is already in; '' ends it, then the following lines.
   api.nvim_buf_set_text(bufnr, row, col, row, delete_to, vim.list_extend({ '' }, extra.rest))
   if #extra.rest > 0 then
-    api.nvim_win_set_cursor(0, { row + #extra.rest + 1, #extra.rest[#extra.rest] })
+    local last = extra.rest[#extra.rest]
+    if cursor[1] - 1 == row and cursor[2] == col then -- still in insert mode right after the word
+      api.nvim_win_set_cursor(0, { row + #extra.rest + 1, #last })
+    elseif
+      cursor[1] - 1 == row
+      and cursor[2] == col - 1
+      and not vim.startswith(api.nvim_get_mode().mode, 'i')
+    then
+      -- <Esc> right after the word: on the last character, as if the whole item had been typed
+      api.nvim_win_set_cursor(0, { row + #extra.rest + 1, math.max(#last - 1, 0) })
+    end
   end
 end
 
@@ -85,8 +112,14 @@ function M.enable(client, bufnr)
       if vim.tbl_get(vim.v.completed_item or {}, 'user_data', 'nvim', 'lsp', 'completion_item', '_refact') then
         -- After Vim has finished the completion: editing the buffer inside CompleteDone confuses it.
         local item, reason = vim.v.completed_item, api.nvim_get_vvar('event').reason
+        if reason ~= 'accept' and reason ~= 'discard' then
+          return -- <C-e>: the item is taken out again
+        end
+        -- Where the item ends now: the cursor may have moved by the time the callback runs (<Esc>).
+        local row, col = unpack(api.nvim_win_get_cursor(0))
+        local mark_id = api.nvim_buf_set_extmark(bufnr, ns, row - 1, col, { right_gravity = false })
         vim.schedule(function()
-          on_complete_done(bufnr, item, reason)
+          on_complete_done(bufnr, item, mark_id)
         end)
       end
     end,
