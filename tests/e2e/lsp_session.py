@@ -227,6 +227,25 @@ def shadowing_project(folder: Path) -> Path:
     return folder
 
 
+SELECTED_LINE = "    return ad"
+"""The line ``selected_item`` opens, a completion popup's item ``add_numbers(`` selected over ``ad``."""
+
+
+def selected_item(session: Session, name: str) -> tuple[str, int, int, types.SelectedCompletionInfo]:
+    """Opens a document with ``SELECTED_LINE`` as its line 1: (uri, start of ``ad``, cursor after it, the
+    selected item that replaces ``ad``)."""
+    uri = uri_of(name)
+    session.open(uri, f"def add(a, b):\n{SELECTED_LINE}\n")
+    start, cursor = len("    return "), len(SELECTED_LINE)
+    selected = types.SelectedCompletionInfo(
+        range=types.Range(
+            start=types.Position(line=1, character=start), end=types.Position(line=1, character=cursor)
+        ),
+        text="add_numbers(",
+    )
+    return uri, start, cursor, selected
+
+
 def uri_of(name: str) -> str:
     return (REPO / "tests" / "e2e" / "workspace" / name).as_uri()
 

@@ -18,6 +18,7 @@ from .lsp_session import (
     SCRIPTED_TEXT,
     Checkpoints,
     Session,
+    selected_item,
     start_session,
     stop_session,
     units,
@@ -160,15 +161,7 @@ async def test_incremental_edits_use_the_negotiated_encoding(session: Session) -
 
 
 async def test_selected_completion_item_is_completed_as_if_inserted(session: Session) -> None:
-    uri = uri_of("selected.py")
-    session.open(uri, "def add(a, b):\n    return ad\n")
-    start, cursor = len("    return "), len("    return ad")
-    selected = types.SelectedCompletionInfo(
-        range=types.Range(
-            start=types.Position(line=1, character=start), end=types.Position(line=1, character=cursor)
-        ),
-        text="add_numbers(",
-    )
+    uri, start, cursor, selected = selected_item(session, "selected.py")
     items = await session.inline(uri, 1, cursor, selected)
     assert len(items) == 1
     assert items[0].insert_text == "add_numbers(" + SCRIPTED_TEXT

@@ -22,6 +22,7 @@ from .lsp_session import (
     SCRIPTED_TEXT,
     Checkpoints,
     Session,
+    selected_item,
     shadowing_project,
     start_session,
     stop_session,
@@ -204,15 +205,7 @@ async def test_ghost_text_for_the_popups_selected_item_does_not_supersede_the_it
     """With the completion popup open, a client asks for items and for ghost text after the selected one:
     two requests for the same place, both current."""
     await use_model(session, checkpoints.scripted, debounceMs=25, completionCache=False)
-    uri = uri_of("selected.py")
-    session.open(uri, "def add(a, b):\n    return ad\n")
-    start, cursor = len("    return "), len("    return ad")
-    selected = types.SelectedCompletionInfo(
-        range=types.Range(
-            start=types.Position(line=1, character=start), end=types.Position(line=1, character=cursor)
-        ),
-        text="add_numbers(",
-    )
+    uri, _start, cursor, selected = selected_item(session, "selected.py")
     before = await session.stats()
     completion, inline = await asyncio.gather(
         session.completion(uri, 1, cursor), session.inline(uri, 1, cursor, selected)
