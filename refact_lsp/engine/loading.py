@@ -324,9 +324,8 @@ def read_tensors(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Te
             tensors.update(_load_pickled_tensors(f))
             continue
         try:
-            f.open(
-                "rb"
-            ).close()  # the OS's error (permission denied...), which safetensors words as "not found"
+            # the OS's own error first (permission denied...): safetensors words it as "not found"
+            f.open("rb").close()
             with safe_open(str(f), framework="pt", device="cpu") as sf:
                 for name in sf.keys():  # noqa: SIM118 - safe_open is not a mapping
                     tensors[name] = sf.get_tensor(name)

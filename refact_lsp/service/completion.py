@@ -403,7 +403,11 @@ class CompletionService:
         return max(0, budget)
 
     def _mode(self, req: _Request) -> str | None:
-        return completion_mode(req.line_text, req.index, self.settings.multiline, self.settings.midLine)
+        """The completion to run for ``req``; None where none is (its language switched off, say)."""
+        settings = self.settings
+        if not settings.is_enabled(req.doc.language_id):
+            return None
+        return completion_mode(req.line_text, req.index, settings.multiline, settings.midLine)
 
     def _build_prompt(self, req: _Request, mode: str, window: Any = None) -> Prompt:
         """The prompt for ``req``, with the document's last window as the hint (or ``window``)."""
@@ -429,7 +433,7 @@ class CompletionService:
             raise ServiceError(f"the model is not ready (state {self._model_state})")
         req = self._resolve(uri, line, character)
         assert req is not None
-        mode = self._mode(req) if self.settings.is_enabled(req.doc.language_id) else None
+        mode = self._mode(req)
         if mode is None:
             return None
         prompt = self._build_prompt(req, mode)
@@ -515,7 +519,7 @@ class CompletionService:
         selection: Selection | None,
     ) -> Suggestion | None:
         req = self._resolve(uri, line, character, selection)
-        if req is None or not self.ready or not self.settings.is_enabled(req.doc.language_id):
+        if req is None or not self.ready:
             return None
         mode = self._mode(req)
         if mode is None:
