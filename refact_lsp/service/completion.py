@@ -52,6 +52,10 @@ MODEL_KEYS = ("model", "device", "dtype", "allowPickle")
 ENTER_SPECULATION_MAX_STEP_MS = 20.0
 """The Enter speculation runs only where a decode step (how long a real request may wait for a
 preempted speculation) takes at most this long: a GPU, or a small model on a CPU."""
+SPECULATION_GRACE_S = 0.005
+"""A speculation starts this long after the answer it follows, so that the editor reads and draws that
+answer before the model takes the CPU: on a 2-core machine starting at once added 2.8 ms to every
+keystroke as the client saw it (``bench/keystrokes.py --sections overhead``, docs/benchmarks.md)."""
 RETRY_CHECK_S = 1.0
 """After a local model failed to load, requests look at most this often whether its files changed."""
 DOWNLOAD_RETRY_S = (5.0, 5.0, 30.0, 120.0, 600.0)
@@ -88,9 +92,9 @@ class Selection:
     text: str
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
-    """A request's computation, and how many requests wait for it."""
+    """A request's computation, and how many requests wait for it (compared by identity)."""
 
     key: tuple[Any, ...]
     task: asyncio.Future[Suggestion | None]
@@ -197,7 +201,7 @@ class CompletionService:
         self._closed = False
         self._engine_ids: Sequence[int] = ()  # the last run's prompt (the KV slot it is in holds it)
         self._speculation: asyncio.Future[None] | None = None
-        self._jobs: dict[str, _Job] = {}  # per document: the newest request's computation
+        self._jobs: dict[str, list[_Job]] = {}  # per document: the computations for its newest place
 
     # Settings and the model -----------------------------------------------------------------------
 
@@ -454,14 +458,17 @@ class CompletionService:
         self._retry_failed_load()
         place = self._request_place(uri, line, character)
         key = (place, selection)
-        job = self._jobs.get(uri)
-        if job is None or job.task.done() or job.key != key:
+        # computations for another place of this document are superseded (and forgotten here)
+        jobs = [j for j in self._jobs.get(uri, ()) if j.key[0] == place and not j.task.done()]
+        job = next((j for j in jobs if j.key == key), None)
+        if job is None:
             # supersedes older requests for this document, unless they are for the same place (completion
             # items beside ghost text for the popup's selected item: both current)
             ticket = self.scheduler.ticket(uri, place=place)
             job = _Job(key, asyncio.ensure_future(self._computation(ticket, uri, line, character, selection)))
-            self._jobs[uri] = job
+            jobs.append(job)
             job.task.add_done_callback(functools.partial(self._forget_job, uri, job))
+        self._jobs[uri] = jobs
         job.waiters += 1
         try:
             suggestion = await asyncio.shield(job.task)
@@ -487,8 +494,11 @@ class CompletionService:
         return (text, line, character, self.settings, self._load_generation, self._model_state)
 
     def _forget_job(self, uri: str, job: _Job, _task: Any) -> None:
-        if self._jobs.get(uri) is job:
-            del self._jobs[uri]
+        jobs = self._jobs.get(uri, [])
+        if job in jobs:
+            jobs.remove(job)
+        if not jobs:
+            self._jobs.pop(uri, None)
 
     async def _computation(
         self, ticket: Any, uri: str, line: int, character: int, selection: Selection | None
@@ -577,7 +587,7 @@ class CompletionService:
 
     async def _speculate(self, req: _Request, mode: str, completion: str | None) -> None:
         """Runs on an idle worker only; any request or change preempts it (see ``Scheduler.idle_ticket``)."""
-        await asyncio.sleep(0)  # let the answer go out first
+        await asyncio.sleep(SPECULATION_GRACE_S)  # the answer goes out and is drawn first
         if completion:
             edit = line_edit(req.line_text, req.line, req.index, completion, mode)  # type: ignore[arg-type]
             if edit is not None:

@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from refact_lsp.service.completion import CompletionService, _Run
+from refact_lsp.service.completion import CompletionService, Selection, _Run
 from refact_lsp.service.prompt import Prompt
 
 URI = "file:///a.py"
@@ -223,4 +223,19 @@ async def test_a_request_right_after_an_identical_cancelled_one_is_answered(enco
     answer = await asyncio.wait_for(second, WAIT_S)
     assert answer is not None and answer.text == "1"
     assert first.cancelled()
+    service.close()
+
+
+async def test_a_request_identical_to_an_older_one_for_the_same_place_joins_it(encode) -> None:
+    """Ghost text, then ghost text for the popup's selected item, then ghost text again (same text and
+    position): the third waits for the first's run instead of starting one of its own."""
+    model, service, first = await _running(encode, lambda prompt: "1", "x = \n", 0, 4)
+    selected = asyncio.ensure_future(service.complete(URI, 0, 4, Selection(0, 4, 0, 4, "")))
+    again = asyncio.ensure_future(service.complete(URI, 0, 4))
+    await asyncio.sleep(0.05)
+    model.release.set()
+    answers = await asyncio.wait_for(asyncio.gather(first, selected, again), WAIT_S)
+    assert [a.text if a else None for a in answers] == ["1", "1", "1"]
+    assert len(model.runs) == 2  # the first request's and the selection's
+    assert service._jobs == {}
     service.close()
