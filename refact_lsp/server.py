@@ -50,6 +50,8 @@ PROMPT_COMMAND = "refact.prompt"
 STATS_COMMAND = "refact.stats"
 CONFIGURATION_TIMEOUT_S = 5.0
 PROGRESS_CREATE_TIMEOUT_S = 5.0
+DOWNLOAD_SHARE = 90
+"""Of a load's progress bar, the share of the download that comes before the load (if one does)."""
 
 ENCODING_PREFERENCE = (
     types.PositionEncodingKind.Utf8,
@@ -229,16 +231,38 @@ class _InvalidEnvelope:
     jsonrpc: str = "2.0"
 
 
+class RisingPercentage:
+    """One bar for a load's stages: a download's 0-100 % is its first ``DOWNLOAD_SHARE`` %, the load's
+    0-100 % the rest (all of it without a download), and the result never goes down (LSP: "should be
+    steadily rising"; clients may ignore a value that is not)."""
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.downloaded = False
+
+    def __call__(self, stage: str, percentage: int | None) -> int | None:
+        if percentage is None:
+            return None
+        if stage == "download":
+            self.downloaded = True
+            percentage = percentage * DOWNLOAD_SHARE // 100
+        elif self.downloaded:
+            percentage = DOWNLOAD_SHARE + percentage * (100 - DOWNLOAD_SHARE) // 100
+        self.last = max(self.last, min(100, percentage))
+        return self.last
+
+
 class LoadProgress:
     """``$/progress`` for one model load: create the token, begin, report..., end, in order."""
 
     def __init__(self, server: RefactLanguageServer, title: str, message: str):
         self._server = server
         self._queue: asyncio.Queue[tuple[str, str, int | None]] = asyncio.Queue()
+        self._rising = RisingPercentage()
         self._task = asyncio.ensure_future(self._run(title, message))
 
-    def report(self, message: str, percentage: int | None) -> None:
-        self._queue.put_nowait(("report", message, percentage))
+    def report(self, stage: str, message: str, percentage: int | None) -> None:
+        self._queue.put_nowait(("report", f"{stage}: {message}", self._rising(stage, percentage)))
 
     def end(self, message: str) -> None:
         self._queue.put_nowait(("end", message, None))
@@ -328,7 +352,7 @@ class RefactLanguageServer(LanguageServer):
             self._start_progress(self._quiet_load)
             self._quiet_load = None
         if self._progress is not None:
-            self._progress.report(f"{stage}: {message}", percentage)
+            self._progress.report(stage, message, percentage)
 
     def model_loaded(self, source: str, error: str | None, quiet: bool = False) -> None:
         """Shown: a failure, and a success after a quiet retry (the failure was shown); else logged."""
@@ -561,6 +585,7 @@ def _completion_item(s: Suggestion) -> types.CompletionItem:
         kind=types.CompletionItemKind.Text,
         detail="Refact",
         insert_text_format=types.InsertTextFormat.PlainText,
+        insert_text_mode=types.InsertTextMode.AsIs,  # its lines carry their own indentation
         filter_text=s.filter_text or None,
         text_edit=types.TextEdit(range=edit_range, new_text=s.item_text),
         sort_text="0",

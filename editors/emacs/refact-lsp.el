@@ -65,8 +65,10 @@ Use :json-false for false.  nil: the server's defaults."
     prog-mode)
   "Major modes (`eglot-server-programs' syntax) served by refact-lsp.
 Modes derived from one in the list are included.  The languageId sent is the
-one of the first matching entry, so keep `prog-mode' (languageId \"prog\")
-last, as the catch-all.  Call `refact-lsp-register' after changing it."
+one of the first matching entry, so keep `prog-mode' last, as the catch-all:
+a buffer it serves is sent with the languageId of its own major mode
+\(`css-mode' gives \"css\", see `refact-lsp--language-id').  Call
+`refact-lsp-register' after changing it."
   :type '(repeat sexp))
 
 (defcustom refact-lsp-inline-auto-enable t
@@ -113,6 +115,25 @@ when set with `setq'."
 (defun refact-lsp--eglot-entry-p (entry)
   "Non-nil if ENTRY of `eglot-server-programs' is the one this package added."
   (eq (cdr-safe entry) #'refact-lsp--contact))
+
+(defun refact-lsp--language-id (language-id-function &rest args)
+  "Around `eglot--languageId': a buffer's own language where it is served
+through the catch-all `prog-mode' entry, not \"prog\".  The languageId of
+its major mode instead (`css-mode' gives \"css\", `emacs-lisp-mode'
+\"emacs-lisp\"), as eglot derives it for a listed mode: the server's
+`languages' setting and its idea of a word (names with \"-\" in CSS and
+Lisp) depend on it.  LANGUAGE-ID-FUNCTION is the advised function, ARGS its
+arguments."
+  (let ((id (apply language-id-function args)))
+    (if (and (equal id "prog")
+             (cl-typep (or (car args) (eglot-current-server)) 'refact-lsp-server))
+        (or (get major-mode 'eglot-language-id)
+            (replace-regexp-in-string "\\(?:-ts\\)?-mode\\'" ""
+                                      (symbol-name major-mode)))
+      id)))
+
+(when (fboundp 'eglot--languageId)
+  (advice-add 'eglot--languageId :around #'refact-lsp--language-id))
 
 ;;;###autoload
 (defun refact-lsp-register ()

@@ -154,6 +154,16 @@ class _Request:
 
 
 @dataclass(frozen=True)
+class _Prepared:
+    """What a request read of the document when it came: the document may change during its run."""
+
+    req: _Request
+    prompt: Prompt
+    post: PostContext
+    t_prompt: float  # when its prompt began (a cache hit's time in the server is counted from there)
+
+
+@dataclass(frozen=True)
 class _Run:
     """A model run's outcome, from the worker thread: its text (None: cancelled or failed), its numbers."""
 
@@ -465,7 +475,7 @@ class CompletionService:
             # supersedes older requests for this document, unless they are for the same place (completion
             # items beside ghost text for the popup's selected item: both current)
             ticket = self.scheduler.ticket(uri, place=place)
-            job = _Job(key, asyncio.ensure_future(self._computation(ticket, uri, line, character, selection)))
+            job = _Job(key, self._start(ticket, uri, line, character, selection))
             jobs.append(job)
             job.task.add_done_callback(functools.partial(self._forget_job, uri, job))
         self._jobs[uri] = jobs
@@ -500,13 +510,48 @@ class CompletionService:
         if not jobs:
             self._jobs.pop(uri, None)
 
-    async def _computation(
+    def _start(
         self, ticket: Any, uri: str, line: int, character: int, selection: Selection | None
-    ) -> Suggestion | None:
+    ) -> asyncio.Future[Suggestion | None]:
+        """A request's computation, begun now: what it needs of the document is read before the next
+        message is handled (a ``didChange`` right behind the request must not move it)."""
+        try:
+            prepared = self._prepare(uri, line, character, selection)
+        except Exception:
+            prepared = None
+            self._failed(uri, line, character)
+        if prepared is None:
+            ticket.close()
+            nothing: asyncio.Future[Suggestion | None] = self.loop.create_future()
+            nothing.set_result(None)
+            return nothing
+        return asyncio.ensure_future(self._computation(ticket, prepared))
+
+    def _failed(self, uri: str, line: int, character: int) -> None:
+        """Inside ``except``: a request's unexpected error, counted and logged (the answer is empty)."""
+        self.stats.errors += 1
+        log.exception("completion failed at %s:%d:%d", uri, line, character)
+
+    def _prepare(self, uri: str, line: int, character: int, selection: Selection | None) -> _Prepared | None:
+        """The request resolved against the document, its prompt, and what post-processing reads of the
+        text; None where nothing is to be completed."""
+        req = self._resolve(uri, line, character, selection)
+        if req is None or not self.ready:
+            return None
+        mode = self._mode(req)
+        if mode is None:
+            return None
+        t_prompt = time.perf_counter()
+        prompt = self._build_prompt(req, mode)
+        self._windows[uri] = prompt.window
+        self.stats.record_latency("prompt", (time.perf_counter() - t_prompt) * 1000)
+        return _Prepared(req, prompt, self._post_context(req, prompt), t_prompt)
+
+    async def _computation(self, ticket: Any, prepared: _Prepared) -> Suggestion | None:
         """The work of a request (and of the identical ones that wait for it)."""
         stats = self.stats
         try:
-            return await self._complete(ticket, uri, line, character, selection)
+            return await self._complete(ticket, prepared)
         except Skipped as skip:
             if skip.reason == "dropped":
                 stats.dropped += 1
@@ -514,33 +559,14 @@ class CompletionService:
                 stats.superseded += 1
             return None
         except Exception:
-            stats.errors += 1
-            log.exception("completion failed at %s:%d:%d", uri, line, character)
+            req = prepared.req
+            self._failed(req.doc.uri, req.line, req.index)
             return None
         finally:
             ticket.close()
 
-    async def _complete(
-        self,
-        ticket: Any,
-        uri: str,
-        line: int,
-        character: int,
-        selection: Selection | None,
-    ) -> Suggestion | None:
-        req = self._resolve(uri, line, character, selection)
-        if req is None or not self.ready:
-            return None
-        mode = self._mode(req)
-        if mode is None:
-            return None
-
-        t_prompt = time.perf_counter()
-        prompt = self._build_prompt(req, mode)
-        self._windows[uri] = prompt.window
-        self.stats.record_latency("prompt", (time.perf_counter() - t_prompt) * 1000)
-        post = self._post_context(req, prompt)  # read now: the document may change during the run
-
+    async def _complete(self, ticket: Any, prepared: _Prepared) -> Suggestion | None:
+        req, prompt, post, t_prompt = prepared.req, prepared.prompt, prepared.post, prepared.t_prompt
         completion: str | None = None
         keys = cursor_keys(prompt, req.line_text, req.index)
         if self.settings.completionCache:  # a typed-ahead hit answers at once, without the debounce
@@ -733,7 +759,7 @@ class CompletionService:
             end = end - inserted_end + sel_end if end >= inserted_end else sel_end
             start = real_start
         end = max(end, start)
-        item = completion_item_edit(real_line, Edit(start, end, text, req.line), doc.eol)
+        item = completion_item_edit(real_line, Edit(start, end, text, req.line), doc.eol, doc.language_id)
         return Suggestion(
             text=text,
             line=req.line,

@@ -140,21 +140,38 @@ def line_edit(
     return Edit(start, end, new_text, line)
 
 
-def word_start(line_text: str, index: int) -> int:
-    """Where the word (letters, digits, ``_``, ``$``) that ends at ``index`` of ``line_text`` starts."""
+_LISP_SYMBOL_CHARS = "-+*/<>=!?%&~^:"
+SYMBOL_CHARS: dict[str, str] = {
+    **dict.fromkeys(("css", "scss", "sass", "less"), "-"),
+    **dict.fromkeys(
+        ("lisp", "commonlisp", "emacs-lisp", "elisp", "scheme", "racket", "clojure", "fennel", "janet", "hy"),
+        _LISP_SYMBOL_CHARS,
+    ),
+}
+"""Characters besides letters, digits, ``_`` and ``$`` that names contain, by LSP language id: the
+symbol at point that editors filter completion items by (Emacs' syntax tables, Vim's ``iskeyword``)."""
+
+
+def word_start(line_text: str, index: int, symbol_chars: str = "") -> int:
+    """Where the word (letters, digits, ``_``, ``$`` and ``symbol_chars``) that ends at ``index`` of
+    ``line_text`` starts."""
     start = max(0, min(index, len(line_text)))
-    while start and (line_text[start - 1].isalnum() or line_text[start - 1] in "_$"):
+    chars = "_$" + symbol_chars
+    while start and (line_text[start - 1].isalnum() or line_text[start - 1] in chars):
         start -= 1
     return start
 
 
-def completion_item_edit(line_text: str, edit: Edit, eol: str = "\n") -> CompletionItemEdit:
+def completion_item_edit(
+    line_text: str, edit: Edit, eol: str = "\n", language_id: str = ""
+) -> CompletionItemEdit:
     """The completion item of an inline ``edit`` of ``line_text``: the same edit, its range widened to the
     start of the word that ends where it starts, that word written in front of its new text. Clients
     filter completion items by the word at the cursor (eglot's completion-at-point, and company or corfu
     through it, by the symbol at point: an item must start with it to be inserted); an item whose range
-    starts at the cursor in the middle of a word would be filtered out."""
-    start = word_start(line_text, edit.start_index)
+    starts at the cursor in the middle of a word would be filtered out. What a word is depends on the
+    language (``SYMBOL_CHARS``): ``background-co`` in CSS, ``my-fu`` in Lisp."""
+    start = word_start(line_text, edit.start_index, SYMBOL_CHARS.get(language_id, ""))
     new_text = line_text[start : edit.start_index] + edit.new_text
     lines = new_text.split(eol)
     label = next((text.strip() for text in lines if text.strip()), new_text.strip())

@@ -6,6 +6,8 @@ every FIM prompt with ``SCRIPTED_TEXT``, so completion text and ranges are exact
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import pytest_asyncio
 from lsprotocol import types
@@ -100,6 +102,8 @@ async def test_completion_offers_the_same_suggestion_as_a_text_edit(session: Ses
     assert len(result.items) == 1
     item = result.items[0]
     assert item.label == SCRIPTED_TEXT
+    assert item.insert_text_format == types.InsertTextFormat.PlainText
+    assert item.insert_text_mode == types.InsertTextMode.AsIs  # not the client's adjustIndentation
     position = types.Position(line=3, character=len("    return "))
     assert item.text_edit == types.TextEdit(
         range=types.Range(start=position, end=position), new_text=SCRIPTED_TEXT
@@ -123,6 +127,25 @@ async def test_a_completion_item_starts_at_the_word_before_the_cursor(session: S
     assert item.label == item.filter_text == "café" + SCRIPTED_TEXT
     [inline] = await session.inline(uri, 1, cursor)  # the inline item stays at the cursor
     assert (inline.insert_text, inline.range.start.character) == (SCRIPTED_TEXT, cursor)
+
+
+async def test_a_change_sent_right_behind_a_request_does_not_move_it(session: Session) -> None:
+    """A client that does not cancel its request when the user types on: the answer is for the text and the
+    position the request was sent for (its range contains that position, as the specification asks)."""
+    uri = uri_of("behind.py")
+    session.open(uri, SINGLE_TEXT)
+    cursor = types.Position(line=3, character=len("    return "))
+    top = types.Range(start=types.Position(line=0, character=0), end=types.Position(line=0, character=0))
+    two_lines = types.Range(start=top.start, end=types.Position(line=2, character=0))
+    for _ in range(3):
+        pending = asyncio.ensure_future(session.completion(uri, cursor.line, cursor.character))
+        await asyncio.sleep(0)  # the request is written
+        session.change(uri, [types.TextDocumentContentChangePartial(range=top, text="# new\n\n")])
+        [item] = (await pending).items
+        assert item.text_edit == types.TextEdit(
+            range=types.Range(start=cursor, end=cursor), new_text=SCRIPTED_TEXT
+        )
+        session.change(uri, [types.TextDocumentContentChangePartial(range=two_lines, text="")])
 
 
 async def test_incremental_edits_use_the_negotiated_encoding(session: Session) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from refact_lsp.cli import build_parser, cli_settings, is_loopback, parse_args, parse_tcp
+from refact_lsp.server import RisingPercentage
 
 # Feeds `initialize` to a fresh server in a fresh interpreter and reports what got imported.
 INITIALIZE_PROBE = r"""
@@ -191,3 +192,13 @@ def test_a_request_before_initialize_gets_server_not_initialized() -> None:
     assert "result" in by_id[1]
     assert by_id[8]["result"]["documents"] == 0  # the didOpen before initialize was dropped
     assert code == 1
+
+
+def test_a_loads_progress_rises_through_its_download_and_its_load() -> None:
+    """LSP: a progress percentage "should be steadily rising" (the load used to start again at 0)."""
+    with_download = RisingPercentage()
+    steps = [("download", 0), ("download", 50), ("download", 100), ("load", 0), ("load", 50), ("load", 100)]
+    assert [with_download(*step) for step in steps] == [0, 45, 90, 90, 95, 100]
+    local = RisingPercentage()
+    assert [local("load", p) for p in (0, 30, 20, 100)] == [0, 30, 30, 100]
+    assert local("load", None) is None  # a step of unknown size: no percentage

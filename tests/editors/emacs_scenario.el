@@ -40,12 +40,12 @@
                        (error (list :error (error-message-string err)))))
          scenario-results))
 
-(defun scenario-open (file text)
-  "Visit FILE in `scenario-dir' holding TEXT in python-mode, point at the end, managed by eglot."
+(defun scenario-open (file text &optional mode)
+  "Visit FILE in `scenario-dir' holding TEXT in MODE (python-mode), point at the end, managed by eglot."
   (let ((path (expand-file-name file scenario-dir)))
     (with-temp-file path (insert text))
     (find-file path)
-    (python-mode)
+    (funcall (or mode #'python-mode))
     (goto-char (point-max))
     (unless (eglot-current-server)
       (apply #'eglot (eglot--guess-contact)))
@@ -140,6 +140,17 @@ they are, without the characters that overlays hide (`display' \"\" or `invisibl
   (scenario-open "capf_word.py" "def add(a, b):\n    x = \"h\u00e9llo\" + t\u00f6tal")
   (completion-at-point)
   (list :text (scenario-buffer-text) :point_at_end (= (point) (point-max))))
+
+(scenario-step "capf_names_with_dashes"
+  ;; served through the catch-all prog-mode entry: sent with the buffer's own languageId ("css",
+  ;; "emacs-lisp"), for which the server's item starts at the whole name eglot filters by
+  (let ((css (progn (scenario-open "capf_names.css" "a {\n  background-co" #'css-mode)
+                    (completion-at-point)
+                    (scenario-buffer-text)))
+        (elisp (progn (scenario-open "capf_names.el" "(defun f ()\n  (my-fu" #'emacs-lisp-mode)
+                      (completion-at-point)
+                      (scenario-buffer-text))))
+    (list :css css :elisp elisp)))
 
 (scenario-step "inline"
   (scenario-open "inline.py" "def add(a, b):\n    retur")

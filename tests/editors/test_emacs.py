@@ -117,6 +117,14 @@ def test_completion_at_point_completes_at_the_end_of_a_word(results: dict, scrip
     assert step["point_at_end"] is True
 
 
+def test_completion_at_point_completes_names_with_dashes_in_css_and_lisp(
+    results: dict, scripted_server
+) -> None:
+    step = _step(results, "capf_names_with_dashes")
+    text = scripted_server.single_line_text
+    assert step == {"css": f"a {{\n  background-co{text}", "elisp": f"(defun f ()\n  (my-fu{text}"}
+
+
 def test_overlay_appears_and_tab_accepts_it(results: dict, scripted_server) -> None:
     step = _step(results, "inline")
     assert step["text_with_ghost"] == "def add(a, b):\n    return ", "the overlay must not change the text"

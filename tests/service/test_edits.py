@@ -165,3 +165,21 @@ def test_a_completion_item_starts_at_the_word_before_the_cursor(line, index, sta
     item = completion_item_edit(line, line_edit(line, 0, index, "a + b", "single"))
     assert item.edit.start_index == start
     assert item.edit.new_text == line[start:index] + "a + b" == item.filter_text
+
+
+@pytest.mark.parametrize(
+    "language, line, start",
+    [
+        ("css", "  background-co", 2),
+        ("scss", "  $gap-sm", 2),
+        ("emacs-lisp", "  (my-fu", 3),
+        ("clojure", "(swap! *state*", 7),
+        ("python", "x = a-b", 6),  # a minus sign
+        ("css", "a { color: re", 11),
+    ],
+)
+def test_where_names_hold_dashes_the_item_starts_at_the_whole_name(language, line, start):
+    """eglot filters by the symbol at point, Neovim by ``iskeyword``: in CSS and Lisp they take in ``-``."""
+    item = completion_item_edit(line, line_edit(line, 0, len(line), "x", "single"), "\n", language)
+    assert item.edit.start_index == start
+    assert item.filter_text == line[start:] + "x"
