@@ -6,6 +6,7 @@ wrongly shaped tensor is a :class:`ModelLoadError` naming it, never a silent ran
 layout (``attn.k``/``attn.v``, ``mlp.linear_1``/``mlp.linear_3``) is fused at load time. Pickle
 checkpoints (``pytorch_model.bin``) load only with ``allow_pickle=True``. Remote code never runs.
 dtype ``int8`` (CPU only) loads float32 and quantizes the Linear layers (:mod:`refact_lsp.engine.quantize`).
+A load whose ``ModelSpec.superseded`` turns true gives up (:class:`LoadSuperseded`), a download included.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import errno
 import io
 import json
 import logging
-import re
+import os
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, TypeVar
 
 import torch
 from safetensors import safe_open
@@ -27,13 +29,11 @@ from refact_lsp.engine.config import GPTRefactConfig
 from refact_lsp.engine.model import GPTRefactForCausalLM
 from refact_lsp.engine.tokenizer import RefactTokenizer
 
-if TYPE_CHECKING:
-    from huggingface_hub.hf_api import RepoSibling
-
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smallcloudai/Refact-1_6B-fim"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+ABANDON_POLL_S = 0.1
+"""A superseded load gives up its download at most this long after ``ModelSpec.superseded`` turns true."""
 _SIZE_KEYS = ("vocab_size", "n_embd", "n_head", "n_layer", "n_positions")
 _DTYPES = {
     "float32": torch.float32,
@@ -55,6 +55,10 @@ class ModelLoadError(Exception):
         self.retryable = retryable
 
 
+class LoadSuperseded(ModelLoadError):
+    """The load was given up for a newer one (``ModelSpec.superseded``): nothing to show the user."""
+
+
 @dataclass(frozen=True)
 class ProgressEvent:
     stage: Literal["download", "load"]
@@ -72,6 +76,8 @@ class ModelSpec:
     dtype: str = "auto"
     allow_pickle: bool = False
     revision: str | None = None
+    superseded: Callable[[], bool] | None = field(default=None, compare=False, repr=False)
+    """True once a newer load replaces this one (called from the download's threads too)."""
 
 
 @dataclass
@@ -136,9 +142,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 # --- locating the checkpoint ------------------------------------------------------------------
 
 
-def _progress_tqdm(on_progress: ProgressCallback, expected_bytes: int | None = None) -> type:
+def _progress_tqdm(
+    on_progress: ProgressCallback,
+    expected_bytes: int | None = None,
+    superseded: Callable[[], bool] | None = None,
+) -> type:
     """A tqdm class for ``snapshot_download(tqdm_class=...)`` that forwards its byte bars to ``on_progress``
-    as one percentage that only goes up.
+    as one percentage that only goes up, and stops a superseded download: its ``update`` raises
+    :class:`LoadSuperseded` once ``superseded()`` is true (huggingface_hub's HTTP download updates it every
+    10 MB it receives; hf_xet logs and ignores errors raised in its progress callbacks, see ``_abandonable``).
 
     huggingface_hub (2.x) makes three bars of it: the bytes written (its total grows as each file starts,
     so it alone would show 100 % after the first small file), the bytes received from the network (its
@@ -158,6 +170,8 @@ def _progress_tqdm(on_progress: ProgressCallback, expected_bytes: int | None = N
             self._forwarded = self.unit == "B" and not name.endswith(".transfer")
 
         def update(self, n=1):
+            if superseded is not None and superseded():
+                raise LoadSuperseded("download given up for a newer model")
             result = super().update(n)
             if not self._forwarded:
                 return result
@@ -175,19 +189,27 @@ def _progress_tqdm(on_progress: ProgressCallback, expected_bytes: int | None = N
     return _ProgressTqdm
 
 
-def _repo_files(repo_id: str, revision: str | None) -> list[RepoSibling] | None:
-    """The repo's files with their sizes (``RepoSibling``), or None when the hub does not answer."""
-    try:
-        from huggingface_hub import HfApi
+RepoFiles = dict[str, int | None]
+"""A repo's files: name -> size in bytes (None: not listed)."""
 
+
+def _repo_files(repo_id: str, revision: str | None) -> RepoFiles | None:
+    """The repo's files: the hub's listing, else (offline) the one huggingface_hub cached with the download
+    of this revision, else None."""
+    from huggingface_hub import HfApi, get_cached_repo_tree
+
+    try:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
-        return list(info.siblings or [])
+        return {f.rfilename: f.size for f in info.siblings or []}
     except Exception:  # noqa: BLE001 - the download itself reports the errors that matter
-        log.debug("no file listing for %s", repo_id, exc_info=True)
+        log.debug("no file listing for %s from the hub", repo_id, exc_info=True)
+    try:
+        return {f.path: f.size for f in get_cached_repo_tree(repo_id, revision=revision)}
+    except Exception:  # noqa: BLE001 - not downloaded (or by an older huggingface_hub): no listing
         return None
 
 
-def _download_patterns(repo_id: str, files: list[RepoSibling] | None, allow_pickle: bool) -> list[str]:
+def _download_patterns(repo_id: str, files: RepoFiles | None, allow_pickle: bool) -> list[str]:
     """What to fetch: the safetensors weights, or the pickle ones only where the repo has no safetensors
     (the loader never reads pickles next to safetensors). A pickle-only repo without ``allow_pickle`` is
     refused before anything is downloaded. Without a listing, what the flags allow."""
@@ -197,7 +219,7 @@ def _download_patterns(repo_id: str, files: list[RepoSibling] | None, allow_pick
     pickles = ["pytorch_model*.bin", "pytorch_model.bin.index.json"]
     if files is None:
         return patterns + pickles if allow_pickle else patterns
-    names = [f.rfilename for f in files]
+    names = list(files)
     if any(filter_repo_objects(names, allow_patterns=["*.safetensors"])):
         return patterns
     pickled = list(filter_repo_objects(names, allow_patterns=pickles[:1]))
@@ -208,16 +230,52 @@ def _download_patterns(repo_id: str, files: list[RepoSibling] | None, allow_pick
     return patterns + pickles
 
 
-def _expected_bytes(files: list[RepoSibling] | None, patterns: list[str]) -> int | None:
+def _expected_bytes(files: RepoFiles | None, patterns: list[str]) -> int | None:
     """The total size of the listed files the download will fetch (None when the hub does not say)."""
     from huggingface_hub.utils import filter_repo_objects
 
-    chosen = filter_repo_objects(files or [], allow_patterns=patterns, key=lambda f: f.rfilename)
-    return sum(f.size or 0 for f in chosen) or None
+    listed = files or {}
+    return sum(listed[n] or 0 for n in filter_repo_objects(list(listed), allow_patterns=patterns)) or None
+
+
+def _snapshot_gaps(folder: Path, files: RepoFiles | None, patterns: list[str]) -> list[str]:
+    """The files a downloaded snapshot lacks (an interrupted download that the hub, out of reach, could not
+    finish): the listed ones the patterns choose, or without a listing config.json, tokenizer.json and the
+    weights."""
+    from huggingface_hub.utils import filter_repo_objects
+
+    if files is not None:
+        chosen = filter_repo_objects(list(files), allow_patterns=patterns)
+        return [name for name in chosen if not (folder / name).is_file()]
+    gaps = [name for name in ("config.json", "tokenizer.json") if not (folder / name).is_file()]
+    weights, _ = _find_weights(folder)
+    return gaps + ([f.name for f in weights if not f.is_file()] if weights else ["model.safetensors"])
+
+
+def _is_hub_id(source: str) -> bool:
+    """``owner/name`` as huggingface_hub validates repo ids (a bare ``name`` is taken for a folder)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if source.count("/") != 1:
+        return False
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        return False
+    return True
+
+
+def _no_folder(source: str) -> str:
+    """Where the folder ``source`` was looked for, for an error message."""
+    path = Path(source).expanduser()
+    where = f"there is no folder {os.path.abspath(path)}"
+    if path.is_absolute():
+        return where
+    return f"{where} (a relative path is taken from the server's working directory, {os.getcwd()})"
 
 
 def locate_checkpoint(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> Path:
-    """The local folder of ``spec.source``, downloading a hub id first."""
+    """The local folder of ``spec.source``: a folder, else a hub id (``owner/name``) downloaded first."""
     source = (spec.source or "").strip()
     if not source:
         raise ModelLoadError("no model given")
@@ -226,8 +284,10 @@ def locate_checkpoint(spec: ModelSpec, on_progress: ProgressCallback | None = No
         return path
     if path.exists():
         raise ModelLoadError(f"model path {source!r} is a file; give the checkpoint's folder")
-    if not _HUB_ID.match(source):
-        raise ModelLoadError(f"model folder {source!r} not found (and it is not a hub id like owner/name)")
+    if not _is_hub_id(source):
+        raise ModelLoadError(
+            f"model folder {source!r} not found: {_no_folder(source)}; nor is it a hub id (owner/name)"
+        )
     return _download(source, spec, on_progress or (lambda _e: None))
 
 
@@ -235,32 +295,91 @@ _LOCAL_STORAGE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errn
 """A download that fails writing the cache: retrying without the user's help would fail the same way."""
 
 
+T = TypeVar("T")
+
+
+def _abandonable(work: Callable[[], T], superseded: Callable[[], bool] | None) -> T:
+    """``work()``; where it may be superseded, on a thread of its own that this one gives up (raising
+    :class:`LoadSuperseded`) within ``ABANDON_POLL_S`` of ``superseded()`` turning true. A download left
+    behind stops at its next progress update over HTTP (``_progress_tqdm``); hf_xet ignores the progress
+    bar's error, so its transfer goes on in the background to its end (into the cache), without holding up
+    the next load."""
+    if superseded is None:
+        return work()
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            outcome.extend((work(), None))
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting thread (if it still waits)
+            outcome.extend((None, e))
+
+    thread = threading.Thread(target=run, name="refact-model-download", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(ABANDON_POLL_S)
+        if thread.is_alive() and superseded():
+            raise LoadSuperseded("download given up for a newer model")
+    result, error = outcome
+    if error is not None:
+        raise error
+    return result
+
+
 def _download(repo_id: str, spec: ModelSpec, on_progress: ProgressCallback) -> Path:
+    """The snapshot folder of ``repo_id``, downloaded where needed: on a thread of its own (``_abandonable``)
+    where the load may be superseded, the hub's file listing included (a network that does not answer
+    holds it up for its timeouts)."""
+
+    def report(event: ProgressEvent) -> None:  # a download given up reports nothing more: it stops there
+        _give_up_if_superseded(spec)
+        on_progress(event)
+
+    return _abandonable(lambda: _fetch(repo_id, spec, report), spec.superseded)
+
+
+def _fetch(repo_id: str, spec: ModelSpec, on_progress: ProgressCallback) -> Path:
     from huggingface_hub import snapshot_download
 
     files = _repo_files(repo_id, spec.revision)
     patterns = _download_patterns(repo_id, files, spec.allow_pickle)
     on_progress(ProgressEvent("download", f"downloading {repo_id}", 0))
-    bars = _progress_tqdm(on_progress, _expected_bytes(files, patterns))
+    bars = _progress_tqdm(on_progress, _expected_bytes(files, patterns), spec.superseded)
     try:
-        folder = snapshot_download(repo_id, revision=spec.revision, allow_patterns=patterns, tqdm_class=bars)
-    except OSError as e:
-        if e.errno not in _LOCAL_STORAGE_ERRORS:
-            raise ModelLoadError(
-                f"could not download {repo_id!r}: {type(e).__name__}: {e}", retryable=True
-            ) from e
-        # the same again later would fill the disk (or fail) again: the user has to make room first
-        from huggingface_hub import constants
-
+        folder = Path(
+            snapshot_download(repo_id, revision=spec.revision, allow_patterns=patterns, tqdm_class=bars)
+        )
+    except Exception as e:
+        if spec.superseded is not None and spec.superseded():  # the error may be the giving up itself
+            raise LoadSuperseded("download given up for a newer model") from e
+        raise _download_error(repo_id, e) from e
+    gaps = _snapshot_gaps(folder, files, patterns)
+    if gaps:  # snapshot_download could not reach the hub and gave the cached, partial snapshot
         raise ModelLoadError(
+            f"the download of {repo_id!r} is incomplete: {folder} lacks {', '.join(gaps)} (an interrupted "
+            "download?) and the hub could not be reached to finish it; it is tried again later",
+            retryable=True,
+        )
+    on_progress(ProgressEvent("download", f"downloaded {repo_id}", 100))
+    return folder
+
+
+def _download_error(repo_id: str, e: Exception) -> ModelLoadError:
+    """``snapshot_download``'s error for the user: retryable (no network yet, the hub down, a login that
+    comes later) unless the cache cannot be written."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if isinstance(e, OSError) and e.errno in _LOCAL_STORAGE_ERRORS:
+        # the same again later would fill the disk (or fail) again: the user has to make room first
+        return ModelLoadError(
             f"could not download {repo_id!r} into the cache folder {constants.HF_HUB_CACHE} "
             f"(set HF_HUB_CACHE or HF_HOME to use another): {e.strerror or e}"
-        ) from e
-    except Exception as e:  # network, auth, missing repo: all user-facing, and maybe better later
-        message = f"could not download {repo_id!r}: {type(e).__name__}: {e}"
-        raise ModelLoadError(message, retryable=True) from e
-    on_progress(ProgressEvent("download", f"downloaded {repo_id}", 100))
-    return Path(folder)
+        )
+    what = f"{repo_id!r}: "
+    if isinstance(e, RepositoryNotFoundError):  # maybe meant as a folder
+        what = f"{repo_id!r}, and it is no folder either: {_no_folder(repo_id)}. "
+    return ModelLoadError(f"could not download {what}{type(e).__name__}: {e}", retryable=True)
 
 
 # --- reading tensors --------------------------------------------------------------------------
@@ -291,8 +410,9 @@ def _index_files(index: Path) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
-def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
-    """The weight files and whether they are pickles."""
+def _find_weights(folder: Path) -> tuple[list[Path], bool]:
+    """The weight files the folder holds or its index names (maybe missing), safetensors first, and whether
+    they are pickles; ``([], False)`` if none."""
     for index_name, single, pickled in (
         ("model.safetensors.index.json", "model.safetensors", False),
         ("pytorch_model.bin.index.json", "pytorch_model.bin", True),
@@ -306,13 +426,21 @@ def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
         elif not pickled:
             files = sorted(folder.glob("*.safetensors"))
         if files:
-            if pickled and not allow_pickle:
-                raise _pickle_refused(str(folder), files[0].name)
-            missing = [f.name for f in files if not f.is_file()]
-            if missing:
-                raise ModelLoadError(f"{folder} is missing weight files: {', '.join(missing)}")
             return files, pickled
-    raise ModelLoadError(f"no model weights (model.safetensors) in {folder}")
+    return [], False
+
+
+def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], bool]:
+    """The weight files and whether they are pickles."""
+    files, pickled = _find_weights(folder)
+    if not files:
+        raise ModelLoadError(f"no model weights (model.safetensors) in {folder}")
+    if pickled and not allow_pickle:
+        raise _pickle_refused(str(folder), files[0].name)
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise ModelLoadError(f"{folder} is missing weight files: {', '.join(missing)}")
+    return files, pickled
 
 
 def read_tensors(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
@@ -438,12 +566,19 @@ def load_weights(
     return model.eval().requires_grad_(False)
 
 
+def _give_up_if_superseded(spec: ModelSpec) -> None:
+    if spec.superseded is not None and spec.superseded():
+        raise LoadSuperseded(f"loading {spec.source} given up for a newer model")
+
+
 def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> LoadedModel:
-    """Locate (download if needed), check and load model and tokenizer. Blocking: call it on a thread."""
+    """Locate (download if needed), check and load model and tokenizer. Blocking: call it on a thread.
+    Superseded (``spec.superseded``), it gives up between its steps and during the download."""
     report = on_progress or (lambda _e: None)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     folder = locate_checkpoint(spec, report)
+    _give_up_if_superseded(spec)
     label = "int8" if is_int8(spec.dtype) else str(dtype).removeprefix("torch.")
     name = folder.name if Path(spec.source).expanduser().is_dir() else spec.source  # not a snapshot's hash
     report(ProgressEvent("load", f"loading {name} on {device} ({label})", 0))
@@ -458,6 +593,7 @@ def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> 
     quantization = "int8" if is_int8(spec.dtype) else None
     try:
         model = load_weights(folder, config, device=device, dtype=dtype, allow_pickle=spec.allow_pickle)
+        _give_up_if_superseded(spec)
         if quantization:
             from refact_lsp.engine.quantize import quantize_int8
 

@@ -303,7 +303,8 @@ class CompletionService:
 
     def _load_blocking(self, generation: int, key: tuple[Any, ...]) -> tuple[str | None, bool]:
         """On the worker thread: import the engine, load the model. Returns (error message or None,
-        whether trying again later may work)."""
+        whether trying again later may work). A newer load scheduled meanwhile makes this one give up (its
+        download too: the engine asks ``superseded``)."""
         if generation != self._load_generation:
             return "superseded", False
         from refact_lsp.engine.loading import ModelLoadError, ModelSpec
@@ -312,8 +313,14 @@ class CompletionService:
         model, device, dtype, allow_pickle = key
         if self._runner is None:
             self._runner = ModelRunner(on_progress=self._on_progress, on_state=self._on_state)
+
+        def superseded() -> bool:  # asked on the engine's threads (the download's too)
+            return generation != self._load_generation
+
         try:
-            self._runner.load(ModelSpec(model, device=device, dtype=dtype, allow_pickle=allow_pickle))
+            self._runner.load(
+                ModelSpec(model, device=device, dtype=dtype, allow_pickle=allow_pickle, superseded=superseded)
+            )
         except ModelLoadError as exc:
             return str(exc), exc.retryable
         if self._runner.state != "ready":

@@ -318,3 +318,290 @@ def test_download_progress_only_goes_up_over_huggingface_hubs_three_bars() -> No
     percentages = [e.percentage for e in events]
     assert percentages == sorted(set(percentages)) and percentages[-1] == 99
     assert percentages[0] == 0 and len(percentages) == 100  # 0 after the small file, then 1 .. 99
+
+
+class _HttpHub:
+    """The Hugging Face hub's HTTP API as snapshot_download 2.x uses it (repo info, file tree, resolve),
+    served from memory on 127.0.0.1; files are sent in 64 KB chunks, ``delay_s`` apart. ``requests``: what
+    was asked; ``sent``: bytes sent of each file; ``ended``: files whose response ended (sent or given up)."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.repos: dict[str, dict[str, bytes]] = {}
+        self.requests: list[str] = []
+        self.sent: dict[str, int] = {}
+        self.ended: set[str] = set()
+        self.delay_s = 0.0
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_HEAD(self) -> None:
+                hub._answer(self, body=False)
+
+            def do_GET(self) -> None:
+                hub._answer(self, body=True)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @staticmethod
+    def sha(repo_id: str) -> str:
+        import hashlib
+
+        return hashlib.sha1(repo_id.encode()).hexdigest()
+
+    def add(self, repo_id: str, folder: Path, names: tuple[str, ...] | None = None) -> None:
+        names = names or ("config.json", "tokenizer.json", "model.safetensors")
+        self.repos[repo_id] = {name: (folder / name).read_bytes() for name in names}
+
+    def _answer(self, handler, body: bool) -> None:
+        import hashlib
+        import time
+        from urllib.parse import unquote, urlparse
+
+        path = unquote(urlparse(handler.path).path).strip("/")
+        self.requests.append(f"{handler.command} /{path}")
+        api = path.startswith("api/models/")
+        parts = path.removeprefix("api/models/").split("/")
+        repo_id, rest = "/".join(parts[:2]), parts[2:]
+        files = self.repos.get(repo_id)
+        if files is None:
+            return self._send(
+                handler, 404, b'{"error": "Repository not found"}', {"X-Error-Code": "RepoNotFound"}
+            )
+        if api and rest[:1] in ([], ["revision"]):
+            siblings = [{"rfilename": name, "size": len(data)} for name, data in files.items()]
+            info = {"id": repo_id, "sha": self.sha(repo_id), "siblings": siblings}
+            return self._send(handler, 200, json.dumps(info).encode(), {"Content-Type": "application/json"})
+        if api and rest[:1] == ["tree"]:
+            tree = [
+                {"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()}
+                for name, data in files.items()
+            ]
+            return self._send(handler, 200, json.dumps(tree).encode(), {"Content-Type": "application/json"})
+        name = "/".join(rest[2:])
+        if api or rest[:1] != ["resolve"] or name not in files:
+            return self._send(handler, 404, b"{}", {"X-Error-Code": "EntryNotFound"})
+        data = files[name]
+        headers = {"X-Repo-Commit": self.sha(repo_id), "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
+        self._send(handler, 200, data, headers, body=body)
+        if not body:
+            return
+        try:
+            for start in range(0, len(data), self.CHUNK):
+                time.sleep(self.delay_s)
+                handler.wfile.write(data[start : start + self.CHUNK])
+                self.sent[name] = self.sent.get(name, 0) + min(self.CHUNK, len(data) - start)
+        except OSError:  # the client gave up
+            handler.close_connection = True
+        finally:
+            self.ended.add(name)
+
+    @staticmethod
+    def _send(handler, status: int, data: bytes, headers: dict[str, str], body: bool | None = None) -> None:
+        """The status and headers; the body too unless ``body`` is given (then the caller sends it)."""
+        handler.send_response(status)
+        for key, value in {**headers, "Content-Length": str(len(data))}.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        if body is None and handler.command != "HEAD":
+            handler.wfile.write(data)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """huggingface_hub's real download code against :class:`_HttpHub`, with a cache of its own (online:
+    ``monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)`` takes it offline)."""
+    from huggingface_hub import constants
+
+    hub = _HttpHub()
+    monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}"
+    )
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    yield hub
+    hub.close()
+
+
+@pytest.mark.parametrize("source", ["./models/refact", "models/refact/v2", "../refact", "~/no/such/refact"])
+def test_a_missing_folder_that_is_no_hub_id_names_where_it_was_looked_for(
+    source: str, http_hub: _HttpHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a hub id (huggingface_hub's own rule): a folder, looked for in the server's working directory."""
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelLoadError) as info:
+        load_model(ModelSpec(source, device="cpu"))
+    assert not info.value.retryable
+    assert os.path.abspath(Path(source).expanduser()) in str(info.value)
+    if not source.startswith("~"):
+        assert f"working directory, {tmp_path}" in str(info.value)
+    assert http_hub.requests == []  # not asked
+
+
+def test_a_hub_id_without_such_a_folder_goes_to_the_hub(
+    http_hub: _HttpHub, random_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``owner/name`` is a hub id unless that folder exists; one the hub does not know either names both."""
+    monkeypatch.chdir(tmp_path)
+    http_hub.add("smallcloudai/Refact-1_6B-fim", random_ckpt)
+    loaded = load_model(ModelSpec("smallcloudai/Refact-1_6B-fim", device="cpu"))
+    assert loaded.source_dir.parent.name == "snapshots"
+    with pytest.raises(ModelLoadError) as info:
+        load_model(ModelSpec("models/refact", device="cpu"))
+    assert "RepositoryNotFoundError" in str(info.value)
+    assert f"no folder {tmp_path / 'models' / 'refact'}" in str(info.value)
+    assert f"working directory, {tmp_path}" in str(info.value)
+    shutil.copytree(random_ckpt, tmp_path / "models" / "refact")
+    assert load_model(ModelSpec("models/refact", device="cpu")).source_dir == Path("models/refact")
+
+
+def _partial_snapshot(random_ckpt: Path, repo_id: str, sha: str) -> Path:
+    """A hub cache entry from an interrupted download: config.json and tokenizer.json, no weights, no file
+    listing (as an older huggingface_hub, or another tool, leaves it)."""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / sha
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "tokenizer.json"):
+        shutil.copy(random_ckpt / name, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    return snapshot
+
+
+def test_a_cached_snapshot_without_its_weights_is_downloaded_again(
+    http_hub: _HttpHub, random_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    http_hub.add("owner/model", random_ckpt)
+    snapshot = _partial_snapshot(random_ckpt, "owner/model", http_hub.sha("owner/model"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors") as info:
+        load_model(ModelSpec("owner/model", device="cpu"))
+    assert info.value.retryable  # the next try downloads it
+    assert str(snapshot) in str(info.value)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    loaded = load_model(ModelSpec("owner/model", device="cpu"))
+    assert loaded.source_dir == snapshot
+    assert [r for r in http_hub.requests if r.startswith("GET /owner")] == [
+        f"GET /owner/model/resolve/{http_hub.sha('owner/model')}/model.safetensors"
+    ]
+
+
+def test_a_cached_repo_with_both_weight_kinds_loads_offline_with_allow_pickle(
+    http_hub: _HttpHub, random_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the safetensors were downloaded: offline (no listing from the hub) they are what is looked for."""
+    from huggingface_hub import constants
+
+    both = Path(shutil.copytree(random_ckpt, tmp_path / "both"))
+    torch.save(load_file(str(both / "model.safetensors")), both / "pytorch_model.bin")
+    http_hub.add(
+        "owner/both", both, ("config.json", "tokenizer.json", "model.safetensors", "pytorch_model.bin")
+    )
+    online = load_model(ModelSpec("owner/both", device="cpu", allow_pickle=True))
+    assert sorted(p.name for p in online.source_dir.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    offline = load_model(ModelSpec("owner/both", device="cpu", allow_pickle=True))
+    assert offline.source_dir == online.source_dir
+    torch.testing.assert_close(offline.model.lm_head.weight, online.model.lm_head.weight)
+
+
+def test_a_superseded_download_stops_at_its_next_chunk(
+    http_hub: _HttpHub, random_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model setting changed during a download: the load gives up at once (no error for the user: the
+    newer load reports), and the download stops at the next chunk it receives."""
+    import threading
+    import time
+
+    from huggingface_hub import constants
+
+    from refact_lsp.engine.loading import LoadSuperseded
+
+    monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", _HttpHub.CHUNK)  # 10 MB: more than the whole file
+    http_hub.add("owner/slow", random_ckpt)
+    size = len(http_hub.repos["owner/slow"]["model.safetensors"])
+    http_hub.delay_s = 0.02  # about 8 s for the weights
+    superseded = threading.Event()
+    given_up = []
+
+    def progress(event) -> None:
+        if http_hub.sent.get("model.safetensors") and not superseded.is_set():  # the weights are coming
+            superseded.set()
+            given_up.append(time.monotonic())
+
+    with pytest.raises(LoadSuperseded):
+        load_model(ModelSpec("owner/slow", device="cpu", superseded=superseded.is_set), progress)
+    assert time.monotonic() - given_up[0] < 1.0
+    deadline = time.monotonic() + 2.0
+    while "model.safetensors" not in http_hub.ended and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert "model.safetensors" in http_hub.ended and http_hub.sent["model.safetensors"] < size / 2
+    http_hub.delay_s = 0.0
+    assert load_model(ModelSpec("owner/slow", device="cpu")).source_dir.parent.name == "snapshots"
+
+
+def test_a_superseded_download_that_ignores_its_progress_bar_is_left_behind(
+    fake_hub: dict[str, list[str]], random_ckpt: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hf_xet logs and ignores what its progress callbacks raise: the load gives up all the same, at once,
+    and the download left to finish in the background reports nothing more."""
+    import contextlib
+    import threading
+    import time
+
+    import huggingface_hub
+
+    from refact_lsp.engine.loading import LoadSuperseded
+
+    superseded, finished = threading.Event(), threading.Event()
+    given_up: list[float] = []
+
+    def snapshot_download(repo_id: str, tqdm_class=None, **kwargs) -> str:
+        size = (random_ckpt / "model.safetensors").stat().st_size
+        bar = tqdm_class(name="huggingface_hub.snapshot_download", total=size, unit="B")
+        for step in range(50):
+            if step == 5:
+                superseded.set()  # the model setting changes
+                given_up.append(time.monotonic())
+            with contextlib.suppress(Exception):  # as hf_xet does (it logs it)
+                bar.update(size // 50)
+            time.sleep(0.02)
+        finished.set()
+        return str(random_ckpt)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    events: list[tuple[float, str, int | None]] = []
+    spec = ModelSpec("owner/both", device="cpu", superseded=superseded.is_set)
+    with pytest.raises(LoadSuperseded):
+        load_model(spec, lambda e: events.append((time.monotonic(), e.message, e.percentage)))
+    assert time.monotonic() - given_up[0] < 0.5 and not finished.is_set()
+    assert finished.wait(5.0)
+    time.sleep(0.05)
+    assert events and all(at < given_up[0] for at, *_ in events)

@@ -239,3 +239,51 @@ async def test_a_request_identical_to_an_older_one_for_the_same_place_joins_it(e
     assert len(model.runs) == 2  # the first request's and the selection's
     assert service._jobs == {}
     service.close()
+
+
+async def test_a_download_superseded_by_another_model_is_given_up(tmp_path, monkeypatch) -> None:
+    """The model setting changes while the hub download of the one before (GBs) runs: the download stops at
+    its next progress update, the new model loads at once, and no error is shown for the one given up."""
+    import gc
+
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from refact_lsp.dev.checkpoints import write_random_checkpoint
+
+    folder = str(write_random_checkpoint(tmp_path / "local", n_layer=1))
+    downloading, stopped = threading.Event(), threading.Event()
+
+    def snapshot_download(repo_id: str, tqdm_class: Any = None, **kwargs: Any) -> str:
+        """huggingface_hub's: 10 GB, 10 MB per progress update, about 1 GB/s."""
+        bar = tqdm_class(name="huggingface_hub.snapshot_download", total=10**10, unit="B")
+        downloading.set()
+        try:
+            for _ in range(1000):
+                bar.update(10**7)
+                time.sleep(0.01)
+        finally:
+            stopped.set()
+        raise OSError("the download ran to its end")
+
+    class HfApi:
+        def model_info(self, *args: Any, **kwargs: Any) -> Any:
+            raise OSError("no listing")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", HfApi)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    events = _Events()
+    service = CompletionService(
+        asyncio.get_running_loop(), events, base_settings={"model": "owner/big", "device": "cpu"}
+    )
+    service.start()
+    await _wait(downloading)
+    switched = time.monotonic()
+    service.configure({"model": folder})
+    await _until(lambda: service.stats_snapshot()["model"]["state"] in ("ready", "error"))
+    assert service.stats_snapshot()["model"]["state"] == "ready"
+    assert time.monotonic() - switched < 5.0 and stopped.is_set()
+    assert [args for name, args in events.log if name == "model_loaded"] == [(folder, None)]
+    service.close()
+    gc.unfreeze()  # the runner froze the loaded model (gc.freeze): let the interpreter free it at exit
