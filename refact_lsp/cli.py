@@ -9,6 +9,7 @@ warning unless the level is debug.
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import logging
 import os
@@ -195,6 +196,9 @@ def _exit_cleanly(server, code: int = 0) -> None:
     cannot be interrupted, so when the thread does not end in time the process leaves without finalizing.
     """
     if server.stop_engine():
+        # the loaded model was frozen out of the cyclic GC (ModelRunner.load): without this, the
+        # interpreter's last collection leaves it, and Triton's bindings report dozens of "leaked" objects
+        gc.unfreeze()
         return
     log.warning("the engine thread did not stop in time; exiting without waiting for it")
     logging.shutdown()
