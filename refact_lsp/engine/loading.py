@@ -252,7 +252,7 @@ def _snapshot_gaps(folder: Path, files: RepoFiles | None, patterns: list[str]) -
     return gaps + ([f.name for f in weights if not f.is_file()] if weights else ["model.safetensors"])
 
 
-def _is_hub_id(source: str) -> bool:
+def is_hub_id(source: str) -> bool:
     """``owner/name`` as huggingface_hub validates repo ids (a bare ``name`` is taken for a folder)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -284,7 +284,7 @@ def locate_checkpoint(spec: ModelSpec, on_progress: ProgressCallback | None = No
         return path
     if path.exists():
         raise ModelLoadError(f"model path {source!r} is a file; give the checkpoint's folder")
-    if not _is_hub_id(source):
+    if not is_hub_id(source):
         raise ModelLoadError(
             f"model folder {source!r} not found: {_no_folder(source)}; nor is it a hub id (owner/name)"
         )

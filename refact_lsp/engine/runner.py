@@ -16,6 +16,7 @@ from refact_lsp.engine.loading import (
     ModelSpec,
     ProgressCallback,
     ProgressEvent,
+    is_hub_id,
     load_model,
 )
 from refact_lsp.engine.tokenizer import RefactTokenizer
@@ -75,7 +76,8 @@ class ModelRunner:
         """Load ``spec``, replacing any loaded model. Raises :class:`ModelLoadError` (``state`` "error")."""
         with self._load_lock:
             self.spec = spec
-            self._set_state("loading" if Path(spec.source).expanduser().is_dir() else "downloading")
+            local = Path(spec.source).expanduser().is_dir() or not is_hub_id(spec.source.strip())
+            self._set_state("downloading" if not local else "loading")
             with self._gen_lock:  # no generation while the model is swapped
                 self._loaded = self._generator = None
                 gc.unfreeze()  # the old model's reference cycles can go

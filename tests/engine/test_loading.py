@@ -265,6 +265,14 @@ def test_runner_reports_load_errors(ckpt: Path) -> None:
     assert runner.state == "error" and "no model weights" in runner.error
 
 
+def test_a_missing_folder_is_loading_then_an_error_never_downloading(tmp_path: Path) -> None:
+    states: list[str] = []
+    runner = ModelRunner(on_state=states.append)
+    with pytest.raises(ModelLoadError, match="not found"):
+        runner.load(ModelSpec(str(tmp_path / "no" / "such" / "model"), device="cpu"))
+    assert states == ["loading", "error"]
+
+
 def test_device_and_dtype_resolution() -> None:
     cpu = torch.device("cpu")
     if not torch.cuda.is_available():
