@@ -196,7 +196,7 @@ RepoFiles = dict[str, int | None]
 def _repo_files(repo_id: str, revision: str | None) -> RepoFiles | None:
     """The repo's files: the hub's listing, else (offline) the one huggingface_hub cached with the download
     of this revision, else None."""
-    from huggingface_hub import HfApi, get_cached_repo_tree
+    from huggingface_hub import HfApi
 
     try:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
@@ -204,6 +204,8 @@ def _repo_files(repo_id: str, revision: str | None) -> RepoFiles | None:
     except Exception:  # noqa: BLE001 - the download itself reports the errors that matter
         log.debug("no file listing for %s from the hub", repo_id, exc_info=True)
     try:
+        from huggingface_hub import get_cached_repo_tree  # huggingface_hub >= 1.23
+
         return {f.path: f.size for f in get_cached_repo_tree(repo_id, revision=revision)}
     except Exception:  # noqa: BLE001 - not downloaded (or by an older huggingface_hub): no listing
         return None

@@ -142,14 +142,18 @@ def line_edit(
 
 _LISP_SYMBOL_CHARS = "-+*/<>=!?%&~^:"
 SYMBOL_CHARS: dict[str, str] = {
-    **dict.fromkeys(("css", "scss", "sass", "less"), "-"),
+    **dict.fromkeys(("css", "scss", "sass", "less", "less-css"), "-"),
     **dict.fromkeys(
-        ("lisp", "commonlisp", "emacs-lisp", "elisp", "scheme", "racket", "clojure", "fennel", "janet", "hy"),
+        (
+            *("lisp", "commonlisp", "emacs-lisp", "elisp", "lisp-data", "lisp-interaction"),
+            *("scheme", "racket", "clojure", "clojurescript", "clojurec", "fennel", "janet", "hy"),
+        ),
         _LISP_SYMBOL_CHARS,
     ),
 }
 """Characters besides letters, digits, ``_`` and ``$`` that names contain, by LSP language id: the
-symbol at point that editors filter completion items by (Emacs' syntax tables, Vim's ``iskeyword``)."""
+symbol at point that editors filter completion items by (Emacs' syntax tables, Vim's ``iskeyword``). The
+ids include what Emacs sends for a mode it serves through the catch-all (``less-css-mode``: ``less-css``)."""
 
 
 def word_start(line_text: str, index: int, symbol_chars: str = "") -> int:

@@ -613,3 +613,28 @@ def test_a_superseded_download_that_ignores_its_progress_bar_is_left_behind(
     assert finished.wait(5.0)
     time.sleep(0.05)
     assert events and all(at < given_up[0] for at, *_ in events)
+
+
+def test_an_older_huggingface_hub_without_cached_repo_trees_still_downloads(monkeypatch, tmp_path) -> None:
+    """``get_cached_repo_tree`` came with huggingface_hub 1.23 (pyproject allows older): without it there is
+    no offline listing, and the download goes on (here: offline, nothing cached, a retryable error)."""
+    import huggingface_hub
+
+    real = huggingface_hub.__getattr__
+
+    def without_it(name: str):
+        if name == "get_cached_repo_tree":
+            raise AttributeError(name)
+        return real(name)
+
+    if "get_cached_repo_tree" in vars(huggingface_hub):
+        monkeypatch.delattr(huggingface_hub, "get_cached_repo_tree")
+    monkeypatch.setattr(huggingface_hub, "__getattr__", without_it)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    from refact_lsp.engine import loading
+
+    assert loading._repo_files("someone/some-model", None) is None
+    with pytest.raises(ModelLoadError) as info:
+        ModelRunner().load(ModelSpec("someone/some-model", device="cpu", superseded=lambda: False))
+    assert info.value.retryable and "get_cached_repo_tree" not in str(info.value)

@@ -173,6 +173,8 @@ def test_a_completion_item_starts_at_the_word_before_the_cursor(line, index, sta
         ("css", "  background-co", 2),
         ("scss", "  $gap-sm", 2),
         ("emacs-lisp", "  (my-fu", 3),
+        ("lisp-data", "((my-fu", 2),  # .dir-locals.el in Emacs
+        ("less-css", "  @brand-co", 3),
         ("clojure", "(swap! *state*", 7),
         ("python", "x = a-b", 6),  # a minus sign
         ("css", "a { color: re", 11),
