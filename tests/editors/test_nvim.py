@@ -101,16 +101,16 @@ def _stats(editor: Any) -> dict:
     )
 
 
-def _open(editor: Any, name: str, lines: list[str], setup: str = "") -> None:
-    """Leaves insert mode, opens a new python file holding ``lines``, cursor at the end of the last one.
-    ``setup``: an Ex command run in the buffer before the server sees it (``setlocal fileformat=dos``)."""
+def _open(editor: Any, name: str, lines: list[str], setup: str = "", filetype: str = "python") -> None:
+    """Leaves insert mode, opens a new ``filetype`` file holding ``lines``, cursor at the end of the last
+    one. ``setup``: an Ex command run in the buffer before the server sees it (``setlocal fileformat=dos``)."""
     editor.input("<Esc>")
     _wait(lambda: editor.api.get_mode()["mode"] == "n", "normal mode")
     editor.command(f"edit {name}")
     if setup:
         editor.command(setup)
     editor.current.buffer[:] = lines
-    editor.command("setfiletype python")
+    editor.command(f"setfiletype {filetype}")
     _wait(lambda: _client_info(editor), f"refact-lsp to attach to {name}")
     editor.current.window.cursor = (len(lines), len(lines[-1].encode()))
 
@@ -179,9 +179,9 @@ def test_lspconfig_drop_in_config(nvim: Any) -> None:
     assert config == {"cmd": ["refact-lsp"], "single": True, "root": nvim.funcs.getcwd()}
 
 
-def _open_completion_menu(nvim: Any, name: str, lines: list[str]) -> dict:
+def _open_completion_menu(nvim: Any, name: str, lines: list[str], filetype: str = "python") -> dict:
     """Opens ``lines`` in a buffer, asks for completion at the end in insert mode; the menu's info."""
-    _open(nvim, name, lines)
+    _open(nvim, name, lines, filetype=filetype)
     _insert_at_end(nvim)
     nvim.exec_lua("vim.lsp.completion.get()")
     return _wait(
@@ -199,6 +199,15 @@ def test_completion_menu_inserts_the_scripted_text(nvim: Any, scripted_server) -
     nvim.input("<C-y>")
     _wait(lambda: _line(nvim, 1) == expected, "the accepted item in the buffer")
     assert tuple(nvim.current.window.cursor) == (2, len(expected.encode()))
+
+
+def test_completion_menu_completes_a_css_name_with_dashes(nvim: Any, scripted_server) -> None:
+    """In CSS ``-`` is part of a name (``iskeyword``): the item starts at ``background-co``."""
+    expected = f"  background-co{scripted_server.single_line_text}"
+    info = _open_completion_menu(nvim, "menu.css", ["a {", "  background-co"], filetype="css")
+    assert [item["word"] for item in info["items"]] == [f"background-co{scripted_server.single_line_text}"]
+    nvim.input("<C-y>")
+    _wait(lambda: _line(nvim, 1) == expected, "the accepted item in the buffer")
 
 
 def test_ghost_text_appears_and_tab_accepts(nvim: Any, scripted_server) -> None:
