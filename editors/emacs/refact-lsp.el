@@ -146,8 +146,11 @@ Call it again after changing `refact-lsp-major-modes'."
                             eglot-server-programs))))
 
 (defun refact-lsp--server ()
-  "The refact-lsp server of the current buffer, or nil."
-  (let ((server (eglot-current-server)))
+  "The refact-lsp server of the current buffer, or nil.
+Nil in a buffer eglot does not manage (`*scratch*', say), even where a
+server runs for its project and mode: eglot has not opened it there."
+  (let ((server (and (bound-and-true-p eglot--managed-mode)
+                     (eglot-current-server))))
     (and (cl-typep server 'refact-lsp-server) server)))
 
 (defun refact-lsp--execute (command &optional arguments)
@@ -175,6 +178,8 @@ Call it again after changing `refact-lsp-major-modes'."
 Where the server completes nothing (it answers null, e.g. in the middle of
 a word), say so in the echo area and return nil."
   (interactive)
+  (unless (refact-lsp--server)
+    (user-error "refact-lsp is not running in this buffer"))
   (eglot--signal-textDocument/didChange)
   (let* ((answer (refact-lsp--execute
                   "refact.prompt" (vector (eglot--TextDocumentPositionParams))))

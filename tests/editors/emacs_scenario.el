@@ -152,6 +152,19 @@ they are, without the characters that overlays hide (`display' \"\" or `invisibl
                       (scenario-buffer-text))))
     (list :css css :elisp elisp)))
 
+(scenario-step "unmanaged"
+  ;; a buffer eglot does not manage, in the project and mode of the running server (*scratch*-like):
+  ;; the commands say so, and the inline mode's idle request does nothing
+  (with-current-buffer (get-buffer-create "*refact-unmanaged*")
+    (setq default-directory scenario-dir)
+    (python-mode)
+    (insert "def add(a, b):\n    return ")
+    (list :server (and (refact-lsp--server) t)
+          :show_prompt (condition-case err (progn (refact-lsp-show-prompt) "no error")
+                         (error (error-message-string err)))
+          :request (condition-case err (progn (refact-lsp-inline-request) "no error")
+                     (error (error-message-string err))))))
+
 (scenario-step "inline"
   (scenario-open "inline.py" "def add(a, b):\n    retur")
   (let ((before-key (key-binding (kbd "TAB"))))

@@ -125,6 +125,15 @@ def test_completion_at_point_completes_names_with_dashes_in_css_and_lisp(
     assert step == {"css": f"a {{\n  background-co{text}", "elisp": f"(defun f ()\n  (my-fu{text}"}
 
 
+def test_commands_in_a_buffer_eglot_does_not_manage_say_so(results: dict) -> None:
+    step = _step(results, "unmanaged")
+    assert step == {
+        "server": None,
+        "show_prompt": "refact-lsp is not running in this buffer",
+        "request": "no error",
+    }
+
+
 def test_overlay_appears_and_tab_accepts_it(results: dict, scripted_server) -> None:
     step = _step(results, "inline")
     assert step["text_with_ghost"] == "def add(a, b):\n    return ", "the overlay must not change the text"
