@@ -103,7 +103,8 @@ def _stats(editor: Any) -> dict:
 
 def _open(editor: Any, name: str, lines: list[str], setup: str = "", filetype: str = "python") -> None:
     """Leaves insert mode, opens a new ``filetype`` file holding ``lines``, cursor at the end of the last
-    one. ``setup``: an Ex command run in the buffer before the server sees it (``setlocal fileformat=dos``)."""
+    one. ``setup``: an Ex command run in the buffer before the server sees it
+    (``setlocal fileformat=dos``)."""
     editor.input("<Esc>")
     _wait(lambda: editor.api.get_mode()["mode"] == "n", "normal mode")
     editor.command(f"edit {name}")
@@ -642,6 +643,19 @@ def test_no_request_in_a_read_only_buffer(nvim: Any) -> None:
         assert (_stats(nvim).get("requests"), _ghost(nvim)) == (before, [])
     finally:
         nvim.command("setlocal noreadonly")
+
+
+def test_a_buffer_without_a_name_is_not_attached(nvim: Any) -> None:
+    """Neovim sends every nameless buffer as ``file://``: two would share one document on the server."""
+    nvim.input("<Esc>")
+    _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    nvim.command("enew")
+    nvim.current.buffer[:] = ["def add(a, b):", "    return "]
+    nvim.command("setfiletype python")
+    time.sleep(1.0)  # an attach would have happened (the client runs already)
+    assert _client_info(nvim) is None
+    _open(nvim, "named_after_nameless.py", ["x = 1"])  # a named buffer still is
+    nvim.command("bwipeout! #")
 
 
 def test_a_suggestion_comes_without_an_edit(nvim: Any) -> None:

@@ -15,12 +15,22 @@ function M.reuse_client(client, config)
   return client.name == config.name
 end
 
+--- Whether the client starts for `bufnr` (`root_dir` of vim.lsp.config): not in a buffer without a name,
+--- which Neovim sends as `file://`, one URI for all of them (two would overwrite each other's text on the
+--- server). The root is then found from `root_markers`.
+function M.root_dir(bufnr, on_dir)
+  if vim.api.nvim_buf_get_name(bufnr) ~= '' then
+    on_dir()
+  end
+end
+
 --- The configuration table for `vim.lsp.config('refact', ...)` (Neovim 0.11+).
 function M.lsp_config()
   return {
     cmd = vim.deepcopy(M.cmd),
     -- No `filetypes`: code completion applies to every file.
     root_markers = { '.git' },
+    root_dir = M.root_dir,
     reuse_client = M.reuse_client,
     init_options = vim.deepcopy(M.init_options),
     settings = { refact = vim.empty_dict() },
