@@ -330,7 +330,9 @@ class RefactLanguageServer(LanguageServer):
             log.warning("%s: a frame that is not a JSON-RPC message (%s)", what, type(error).__name__)
             self.protocol.send_error(None, code, f"{what}: {error}"[:200])
             return
-        log.error("%s: %s", getattr(source, "__name__", source), error)
+        # a request whose params were wrong (refact.prompt for a document not open) was answered -32602
+        level = logging.WARNING if isinstance(error, JsonRpcInvalidParams) else logging.ERROR
+        log.log(level, "%s: %s", getattr(source, "__name__", source), error)
 
     # Events from the service (always called on the event loop).
     def model_loading(self, source: str, quiet: bool = False) -> None:

@@ -202,3 +202,38 @@ def test_a_loads_progress_rises_through_its_download_and_its_load() -> None:
     local = RisingPercentage()
     assert [local("load", p) for p in (0, 30, 20, 100)] == [0, 30, 30, 100]
     assert local("load", None) is None  # a step of unknown size: no percentage
+
+
+def test_a_request_the_client_got_wrong_is_logged_as_a_warning_not_an_error() -> None:
+    """refact.prompt for a document that is not open is answered -32602: the server did nothing wrong, and
+    editors show its ERROR lines as errors. pygls' records stay redacted (no arguments, no traceback)."""
+    import logging
+    import sys
+
+    from pygls.exceptions import JsonRpcInternalError, JsonRpcInvalidParams
+
+    from refact_lsp.cli import RedactPygls
+
+    def record(error: Exception) -> logging.LogRecord:
+        try:
+            raise error
+        except Exception:
+            return logging.LogRecord(
+                "pygls.protocol.json_rpc",
+                logging.ERROR,
+                __file__,
+                1,
+                'failed "%s"',
+                ("secret",),
+                sys.exc_info(),
+            )
+
+    bad_params = record(JsonRpcInvalidParams("document not open: file:///a.py"))
+    assert RedactPygls().filter(bad_params)
+    assert (bad_params.levelname, bad_params.getMessage(), bad_params.exc_info) == (
+        "WARNING",
+        'failed "%s" [details at debug level]',
+        None,
+    )
+    internal = record(JsonRpcInternalError("boom"))
+    assert RedactPygls().filter(internal) and internal.levelname == "ERROR"

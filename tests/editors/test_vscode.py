@@ -470,6 +470,7 @@ module.exports = inert({
     withProgress: async (o, task) =>
       task({ report() {} }, { isCancellationRequested: false, onCancellationRequested: () => disposable }),
     visibleTextEditors: [],
+    get activeTextEditor() { return globalThis.activeTextEditor; },
     onDidChangeActiveTextEditor: mkEvent(), onDidChangeVisibleTextEditors: mkEvent(),
     tabGroups: inert({ all: [], onDidChangeTabs: mkEvent(), onDidChangeTabGroups: mkEvent() }),
   }),
@@ -485,6 +486,7 @@ module.exports = inert({
     onDidChangeNotebookDocument: mkEvent(), onDidSaveNotebookDocument: mkEvent(),
   }),
   languages: inert({
+    match: (selector, doc) => (selector.some((f) => !f.scheme || f.scheme === doc.uri.scheme) ? 10 : 0),
     registerInlineCompletionItemProvider: () => disposable,
     registerCompletionItemProvider: () => disposable,
     createDiagnosticCollection: () => inert({ dispose() {}, clear() {}, set() {} }),
@@ -505,6 +507,13 @@ const ext = require('./extension.js');
 (async () => {
   await ext.activate({ subscriptions: [], globalStorageUri: vscode.Uri.file(process.env.STORAGE_DIR) });
   await new Promise((r) => setTimeout(r, Number(process.env.WAIT_MS)));
+  for (const scheme of (process.env.SHOW_PROMPT_IN || '').split(',').filter(Boolean)) {
+    globalThis.activeTextEditor = {
+      document: { uri: new vscode.Uri(scheme, '/workspace/x.py'), fileName: '/workspace/x.py' },
+      selection: { active: { line: 0, character: 0 } },
+    };
+    await vscode.commands.executeCommand('refact.showPrompt');
+  }
   const status = vscode._status[0].text;
   await ext.deactivate();
   console.log(JSON.stringify({ status, events: vscode._events }));
@@ -578,7 +587,9 @@ while True:
 """
 
 
-def _run_extension(tmp_path: Path, mode: str, config: dict, wait_ms: int) -> dict:
+def _run_extension(
+    tmp_path: Path, mode: str, config: dict, wait_ms: int, show_prompt_in: tuple[str, ...] = ()
+) -> dict:
     """The bundled ``extension.ts`` (with the real vscode-languageclient) in the stand-in ``vscode`` against
     the fake server: the status bar text at the end, the log and messages, and what the server recorded."""
     (tmp_path / "vscode.js").write_text(STANDIN_VSCODE)
@@ -600,6 +611,7 @@ def _run_extension(tmp_path: Path, mode: str, config: dict, wait_ms: int) -> dic
         "FAKE_OUT": str(tmp_path / "server-out"),
         "FAKE_MODE": mode,
         "WAIT_MS": str(wait_ms),
+        "SHOW_PROMPT_IN": ",".join(show_prompt_in),  # schemes of editors to run "Show Prompt" in
     }
     out = _run(["node", "driver.js"], cwd=tmp_path, timeout=60, env=env)
     result = json.loads(out.strip().splitlines()[-1])
@@ -649,6 +661,18 @@ def test_extension_sends_every_server_setting_and_runs_the_server_outside_the_wo
         assert line in events, events
     assert not any(e.startswith("[error]") or e.startswith("SHOW-") for e in events), events
     assert "Refact: ready" in result["status"]
+
+
+def test_show_prompt_in_a_document_the_server_is_not_sent_says_so(vsix: Path, tmp_path: Path) -> None:
+    """A notebook cell or a diff's other side: an information message, not the server's error."""
+    result = _run_extension(
+        tmp_path, "serve", {}, wait_ms=1500, show_prompt_in=("vscode-notebook-cell", "git")
+    )
+    assert _messages(result["events"]) == [
+        f"SHOW-INFO Refact: no completions in this kind of document ({scheme}); only in files and untitled "
+        "documents."
+        for scheme in ("vscode-notebook-cell", "git")
+    ]
 
 
 def _messages(events: list[str]) -> list[str]:

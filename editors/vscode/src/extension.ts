@@ -34,6 +34,9 @@ import { ServerStderr } from './serverlog';
 import { modelStatus, StatusBar } from './status';
 
 const VIEW_SCHEME = 'refact-view';
+/** The documents the server is sent and completes: files and untitled ones (not notebook cells, diff
+ * views, outputs or this extension's own views). */
+const DOCUMENT_SELECTOR = [{ scheme: 'file' }, { scheme: 'untitled' }];
 /** Poll `refact.stats` this often while the model downloads or loads, and this often once it settled. */
 const POLL_BUSY_MS = 500;
 const POLL_IDLE_MS = 10_000;
@@ -189,7 +192,7 @@ async function startClient(): Promise<void> {
         },
     };
     const clientOptions: LanguageClientOptions = {
-        documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }],
+        documentSelector: DOCUMENT_SELECTOR,
         outputChannel: output,
         errorHandler,
         initializationFailedHandler: (error) => {
@@ -474,6 +477,13 @@ async function showPrompt(): Promise<void> {
     const editor = vscode.window.activeTextEditor;
     if (!editor || !client) {
         void vscode.window.showWarningMessage('Refact: open a file and put the cursor where to complete.');
+        return;
+    }
+    if (vscode.languages.match(DOCUMENT_SELECTOR, editor.document) === 0) {
+        // a notebook cell, a diff's other side, an output: the server does not have it
+        void vscode.window.showInformationMessage(
+            `Refact: no completions in this kind of document (${editor.document.uri.scheme}); only in files and untitled documents.`,
+        );
         return;
     }
     const converter = client.code2ProtocolConverter;
