@@ -170,8 +170,7 @@ def _progress_tqdm(
             self._forwarded = self.unit == "B" and not name.endswith(".transfer")
 
         def update(self, n=1):
-            if superseded is not None and superseded():
-                raise LoadSuperseded("download given up for a newer model")
+            _give_up_if_superseded(superseded)
             result = super().update(n)
             if not self._forwarded:
                 return result
@@ -320,8 +319,8 @@ def _abandonable(work: Callable[[], T], superseded: Callable[[], bool] | None) -
     thread.start()
     while thread.is_alive():
         thread.join(ABANDON_POLL_S)
-        if thread.is_alive() and superseded():
-            raise LoadSuperseded("download given up for a newer model")
+        if thread.is_alive():
+            _give_up_if_superseded(superseded)
     result, error = outcome
     if error is not None:
         raise error
@@ -334,7 +333,7 @@ def _download(repo_id: str, spec: ModelSpec, on_progress: ProgressCallback) -> P
     holds it up for its timeouts)."""
 
     def report(event: ProgressEvent) -> None:  # a download given up reports nothing more: it stops there
-        _give_up_if_superseded(spec)
+        _give_up_if_superseded(spec.superseded)
         on_progress(event)
 
     return _abandonable(lambda: _fetch(repo_id, spec, report), spec.superseded)
@@ -352,8 +351,7 @@ def _fetch(repo_id: str, spec: ModelSpec, on_progress: ProgressCallback) -> Path
             snapshot_download(repo_id, revision=spec.revision, allow_patterns=patterns, tqdm_class=bars)
         )
     except Exception as e:
-        if spec.superseded is not None and spec.superseded():  # the error may be the giving up itself
-            raise LoadSuperseded("download given up for a newer model") from e
+        _give_up_if_superseded(spec.superseded)  # the error may be the giving up itself
         raise _download_error(repo_id, e) from e
     gaps = _snapshot_gaps(folder, files, patterns)
     if gaps:  # snapshot_download could not reach the hub and gave the cached, partial snapshot
@@ -568,9 +566,10 @@ def load_weights(
     return model.eval().requires_grad_(False)
 
 
-def _give_up_if_superseded(spec: ModelSpec) -> None:
-    if spec.superseded is not None and spec.superseded():
-        raise LoadSuperseded(f"loading {spec.source} given up for a newer model")
+def _give_up_if_superseded(superseded: Callable[[], bool] | None, what: str = "download") -> None:
+    """Raises :class:`LoadSuperseded` once ``superseded()`` is true (``ModelSpec.superseded``)."""
+    if superseded is not None and superseded():
+        raise LoadSuperseded(f"{what} given up for a newer model")
 
 
 def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> LoadedModel:
@@ -580,7 +579,7 @@ def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
     folder = locate_checkpoint(spec, report)
-    _give_up_if_superseded(spec)
+    _give_up_if_superseded(spec.superseded, f"loading {spec.source}")
     label = "int8" if is_int8(spec.dtype) else str(dtype).removeprefix("torch.")
     name = folder.name if Path(spec.source).expanduser().is_dir() else spec.source  # not a snapshot's hash
     report(ProgressEvent("load", f"loading {name} on {device} ({label})", 0))
@@ -595,7 +594,7 @@ def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> 
     quantization = "int8" if is_int8(spec.dtype) else None
     try:
         model = load_weights(folder, config, device=device, dtype=dtype, allow_pickle=spec.allow_pickle)
-        _give_up_if_superseded(spec)
+        _give_up_if_superseded(spec.superseded, f"loading {spec.source}")
         if quantization:
             from refact_lsp.engine.quantize import quantize_int8
 

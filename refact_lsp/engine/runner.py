@@ -77,7 +77,7 @@ class ModelRunner:
         with self._load_lock:
             self.spec = spec
             local = Path(spec.source).expanduser().is_dir() or not is_hub_id(spec.source.strip())
-            self._set_state("downloading" if not local else "loading")
+            self._set_state("loading" if local else "downloading")
             with self._gen_lock:  # no generation while the model is swapped
                 self._loaded = self._generator = None
                 gc.unfreeze()  # the old model's reference cycles can go
