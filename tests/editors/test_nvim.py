@@ -105,8 +105,7 @@ def _open(editor: Any, name: str, lines: list[str], setup: str = "", filetype: s
     """Leaves insert mode, opens a new ``filetype`` file holding ``lines``, cursor at the end of the last
     one. ``setup``: an Ex command run in the buffer before the server sees it
     (``setlocal fileformat=dos``)."""
-    editor.input("<Esc>")
-    _wait(lambda: editor.api.get_mode()["mode"] == "n", "normal mode")
+    _leave_insert(editor)
     editor.command(f"edit {name}")
     if setup:
         editor.command(setup)
@@ -119,6 +118,21 @@ def _open(editor: Any, name: str, lines: list[str], setup: str = "", filetype: s
 def _insert_at_end(editor: Any) -> None:
     editor.command("startinsert!")
     _wait(lambda: editor.api.get_mode()["mode"] == "i", "insert mode")
+
+
+def _insert(editor: Any, key: str, cursor: tuple[int, int] | None = None) -> None:
+    """Typed ``key`` (``i``, ``A``...) in normal mode, at ``cursor`` (row 1-based, byte column) if given,
+    and waits for insert mode."""
+    if cursor is not None:
+        editor.current.window.cursor = cursor
+    editor.input(key)
+    _wait(lambda: editor.api.get_mode()["mode"] == "i", "insert mode")
+
+
+def _leave_insert(editor: Any) -> None:
+    """<Esc>, and waits for normal mode."""
+    editor.input("<Esc>")
+    _wait(lambda: editor.api.get_mode()["mode"] == "n", "normal mode")
 
 
 def _ghost(editor: Any) -> list[dict]:
@@ -235,15 +249,12 @@ def test_dot_repeats_an_accepted_suggestion(nvim: Any, scripted_server) -> None:
     in one step."""
     completion = scripted_server.single_line_text
     _open(nvim, "dot.py", ["def add(a, b):", "    retur", "    retur"])
-    nvim.current.window.cursor = (2, len("    retur") - 1)
-    nvim.input("A")
-    _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+    _insert(nvim, "A", (2, len("    retur") - 1))
     nvim.input("n ")
     _wait(lambda: _ghost(nvim), "ghost text")
     nvim.input("<Tab>")
     _wait(lambda: _line(nvim, 1) == f"    return {completion}", "the accepted suggestion")
-    nvim.input("<Esc>")
-    _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    _leave_insert(nvim)
     nvim.input("j.")
     _wait(lambda: _line(nvim, 2) == f"    return {completion}", "the repeated insert")
     assert nvim.current.buffer[1:] == [f"    return {completion}", f"    return {completion}"]
@@ -274,8 +285,7 @@ def test_multiline_ghost_text_uses_virtual_lines(nvim: Any, scripted_server) -> 
     _open(nvim, "multi.py", ["def add(a, b):", "   "])
     _use_model(nvim, scripted_server.multiline_model)
     try:
-        nvim.input("A")  # what `.` repeats (not :startinsert!)
-        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        _insert(nvim, "A")  # what `.` repeats (not :startinsert!)
         nvim.input(" ")
         _wait(lambda: _line(nvim, 1) == "    ", "the typed indentation")
         marks = _wait(lambda: _ghost(nvim), "multi-line ghost text")
@@ -287,8 +297,7 @@ def test_multiline_ghost_text_uses_virtual_lines(nvim: Any, scripted_server) -> 
         assert nvim.current.buffer[:] == ["def add(a, b):", *scripted_server.multiline_text.split("\n")]
         assert tuple(nvim.current.window.cursor) == (3, len("    # done"))
         # `.` types the same lines again, as they are (no autoindent, no comment leader added)
-        nvim.input("<Esc>")
-        _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+        _leave_insert(nvim)
         nvim.current.buffer.append(["", "def sub(a, b):", "   "])
         nvim.current.window.cursor = (6, 0)
         nvim.input(".")
@@ -312,9 +321,7 @@ def test_a_dos_buffer_gets_no_carriage_returns(nvim: Any, scripted_server) -> No
     _open(nvim, "dos.py", ["def add(a, b):", "   ", "x = 1"], setup="setlocal fileformat=dos")
     _use_model(nvim, scripted_server.multiline_model)
     try:
-        nvim.current.window.cursor = (2, 2)
-        nvim.input("A")
-        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        _insert(nvim, "A", (2, 2))
         nvim.input(" ")
         marks = _wait(lambda: _ghost(nvim), "multi-line ghost text")
         assert marks == [{"row": 1, "col": 4, "text": "return a + b", "lines": ["    # done"]}]
@@ -325,9 +332,7 @@ def test_a_dos_buffer_gets_no_carriage_returns(nvim: Any, scripted_server) -> No
 
         # A line after the cursor: the server takes the dominant line ending of the document.
         _open(nvim, "dos_menu.py", ["def add(a, b):", "    ", "x = 1"], setup="setlocal fileformat=dos")
-        nvim.current.window.cursor = (2, 0)
-        nvim.input("A")
-        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        _insert(nvim, "A", (2, 0))
         nvim.exec_lua("vim.lsp.completion.get()")
         info = _wait(
             lambda: nvim.exec_lua("local i = vim.fn.complete_info(); return #i.items > 0 and i"),
@@ -352,8 +357,7 @@ def test_typing_drops_the_suggestion(nvim: Any) -> None:
     _wait(lambda: all(m["col"] != 11 for m in _ghost(nvim)), "the old ghost text to go", timeout=5)
     _wait(lambda: [m["col"] for m in _ghost(nvim)] == [12], "a suggestion after 'return x'")
 
-    nvim.input("<Esc>")
-    _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    _leave_insert(nvim)
     assert _ghost(nvim) == [], "leaving insert mode drops the ghost text"
     assert _line(nvim, 1) == "    return x"
 
@@ -368,8 +372,7 @@ def test_tab_types_a_tab_when_nothing_is_shown(nvim: Any) -> None:
     # Keys typed right after it (fast typing, a macro) come after the tab, not before it.
     nvim.input("<BS><Tab>pass")
     _wait(lambda: _line(nvim, 1) == "\tpass", "the tab, then the keys typed after it")
-    nvim.input("<Esc>")
-    _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    _leave_insert(nvim)
     nvim.current.buffer[1] = ""
     nvim.funcs.setreg("q", "A\tret\x1b")
     nvim.input("@q")
@@ -430,8 +433,7 @@ def test_no_ghost_text_while_the_completion_menu_is_open(nvim: Any, scripted_ser
             else:
                 nvim.input("<Tab>")  # what it does without a suggestion: ends completion, types a tab
                 _wait(lambda line=line: _line(nvim, 1) == line + "\t", "the tab typed")
-            nvim.input("<Esc>")
-            _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+            _leave_insert(nvim)
     finally:
         nvim.command("set completeopt&")
 
@@ -492,9 +494,7 @@ def test_an_auto_closed_paren_the_suggestion_types_is_shown_once(nvim: Any, scri
     _open(nvim, "closer.py", ["def f()", "def g()"])
     _use_model(nvim, scripted_server.closer_model)
     try:
-        nvim.current.window.cursor = (1, 6)
-        nvim.input("i")
-        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        _insert(nvim, "i", (1, 6))
         nvim.input("y<BS>")
         marks = _wait(lambda: _ghost(nvim), "ghost text")
         assert marks == [
@@ -504,8 +504,7 @@ def test_an_auto_closed_paren_the_suggestion_types_is_shown_once(nvim: Any, scri
         assert _screen(nvim, 1) == [["def f(x):"], 7]  # the cursor before the ghost "x"
         nvim.input("<Tab>")
         _wait(lambda: _line(nvim, 0) == "def f(x):", "the accepted suggestion")
-        nvim.input("<Esc>")
-        _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+        _leave_insert(nvim)
         nvim.current.window.cursor = (2, 6)
         nvim.input(".")
         _wait(lambda: _line(nvim, 1) == "def g(x):", "the repeated insert, over the real ')' again")
@@ -535,11 +534,8 @@ def test_a_multiline_suggestion_shows_the_text_right_of_the_cursor_after_its_las
     _use_model(nvim, ml_closer_model, multiline="always", midLine="always")
     try:
         for row, after in ((1, ""), (3, " + 1")):  # the first Tab added line 2
-            nvim.input("<Esc>")
-            _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
-            nvim.current.window.cursor = (row, 8)
-            nvim.input("i")
-            _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+            _leave_insert(nvim)
+            _insert(nvim, "i", (row, 8))
             nvim.input("y<BS>")
             _wait(lambda: _ghost(nvim), "ghost text")
             before = nvim.current.buffer[:]
@@ -605,14 +601,11 @@ def test_a_single_match_inserted_without_a_menu_is_finished(nvim: Any, scripted_
     nvim.command("setlocal omnifunc=v:lua.vim.lsp.omnifunc")  # not the python ftplugin's
     _use_model(nvim, scripted_server.closer_model)
     try:
-        nvim.current.window.cursor = (2, 6)
-        nvim.input("i")
-        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        _insert(nvim, "i", (2, 6))
         nvim.input("<C-x><C-o>")
         _wait(lambda: _line(nvim, 1).startswith("    f(x):"), "the item inserted at once")
         assert nvim.funcs.pumvisible() == 0
-        nvim.input("<Esc>")
-        _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+        _leave_insert(nvim)
         _wait(lambda: _line(nvim, 1) == "    f(x):", "the re-typed ')' removed")
         assert tuple(nvim.current.window.cursor) == (2, len("    f(x)"))
 
@@ -647,8 +640,7 @@ def test_no_request_in_a_read_only_buffer(nvim: Any) -> None:
 
 def test_a_buffer_without_a_name_is_not_attached(nvim: Any) -> None:
     """Neovim sends every nameless buffer as ``file://``: two would share one document on the server."""
-    nvim.input("<Esc>")
-    _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+    _leave_insert(nvim)
     nvim.command("enew")
     nvim.current.buffer[:] = ["def add(a, b):", "    return "]
     nvim.command("setfiletype python")
@@ -714,17 +706,14 @@ def test_a_tab_in_the_ghost_text_is_drawn_as_wide_as_when_typed(
     nvim.command("setlocal tabstop=8 noexpandtab nolist")
     _use_model(nvim, tab_models[which], **settings)
     try:
-        nvim.current.window.cursor = cursor
-        nvim.input("i")
-        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        _insert(nvim, "i", cursor)
         nvim.input("y<BS>")
         _wait(lambda: _ghost(nvim), "ghost text")
         rows = len(lines) + which
         shown = _screen(nvim, rows)[0]
         nvim.input("<Tab>")
         _wait(lambda: "\t" in "".join(nvim.current.buffer[:]), "the accepted suggestion")
-        nvim.input("<Esc>")
-        _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+        _leave_insert(nvim)
         assert shown == _screen(nvim, rows)[0]
         assert "\t" not in "".join(shown)
     finally:
@@ -737,15 +726,12 @@ def test_dot_repeats_an_item_accepted_from_the_menu(nvim: Any, scripted_server) 
     _open(nvim, "menu_dot.py", ["def add(a, b):", "    ", "", "def sub(a, b):", "    "])
     _use_model(nvim, scripted_server.multiline_model)
     try:
-        nvim.current.window.cursor = (2, 3)
-        nvim.input("A")  # what `.` repeats
-        _wait(lambda: nvim.api.get_mode()["mode"] == "i", "insert mode")
+        _insert(nvim, "A", (2, 3))  # what `.` repeats
         nvim.exec_lua("vim.lsp.completion.get()")
         _wait(lambda: nvim.exec_lua("return #vim.fn.complete_info().items > 0"), "the completion menu")
         nvim.input("<C-y>")
         _wait(lambda: len(nvim.current.buffer) == 6, "the accepted multi-line item")
-        nvim.input("<Esc>")
-        _wait(lambda: nvim.api.get_mode()["mode"] == "n", "normal mode")
+        _leave_insert(nvim)
         nvim.current.window.cursor = (6, 0)
         nvim.input(".")
         _wait(lambda: _line(nvim, 5) != "    ", "the repeated insert")
