@@ -19,6 +19,7 @@ from .lsp_session import (
     BASE_SETTINGS,
     LOOPING_TEXT,
     MULTILINE_TEXT,
+    READY_TIMEOUT_S,
     SCRIPTED_TEXT,
     Checkpoints,
     Session,
@@ -65,6 +66,15 @@ async def use_model(session: Session, model: Path, **settings) -> dict:
     return stats
 
 
+async def _progress_ended(session: Session, count: int) -> None:
+    """Until the client has ``count`` progress tokens and the last one has ended."""
+    while True:
+        reports = list(session.client.progress_reports.values())
+        if len(reports) >= count and isinstance(reports[-1][-1], types.WorkDoneProgressEnd):
+            return
+        await asyncio.sleep(0.02)
+
+
 async def test_a_missing_model_is_shown_and_the_server_keeps_serving(session: Session) -> None:
     stats = await session.wait_model()
     assert stats["model"]["state"] == "error"
@@ -78,6 +88,7 @@ async def test_a_missing_model_is_shown_and_the_server_keeps_serving(session: Se
 
 
 async def test_the_first_load_reported_progress_that_ended_in_failure(session: Session) -> None:
+    await asyncio.wait_for(_progress_ended(session, count=1), READY_TIMEOUT_S)
     reports = list(session.client.progress_reports.values())
     assert len(reports) == 1
     kinds = [type(r).__name__ for r in reports[0]]
@@ -87,6 +98,8 @@ async def test_the_first_load_reported_progress_that_ended_in_failure(session: S
 
 async def test_configuring_a_working_model_reloads_with_progress(session: Session, checkpoints) -> None:
     await use_model(session, checkpoints.scripted)
+    # the model's state is "ready" as the load ends; its progress ends a moment later, from a queue
+    await asyncio.wait_for(_progress_ended(session, count=2), READY_TIMEOUT_S)
     reports = list(session.client.progress_reports.values())
     assert len(reports) == 2
     load = reports[1]
