@@ -28,6 +28,7 @@ from safetensors import safe_open
 from refact_lsp.engine.config import GPTRefactConfig
 from refact_lsp.engine.model import GPTRefactForCausalLM
 from refact_lsp.engine.tokenizer import RefactTokenizer
+from refact_lsp.model_source import is_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -251,19 +252,6 @@ def _snapshot_gaps(folder: Path, files: RepoFiles | None, patterns: list[str]) -
     gaps = [name for name in ("config.json", "tokenizer.json") if not (folder / name).is_file()]
     weights, _ = _find_weights(folder)
     return gaps + ([f.name for f in weights if not f.is_file()] if weights else ["model.safetensors"])
-
-
-def is_hub_id(source: str) -> bool:
-    """``owner/name`` as huggingface_hub validates repo ids (a bare ``name`` is taken for a folder)."""
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-    if source.count("/") != 1:
-        return False
-    try:
-        validate_repo_id(source)
-    except HFValidationError:
-        return False
-    return True
 
 
 def _no_folder(source: str) -> str:

@@ -6,7 +6,6 @@ import gc
 import logging
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 from refact_lsp.engine.generate import GenerationRequest, GenerationResult, Generator
@@ -16,10 +15,10 @@ from refact_lsp.engine.loading import (
     ModelSpec,
     ProgressCallback,
     ProgressEvent,
-    is_hub_id,
     load_model,
 )
 from refact_lsp.engine.tokenizer import RefactTokenizer
+from refact_lsp.model_source import is_local_source
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +75,7 @@ class ModelRunner:
         """Load ``spec``, replacing any loaded model. Raises :class:`ModelLoadError` (``state`` "error")."""
         with self._load_lock:
             self.spec = spec
-            local = Path(spec.source).expanduser().is_dir() or not is_hub_id(spec.source.strip())
-            self._set_state("loading" if local else "downloading")
+            self._set_state("loading" if is_local_source(spec.source) else "downloading")
             with self._gen_lock:  # no generation while the model is swapped
                 self._loaded = self._generator = None
                 gc.unfreeze()  # the old model's reference cycles can go

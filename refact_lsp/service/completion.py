@@ -17,13 +17,14 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from refact_lsp.model_source import is_local_source
 from refact_lsp.service.documents import Document, DocumentStore
 from refact_lsp.service.edits import Edit, completion_item_edit, line_edit
-from refact_lsp.service.model_files import is_local_source, local_model_files
+from refact_lsp.service.model_files import local_model_files
 from refact_lsp.service.positions import Encoding, lsp_character
 from refact_lsp.service.postprocess import PostContext, decided, only_repeats, postprocess
 from refact_lsp.service.prompt import (

@@ -15,8 +15,3 @@ def local_model_files(source: str) -> tuple[tuple[str, int, int, int, int], ...]
             return tuple(sorted((n, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_size) for n, s in stats))
     except OSError:
         return None
-
-
-def is_local_source(source: str) -> bool:
-    """A folder path rather than a hub id (``smallcloudai/Refact-1_6B-fim``)."""
-    return source.startswith(("/", "~", ".")) or Path(source).expanduser().is_dir()

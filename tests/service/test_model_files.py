@@ -1,7 +1,8 @@
 import os
 from pathlib import Path
 
-from refact_lsp.service.model_files import is_local_source, local_model_files
+from refact_lsp.model_source import is_local_source
+from refact_lsp.service.model_files import local_model_files
 
 
 def test_the_files_change_when_one_is_rewritten(tmp_path: Path) -> None:
@@ -20,6 +21,9 @@ def test_local_sources_and_hub_ids(tmp_path: Path) -> None:
     assert is_local_source(str(tmp_path))
     assert is_local_source("./models/refact") and is_local_source("~/models/refact")
     assert not is_local_source("smallcloudai/Refact-1_6B-fim")
+    # what loading takes for a folder (a bare name, a path with more parts): retried once its files appear
+    assert is_local_source("refact-model") and is_local_source("models/refact/v1")
+    assert not is_local_source(" smallcloudai/Refact-1_6B-fim ")
 
 
 def test_the_files_change_when_one_is_made_readable_or_replaced(tmp_path: Path) -> None:
