@@ -31,3 +31,18 @@ def test_matches_a_plain_loop_on_long_sequences(shared: list[int], a: list[int],
     x, y = shared + a, shared + b
     assert common_prefix_len(x, y) == reference(x, y)
     assert common_prefix_len(y, x) == reference(x, y)
+
+
+@given(
+    length=st.integers(0, 400),
+    other=st.integers(0, 400),
+    differ_at=st.integers(0, 400),
+)
+def test_a_difference_anywhere_in_a_long_sequence(length: int, other: int, differ_at: int) -> None:
+    # one differing item near the head, in the middle or within the last probe; or none (equal prefixes)
+    x = list(range(1000, 1000 + length))
+    y = list(range(1000, 1000 + other))
+    if differ_at < min(length, other):
+        y[differ_at] = -1
+    assert common_prefix_len(x, y) == reference(x, y)
+    assert common_prefix_len(tuple(y), tuple(x)) == reference(x, y)

@@ -95,11 +95,35 @@ class Selection:
 
 @dataclass(eq=False)
 class _Job:
-    """A request's computation, and how many requests wait for it (compared by identity)."""
+    """A request's computation and the requests waiting for its answer (compared by identity).
+
+    The computation hands its answer to each waiter's own future itself (:meth:`answer`): a request
+    resumes on the next turn of the loop, where a done callback on the task (``asyncio.shield``) would
+    take two. :meth:`settle`, the task's done callback, covers a computation that ended otherwise."""
 
     key: tuple[Any, ...]
-    task: asyncio.Future[Suggestion | None]
-    waiters: int = 0
+    task: asyncio.Future[Suggestion | None] | None = None
+    waiters: list[asyncio.Future[Suggestion | None]] = dataclasses.field(default_factory=list)
+
+    def answer(self, suggestion: Suggestion | None) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(suggestion)
+
+    def settle(self, task: asyncio.Future[Suggestion | None]) -> None:
+        for waiter in self.waiters:
+            if waiter.done():
+                continue
+            if task.cancelled():
+                waiter.cancel()
+            elif task.exception() is not None:
+                waiter.set_exception(task.exception())  # type: ignore[arg-type]
+            else:
+                waiter.set_result(task.result())
+
+    def waiting(self) -> bool:
+        """Whether a request still waits for the answer."""
+        return any(not waiter.done() for waiter in self.waiters)
 
 
 @dataclass(frozen=True)
@@ -483,16 +507,21 @@ class CompletionService:
             # supersedes older requests for this document, unless they are for the same place (completion
             # items beside ghost text for the popup's selected item: both current)
             ticket = self.scheduler.ticket(uri, place=place)
-            job = _Job(key, self._start(ticket, uri, line, character, selection))
+            job = _Job(key)
+            job.task = self._start(ticket, uri, line, character, selection, job)
             jobs.append(job)
+            job.task.add_done_callback(job.settle)
             job.task.add_done_callback(functools.partial(self._forget_job, uri, job))
         self._jobs[uri] = jobs
-        job.waiters += 1
         try:
-            suggestion = await asyncio.shield(job.task)
+            if job.task.done():  # nothing to compute (say, the model is not ready)
+                suggestion = job.task.result()
+            else:
+                waiter: asyncio.Future[Suggestion | None] = self.loop.create_future()
+                job.waiters.append(waiter)
+                suggestion = await waiter
         except asyncio.CancelledError:
-            job.waiters -= 1
-            if job.waiters == 0:
+            if not job.waiting():
                 job.task.cancel()
                 self._forget_job(uri, job, None)  # a new identical request must not join a cancelled job
             stats.cancellations += 1
@@ -519,9 +548,15 @@ class CompletionService:
             self._jobs.pop(uri, None)
 
     def _start(
-        self, ticket: Any, uri: str, line: int, character: int, selection: Selection | None
+        self,
+        ticket: Any,
+        uri: str,
+        line: int,
+        character: int,
+        selection: Selection | None,
+        job: _Job,
     ) -> asyncio.Future[Suggestion | None]:
-        """A request's computation, begun now: what it needs of the document is read before the next
+        """``job``'s computation, begun now: what it needs of the document is read before the next
         message is handled (a ``didChange`` right behind the request must not move it)."""
         try:
             prepared = self._prepare(uri, line, character, selection)
@@ -533,7 +568,7 @@ class CompletionService:
             nothing: asyncio.Future[Suggestion | None] = self.loop.create_future()
             nothing.set_result(None)
             return nothing
-        return asyncio.ensure_future(self._computation(ticket, prepared))
+        return asyncio.ensure_future(self._computation(ticket, prepared, job))
 
     def _failed(self, uri: str, line: int, character: int) -> None:
         """Inside ``except``: a request's unexpected error, counted and logged (the answer is empty)."""
@@ -555,25 +590,35 @@ class CompletionService:
         self.stats.record_latency("prompt", (time.perf_counter() - t_prompt) * 1000)
         return _Prepared(req, prompt, self._post_context(req, prompt), t_prompt)
 
-    async def _computation(self, ticket: Any, prepared: _Prepared) -> Suggestion | None:
-        """The work of a request (and of the identical ones that wait for it)."""
+    async def _computation(self, ticket: Any, prepared: _Prepared, job: _Job) -> Suggestion | None:
+        """The work of a request (and of the identical ones that wait for it). The answer goes to the
+        waiting requests at once; the speculation that follows it starts after their responses went out."""
         stats = self.stats
+        suggestion, follow_up = None, None
         try:
-            return await self._complete(ticket, prepared)
+            suggestion, follow_up = await self._complete(ticket, prepared)
         except Skipped as skip:
             if skip.reason == "dropped":
                 stats.dropped += 1
             else:
                 stats.superseded += 1
-            return None
         except Exception:
             req = prepared.req
             self._failed(req.doc.uri, req.line, req.index)
-            return None
         finally:
             ticket.close()
+        self._forget_job(prepared.req.doc.uri, job, None)
+        job.answer(suggestion)
+        if follow_up is not None:
+            # the waiting requests return on the next turn and pygls writes their responses on the one
+            # after (from the handler task's done callback): the speculation starts behind those writes
+            self.loop.call_soon(self.loop.call_soon, follow_up)
+        return suggestion
 
-    async def _complete(self, ticket: Any, prepared: _Prepared) -> Suggestion | None:
+    async def _complete(
+        self, ticket: Any, prepared: _Prepared
+    ) -> tuple[Suggestion | None, Callable[[], None] | None]:
+        """The suggestion, and the speculation to start once it is answered (None: none)."""
         req, prompt, post, t_prompt = prepared.req, prepared.prompt, prepared.post, prepared.t_prompt
         completion: str | None = None
         keys = cursor_keys(prompt, req.line_text, req.index)
@@ -601,11 +646,10 @@ class CompletionService:
         else:
             self.stats.record_latency("hit", (time.perf_counter() - t_prompt) * 1000)
         suggestion = self._suggestion(req, prompt.mode, completion) if completion else None
-        if req.selection is None:  # once the answer is on its way
-            self.loop.call_soon(
-                self._start_speculation, req, prompt.mode, completion if suggestion is not None else None
-            )
-        return suggestion
+        if req.selection is not None:
+            return suggestion, None
+        speculation = completion if suggestion is not None else None
+        return suggestion, functools.partial(self._start_speculation, req, prompt.mode, speculation)
 
     # Speculation ----------------------------------------------------------------------------------
 

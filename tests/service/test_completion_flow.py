@@ -241,6 +241,58 @@ async def test_a_request_identical_to_an_older_one_for_the_same_place_joins_it(e
     service.close()
 
 
+async def test_the_answer_reaches_each_waiting_request_on_the_next_loop_turn(encode) -> None:
+    """From the model's result on the loop to the requests' answers: the computation hands its answer to
+    each waiting request itself, so they resume two turns after the result (its computation's turn, then
+    theirs), not four (``asyncio.shield`` on the computation's task: the task's done callbacks, the outer
+    future's, then the request)."""
+    turns = 0
+
+    async def ticker() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    model = _Model(lambda prompt: "1", hold=True)
+    service = _service(encode, model)
+    delivered: list[int] = []
+    count = service._count
+    service._count = lambda run: (delivered.append(turns), count(run))  # type: ignore[method-assign]
+    service.open(URI, "python", 1, "x = \n")
+    first = asyncio.ensure_future(service.complete(URI, 0, 4))
+    again = asyncio.ensure_future(service.complete(URI, 0, 4))  # ghost text and completion items: joined
+    await _wait(model.started)
+    answered: list[int] = []
+    for request in (first, again):
+        request.add_done_callback(lambda _: answered.append(turns))
+    ticking = asyncio.ensure_future(ticker())
+    model.release.set()
+    answers = await asyncio.wait_for(asyncio.gather(first, again), WAIT_S)
+    ticking.cancel()
+    assert [a.text if a else None for a in answers] == ["1", "1"]
+    assert len(model.runs) == 1
+    # the requests' own done callbacks, which record the turn, run one turn after they return
+    assert [turn - delivered[0] for turn in answered] == [3, 3]
+    service.close()
+
+
+async def test_the_speculation_starts_after_the_response_is_sent(encode) -> None:
+    """pygls runs a request's handler as a task and sends the response from its done callback: the
+    speculation that follows an answer must not start (and take the CPU) before that."""
+    order: list[str] = []
+    service = _service(encode, _Model(lambda prompt: "1"))
+    service._start_speculation = lambda *args: order.append("speculation")  # type: ignore[method-assign]
+    service.open(URI, "python", 1, "x = \n")
+    handler = asyncio.ensure_future(service.complete(URI, 0, 4))
+    handler.add_done_callback(lambda _: order.append("response"))
+    answer = await asyncio.wait_for(handler, WAIT_S)
+    await _until(lambda: "speculation" in order)
+    assert answer is not None and answer.text == "1"
+    assert order == ["response", "speculation"]
+    service.close()
+
+
 async def test_a_download_superseded_by_another_model_is_given_up(tmp_path, monkeypatch) -> None:
     """The model setting changes while the hub download of the one before (GBs) runs: the download stops at
     its next progress update, the new model loads at once, and no error is shown for the one given up."""
