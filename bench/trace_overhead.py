@@ -88,12 +88,12 @@ MARKS: list[tuple[str, list[tuple[str | tuple[str, ...], str]]]] = [
             (
                 "            raw = (await ticket.run("
                 "lambda stop: self._generate(prompt, post, stop), self._count)).text\n",
-                "            _trace.mark('debounced')\n{text}            _trace.mark('result on the loop')\n",
+                f"            {M}('debounced')\n{{text}}            _trace.mark('result on the loop')\n",
             ),
             (
                 "        suggestion = self._suggestion(req, prompt.mode, completion)"
                 " if completion else None\n",
-                "{text}        _trace.mark('post-processed')\n",
+                f"{{text}}        {M}('post-processed')\n",
             ),
         ],
     ),
