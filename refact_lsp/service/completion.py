@@ -607,8 +607,7 @@ class CompletionService:
             self._failed(req.doc.uri, req.line, req.index)
         finally:
             ticket.close()
-        self._forget_job(prepared.req.doc.uri, job, None)
-        job.answer(suggestion)
+        job.answer(suggestion)  # (the task's done callback forgets the job: a done task is never joined)
         if follow_up is not None:
             # the waiting requests return on the next turn and pygls writes their responses on the one
             # after (from the handler task's done callback): the speculation starts behind those writes
