@@ -73,8 +73,8 @@ class CachedEncoder:
 
     ``encoder(text)`` equals ``encode(text)``: the text is cut at safe points and each piece's ids are
     cached, so an unchanged line costs a dict lookup instead of a tokenizer call. The last few whole
-    texts and line counts are remembered too: while the user types on one line, the window's other
-    lines (the same string objects) cost one identity comparison each.
+    texts, joined line lists and line counts are remembered too: while the user types on one line, the
+    window's other lines (the same string objects) cost one pointer comparison each.
     """
 
     def __init__(
@@ -87,6 +87,8 @@ class CachedEncoder:
         self._pieces: dict[str, list[int]] = {}
         self._texts: dict[str, list[int]] = {}
         self._counts: list[tuple[list[str], int]] = []
+        self._joins: list[tuple[list[str], str, str, list[int]]] = []
+        self._longest: list[tuple[list[str], int]] = []
 
     def _piece(self, piece: str) -> list[int]:
         ids = self._pieces.get(piece)
@@ -124,16 +126,29 @@ class CachedEncoder:
     def __call__(self, text: str) -> list[int]:
         return list(self._text_ids(text)) if text else []
 
+    def joined(self, lines: list[str], end: str = "") -> tuple[str, list[int]]:
+        """``text = "\\n".join(lines) + end`` and ``encode(text)`` (shared: do not modify). The last few
+        answers are remembered: lines unchanged since (the same string objects) are neither joined nor
+        hashed again, a pointer comparison each. ``lines`` is kept: pass a list that nothing modifies
+        (a slice), as for :meth:`count_lines` and :meth:`longest`."""
+        for known, known_end, text, ids in self._joins:
+            if known_end == end and known == lines:
+                return text, ids
+        text = "\n".join(lines) + end
+        ids = self._text_ids(text) if text else []
+        self._joins = [(lines, end, text, ids), *self._joins[: WHOLE_TEXTS - 1]]
+        return text, ids
+
     def join(self, lines: list[str], last: str) -> tuple[str, list[int]]:
         """``text = "\\n".join([*lines, last])`` and ``encode(text)``, for a ``last`` without line breaks;
-        ``lines`` unchanged from call to call (the window above the cursor) cost a dict lookup."""
+        ``lines`` unchanged from call to call (the window above the cursor) cost a pointer comparison each."""
         if not lines:
             return last, self(last)
-        head = "\n".join(lines)
+        head, head_ids = self.joined(lines)
         text = f"{head}\n{last}"
         if not _safe_before_newline(head):
             return text, self(text)
-        return text, [*self._text_ids(head), *self._piece("\n" + last)]
+        return text, [*head_ids, *self._piece("\n" + last)]
 
     def count_line(self, line: str) -> int:
         """Tokens that ``line`` adds after a line break (its "\\n" joined to it, as in context)."""
@@ -148,18 +163,27 @@ class CachedEncoder:
         self._counts = [(lines, count), *self._counts[: WHOLE_TEXTS - 1]]
         return count
 
+    def longest(self, lines: list[str]) -> int:
+        """The length of the longest of ``lines`` (0 for none); the last few answers are remembered."""
+        for known, length in self._longest:
+            if known == lines:
+                return length
+        length = max(map(len, lines), default=0)
+        self._longest = [(lines, length), *self._longest[: WHOLE_TEXTS - 1]]
+        return length
+
     def clear(self) -> None:
         self._chars = 0
         self._pieces.clear()
         self._texts.clear()
         self._counts.clear()
+        self._joins.clear()
+        self._longest.clear()
 
 
 @dataclass(frozen=True)
 class Prompt:
     ids: list[int]
-    text: str
-    """The exact prompt with the special tokens written out."""
     mode: Mode
     prefix: str
     suffix: str
@@ -167,6 +191,11 @@ class Prompt:
     """Keep it per document and pass it back as ``window_hint`` (KV-cache reuse)."""
     prefix_cut: int
     """Index in the cursor line where the prefix ends: the cursor, or 0 in column-0 multi-line mode."""
+
+    @property
+    def text(self) -> str:
+        """The exact prompt with the special tokens written out."""
+        return f"<fim_suffix>{self.suffix}<fim_prefix>{self.prefix}<fim_middle>"
 
 
 def completion_mode(
@@ -254,12 +283,13 @@ class _Window:
         """The lines above the cursor line and its left part: the text and its ids."""
         return encoder.join(self.doc_lines[self.first : self.line], self.left)
 
-    def suffix(self) -> str:
+    def suffix(self, encoder: CachedEncoder) -> tuple[str, list[int]]:
+        """The cursor line's right part (multi-line mode) and the lines below it: the text and its ids
+        (shared: do not modify)."""
         below = self.doc_lines[self.line + 1 : self.last + 1]
         parts = [self.right, *below] if self.mode == "multi" else below
         # each document line but the last is followed by a line break
-        text = "\n".join(parts)
-        return text + "\n" if parts and self.last < len(self.doc_lines) - 1 else text
+        return encoder.joined(parts, "\n" if parts and self.last < len(self.doc_lines) - 1 else "")
 
 
 def build_prompt(
@@ -326,8 +356,7 @@ def build_prompt(
         _grow_alternately(win, n, used, budget - budget // WINDOW_HEADROOM, count)
 
     while True:
-        (prefix, prefix_ids), suffix = win.prefix(encoder), win.suffix()
-        suffix_ids = encoder(suffix)
+        (prefix, prefix_ids), (suffix, suffix_ids) = win.prefix(encoder), win.suffix(encoder)
         total = len(prefix_ids) + len(suffix_ids)
         if total <= budget or (win.first == line and win.last == line):
             break
@@ -338,8 +367,7 @@ def build_prompt(
             win.last -= 1
 
     ids = [FIM_SUFFIX_ID, *suffix_ids, FIM_PREFIX_ID, *prefix_ids, FIM_MIDDLE_ID]
-    text = f"<fim_suffix>{suffix}<fim_prefix>{prefix}<fim_middle>"
-    return Prompt(ids, text, mode, prefix, suffix, (win.first, win.last), cut)
+    return Prompt(ids, mode, prefix, suffix, (win.first, win.last), cut)
 
 
 def _grow_alternately(
@@ -386,7 +414,7 @@ def _hinted_window(
     if not 0 <= first <= line <= last:
         return None
     above_lines, below_lines = doc_lines[first:line], doc_lines[line + 1 : last + 1]
-    longest = max(max(map(len, above_lines), default=0), max(map(len, below_lines), default=0))
+    longest = max(encoder.longest(above_lines), encoder.longest(below_lines))
     if longest > max(budget - used, 0) * MAX_CHARS_PER_TOKEN:
         return None  # a line that certainly does not fit
     above, below = encoder.count_lines(above_lines), encoder.count_lines(below_lines)

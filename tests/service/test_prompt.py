@@ -257,8 +257,12 @@ def test_cached_encoder_join_and_count_lines(encode, lines, last):
         text = "\n".join([*lines, last])
         assert cached.join(lines, last) == (text, encode(text))
         assert cached.count_lines(lines) == sum(len(encode("\n" + line)) for line in lines)
+        assert cached.joined(lines, "\n") == ("\n".join(lines) + "\n", encode("\n".join(lines) + "\n"))
+        assert cached.longest(lines) == max(map(len, lines), default=0)
     changed = [*lines[:-1], lines[-1] + "x"] if lines else ["x"]
     assert cached.count_lines(changed) == sum(len(encode("\n" + line)) for line in changed)
+    assert cached.joined(changed) == ("\n".join(changed), encode("\n".join(changed)))
+    assert cached.longest(changed) == max(map(len, changed))
 
 
 def test_cached_encoder_keeps_no_minified_lines_and_a_bounded_total(encode):
