@@ -6,10 +6,10 @@ Each tree (a checkout or worktree, ``.`` for this one) builds the prompts of a t
 a 10,000-line file (the file of ``bench/keystrokes.py --sections overhead``) with the real tokenizer and
 the window kept from keystroke to keystroke, as the server does. Each keystroke is timed twice: right
 after the previous one (warm) and after a pause (``--pause-ms``, what the server sees between keystrokes:
-code and data not touched for a few milliseconds are slow again on a VM). A lock's acquire and release
-is timed the same way, to show how much a pause costs on this machine at all. The trees run in turn in
-fresh processes (``--rounds`` times, alternately); the p50 of each is printed with its ratio to the
-first tree.
+code and data not touched for a few milliseconds are slow again on a VM; ``--spin`` pauses in a busy
+loop instead of a sleep). A lock's acquire and release is timed the same way, to show how much a pause
+costs on this machine at all. The trees run in turn in fresh processes (``--rounds`` times, alternately);
+the p50 of each is printed with its ratio to the first tree.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from refact_lsp.service import prompt
 from refact_lsp.service.prompt import CachedEncoder, build_prompt
 
 tokenizer, source, keys, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) / 1000
+spin = sys.argv[5] == "spin"
 tok = Tokenizer.from_file(tokenizer)
 lines = open(source, encoding="utf-8").read().splitlines()
 big = [lines[i % len(lines)] for i in range(10_000)]
@@ -67,7 +68,13 @@ def typing(wait):
 
 
 warm = typing(lambda: None)
-paused = typing(lambda: time.sleep(pause))
+def spin_for(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+paused = typing(lambda: spin_for(pause) if spin else time.sleep(pause))
 print(json.dumps({"warm": warm, "paused": paused, "module": prompt.__file__}))
 """
 
@@ -75,7 +82,8 @@ print(json.dumps({"warm": warm, "paused": paused, "module": prompt.__file__}))
 def run(tree: Path, args: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     tokenizer = REPO / "tests" / "fixtures" / "tokenizer.json"
-    command = [sys.executable, "-c", CHILD, str(tokenizer), args.file, str(args.keys), str(args.pause_ms)]
+    pause = [str(args.pause_ms), "spin" if args.spin else "sleep"]
+    command = [sys.executable, "-c", CHILD, str(tokenizer), args.file, str(args.keys), *pause]
     out = subprocess.run(command, cwd=tree, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
     found = json.loads(out.strip().splitlines()[-1])
     assert Path(found["module"]).is_relative_to(tree), f"{tree} imported {found['module']}"
@@ -88,13 +96,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--keys", type=int, default=40)
     ap.add_argument("--pause-ms", type=float, default=20.0)
+    ap.add_argument("--spin", action="store_true", help="pause in a busy loop instead of sleeping")
     ap.add_argument("--file", default=str(REPO / "bench" / "data" / "typed_session.py.txt"))
     args = ap.parse_args()
     found: dict[int, list[dict]] = {i: [] for i in range(len(args.trees))}
     for _ in range(args.rounds):
         for i, tree in enumerate(args.trees):
             found[i].append(run(tree.resolve(), args))
-    print(f"{len(args.trees)} tree(s), {args.rounds} round(s), {args.keys} keys, pause {args.pause_ms} ms")
+    how = "spinning" if args.spin else "sleeping"
+    print(f"{len(args.trees)} tree(s), {args.rounds} round(s), {args.keys} keys, {args.pause_ms} ms {how}")
     print(f"{'tree':30}  {'prompt warm':>12}  {'after pause':>12}  {'lock warm':>10}  {'after pause':>12}")
     base: tuple[float, float] | None = None
     for i, tree in enumerate(args.trees):
