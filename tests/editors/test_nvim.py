@@ -650,6 +650,59 @@ def test_a_buffer_without_a_name_is_not_attached(nvim: Any) -> None:
     nvim.command("bwipeout! #")
 
 
+def _server_prompt(editor: Any, uri: str, line: int, character: int) -> str:
+    """``refact.prompt`` at a position of ``uri`` as the server holds it: the prompt, or the error."""
+    return editor.exec_lua(
+        """
+        local uri, line, character = ...
+        local c = vim.lsp.get_clients({ name = 'refact' })[1]
+        local position = { textDocument = { uri = uri }, position = { line = line, character = character } }
+        local params = { command = 'refact.prompt', arguments = { position } }
+        local r = c:request_sync('workspace/executeCommand', params, 5000, vim.api.nvim_get_current_buf())
+        if r == nil then return 'no answer' end
+        if r.err then return 'error: ' .. r.err.message end
+        return r.result and r.result.prompt or 'no prompt'
+        """,
+        uri,
+        line,
+        character,
+    )
+
+
+def test_a_buffer_is_on_the_server_under_the_name_it_gets(nvim: Any) -> None:
+    """Neovim 0.11 keeps sending a renamed buffer under its old URI, and never started the client in a
+    buffer without a name: the server held the old name and knew nothing of the new one. ``:write name``
+    in a nameless buffer starts it, and ``:file`` moves the document to the new name."""
+    _leave_insert(nvim)
+    nvim.command("enew")
+    nvim.current.buffer[:] = ["def add(a, b):", "    return "]
+    nvim.command("setfiletype python")
+    time.sleep(0.5)
+    assert _client_info(nvim) is None
+    nvim.command("write named_by_write.py")
+    _wait(lambda: _client_info(nvim), "refact-lsp to attach after :write name")
+    written = nvim.exec_lua("return vim.uri_from_bufnr(0)")
+    assert written.endswith("/named_by_write.py")
+    end = len("    return ")
+    assert _wait(
+        lambda: (
+            "<fim_prefix>def add(a, b):\n    return <fim_middle>" in _server_prompt(nvim, written, 1, end)
+        ),
+        "the text",
+    )
+
+    nvim.command("file renamed_by_file.py")
+    renamed = nvim.exec_lua("return vim.uri_from_bufnr(0)")
+    assert renamed.endswith("/renamed_by_file.py")
+    _wait(lambda: _client_info(nvim), "refact-lsp to attach again after :file name")
+    nvim.current.buffer[1] = "    return a"  # reaches the server as a change of the new name
+    _wait(
+        lambda: _server_prompt(nvim, renamed, 1, end + 1).endswith("    return a<fim_middle>"), "the change"
+    )
+    assert _server_prompt(nvim, written, 1, end).startswith("error: document not open")
+    nvim.command("bwipeout!")
+
+
 def test_a_suggestion_comes_without_an_edit(nvim: Any) -> None:
     """As in Copilot: on entering insert mode and after moving the cursor, not only after typing; not
     asked again while nothing changes."""

@@ -7,13 +7,31 @@ vim.g.loaded_refact = true
 
 vim.api.nvim_set_hl(0, 'RefactGhost', { link = 'Comment', default = true })
 
+local group = vim.api.nvim_create_augroup('refact', { clear = true })
+
 vim.api.nvim_create_autocmd('LspAttach', {
-  group = vim.api.nvim_create_augroup('refact', { clear = true }),
+  group = group,
   callback = function(args)
     local refact = require('refact')
     local client = vim.lsp.get_client_by_id(args.data.client_id)
     if refact.is_refact(client) then
       refact.attach(client, args.buf)
+    end
+  end,
+})
+
+-- Renamed buffers, and buffers that get their first name (lua/refact/rename.lua)
+vim.api.nvim_create_autocmd('BufFilePre', {
+  group = group,
+  callback = function(args)
+    require('refact.rename').before(args.buf)
+  end,
+})
+vim.api.nvim_create_autocmd({ 'BufFilePost', 'BufAdd' }, {
+  group = group,
+  callback = function(args)
+    if package.loaded['refact.rename'] then -- (else no client was ever configured: nothing to do)
+      require('refact.rename').after(args.buf)
     end
   end,
 })

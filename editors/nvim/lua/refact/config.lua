@@ -17,10 +17,15 @@ end
 
 --- Whether the client starts for `bufnr` (`root_dir` of vim.lsp.config): not in a buffer without a name,
 --- which Neovim sends as `file://`, one URI for all of them (two would overwrite each other's text on the
---- server). The root is then found from `root_markers`.
+--- server); it starts there once the buffer has a name (`refact.rename`). The root is then found from
+--- `root_markers`.
 function M.root_dir(bufnr, on_dir)
+  local nameless = require('refact.rename').nameless
   if vim.api.nvim_buf_get_name(bufnr) ~= '' then
+    nameless[bufnr] = nil
     on_dir()
+  else
+    nameless[bufnr] = true
   end
 end
 
