@@ -116,11 +116,22 @@ when set with `setq'."
   "Non-nil if ENTRY of `eglot-server-programs' is the one this package added."
   (eq (cdr-safe entry) #'refact-lsp--contact))
 
+(defconst refact-lsp--language-ids
+  '((js-json-mode . "json") (js-jsx-mode . "javascriptreact")
+    (cperl-mode . "perl") (objc-mode . "objective-c")
+    (opascal-mode . "pascal") (delphi-mode . "pascal") (go-mod-ts-mode . "go.mod")
+    (makefile-gmake-mode . "makefile") (makefile-bsdmake-mode . "makefile")
+    (makefile-automake-mode . "makefile") (makefile-makepp-mode . "makefile")
+    (makefile-imake-mode . "makefile"))
+  "LSP languageIds of major modes served through `prog-mode' whose names do not
+give it (`js-json-mode' is JSON, not \"js-json\").")
+
 (defun refact-lsp--language-id (language-id-function &rest args)
   "Around `eglot--languageId': a buffer's own language where it is served
 through the catch-all `prog-mode' entry, not \"prog\".  The languageId of
 its major mode instead (`css-mode' gives \"css\", `emacs-lisp-mode'
-\"emacs-lisp\"), as eglot derives it for a listed mode: the server's
+\"emacs-lisp\", `js-json-mode' \"json\": see `refact-lsp--language-ids'), as
+eglot derives it for a listed mode: the server's
 `languages' setting and its idea of a word (names with \"-\" in CSS and
 Lisp) depend on it.  LANGUAGE-ID-FUNCTION is the advised function, ARGS its
 arguments."
@@ -128,6 +139,7 @@ arguments."
     (if (and (equal id "prog")
              (cl-typep (or (car args) (eglot-current-server)) 'refact-lsp-server))
         (or (get major-mode 'eglot-language-id)
+            (alist-get major-mode refact-lsp--language-ids)
             (replace-regexp-in-string "\\(?:-ts\\)?-mode\\'" ""
                                       (symbol-name major-mode)))
       id)))

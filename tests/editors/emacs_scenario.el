@@ -152,6 +152,14 @@ they are, without the characters that overlays hide (`display' \"\" or `invisibl
                       (scenario-buffer-text))))
     (list :css css :elisp elisp)))
 
+(scenario-step "language_ids"
+  ;; the languageId eglot sends (didOpen) for modes served through the catch-all prog-mode entry whose
+  ;; names do not give it, and for one whose name does
+  (cl-loop for (file mode) in '(("data.json" js-json-mode) ("GNUmakefile" makefile-gmake-mode)
+                                ("script.pl" cperl-mode) ("style.css" css-mode))
+           append (progn (scenario-open file "x" mode)
+                         (list (intern (format ":%s" mode)) (eglot--languageId)))))
+
 (scenario-step "unmanaged"
   ;; a buffer eglot does not manage, in the project and mode of the running server (*scratch*-like):
   ;; the commands say so, and the inline mode's idle request does nothing

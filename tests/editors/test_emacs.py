@@ -125,6 +125,17 @@ def test_completion_at_point_completes_names_with_dashes_in_css_and_lisp(
     assert step == {"css": f"a {{\n  background-co{text}", "elisp": f"(defun f ()\n  (my-fu{text}"}
 
 
+def test_modes_served_through_prog_mode_send_their_lsp_language_id(results: dict) -> None:
+    """``js-json-mode`` was sent as "js-json" (the mode's name): the server's ``languages`` setting knows
+    JSON as "json"."""
+    assert _step(results, "language_ids") == {
+        "js-json-mode": "json",
+        "makefile-gmake-mode": "makefile",
+        "cperl-mode": "perl",
+        "css-mode": "css",
+    }
+
+
 def test_commands_in_a_buffer_eglot_does_not_manage_say_so(results: dict) -> None:
     step = _step(results, "unmanaged")
     assert step == {
