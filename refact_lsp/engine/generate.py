@@ -30,6 +30,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from refact_lsp.dev.faults import maybe_inject
 from refact_lsp.engine import triton_decode
 from refact_lsp.engine.cuda_graph import DecodeGraph, greedy_pick, picked_token
+from refact_lsp.engine.inference_mode import inference
 from refact_lsp.engine.kv_cache import KVCache
 from refact_lsp.engine.loading import LoadedModel
 from refact_lsp.engine.readback import PickReadback
@@ -381,7 +382,7 @@ class Generator:
             self.cuda_graphs = self.compile_decode = False  # compiling is for a captured step only
             return None
 
-    @torch.inference_mode()
+    @inference
     def generate(
         self,
         request: GenerationRequest,

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Literal
 
+from refact_lsp.engine import inference_mode
 from refact_lsp.engine.generate import GenerationRequest, GenerationResult, Generator
 from refact_lsp.engine.loading import (
     LoadedModel,
@@ -32,7 +33,11 @@ class ModelRunner:
         self,
         on_progress: ProgressCallback | None = None,
         on_state: Callable[[RunnerState], None] | None = None,
+        keep_inference_mode: bool = False,
     ):
+        """``keep_inference_mode``: the thread that generates stays in inference mode between generations,
+        until it loads a model (:mod:`refact_lsp.engine.inference_mode`): for a server's one generation
+        thread, which also does the loading."""
         self._on_progress = on_progress
         self._on_state = on_state
         self.state: RunnerState = "unloaded"
@@ -42,6 +47,7 @@ class ModelRunner:
         self._generator: Generator | None = None
         self._gen_lock = threading.Lock()  # one generation at a time on the device
         self._load_lock = threading.Lock()
+        self._keep_inference_mode = keep_inference_mode
 
     @property
     def loaded(self) -> LoadedModel | None:
@@ -73,6 +79,7 @@ class ModelRunner:
 
     def load(self, spec: ModelSpec) -> None:
         """Load ``spec``, replacing any loaded model. Raises :class:`ModelLoadError` (``state`` "error")."""
+        inference_mode.leave()  # the weights must not be inference tensors
         with self._load_lock:
             self.spec = spec
             self._set_state("loading" if is_local_source(spec.source) else "downloading")
@@ -115,6 +122,8 @@ class ModelRunner:
         try:
             if self._generator is None:
                 raise RuntimeError(f"model not ready (state: {self.state})")
+            if self._keep_inference_mode:
+                inference_mode.keep()
             return self._generator.generate(request, should_stop=cancel.is_set, on_token=on_token)
         finally:
             self._gen_lock.release()

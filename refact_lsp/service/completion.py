@@ -337,7 +337,9 @@ class CompletionService:
 
         model, device, dtype, allow_pickle = key
         if self._runner is None:
-            self._runner = ModelRunner(on_progress=self._on_progress, on_state=self._on_state)
+            self._runner = ModelRunner(
+                on_progress=self._on_progress, on_state=self._on_state, keep_inference_mode=True
+            )
 
         def superseded() -> bool:  # asked on the engine's threads (the download's too)
             return generation != self._load_generation

@@ -308,3 +308,32 @@ def test_a_character_cut_off_by_the_end_is_dropped_not_replaced(tokenizer) -> No
         stream.push(tok)
     stream.finish()
     assert stream.text == 'print("' == "".join(chunks)
+
+
+def test_a_kept_inference_mode_lasts_from_a_generation_to_the_next_load(scripted_ckpt, script_text) -> None:
+    """The server's runner leaves its generation thread in inference mode after a generation (no entering
+    and leaving it on each request), generates the same, and leaves it before loading: weights loaded in
+    it would be inference tensors. Other threads are untouched."""
+    found: dict[str, object] = {}
+
+    def on_the_generation_thread() -> None:
+        runner = ModelRunner(keep_inference_mode=True)
+        spec = ModelSpec(str(scripted_ckpt), device="cpu")
+        runner.load(spec)
+        prompt = fim(runner.tokenizer, "x = 1\n", "\nfoo()")
+        found["before"] = torch.is_inference_mode_enabled()
+        found["texts"] = [runner.generate(greedy(prompt, max_new_tokens=100), threading.Event()).text]
+        found["kept"] = torch.is_inference_mode_enabled()
+        found["texts"].append(runner.generate(greedy(prompt, max_new_tokens=100), threading.Event()).text)
+        runner.load(spec)
+        found["after_load"] = torch.is_inference_mode_enabled()
+        found["inference_weights"] = any(p.is_inference() for p in runner.loaded.model.parameters())
+        found["texts"].append(runner.generate(greedy(prompt, max_new_tokens=100), threading.Event()).text)
+
+    thread = threading.Thread(target=on_the_generation_thread)
+    thread.start()
+    thread.join(timeout=120)
+    assert (found["before"], found["kept"], found["after_load"]) == (False, True, False)
+    assert found["inference_weights"] is False
+    assert found["texts"] == [script_text] * 3
+    assert not torch.is_inference_mode_enabled()
