@@ -638,8 +638,8 @@ class CompletionService:
             raw = (await ticket.run(lambda stop: self._generate(prompt, post, stop), self._count)).text
             if ticket.superseded:
                 raise Skipped("superseded")
-            if raw is None:
-                return None
+            if raw is None:  # stopped without text: the document closed, the model switched, no memory
+                return None, None
             completion = postprocess(raw, post)
             rest = cursor_relative(completion, req.line_text, req.index, prompt.prefix_cut)
             if settings.completionCache and rest and self._cacheable(settings, generation):

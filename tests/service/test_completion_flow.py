@@ -339,3 +339,15 @@ async def test_a_download_superseded_by_another_model_is_given_up(tmp_path, monk
     assert [args for name, args in events.log if name == "model_loaded"] == [(folder, None)]
     service.close()
     gc.unfreeze()  # the runner froze the loaded model (gc.freeze): let the interpreter free it at exit
+
+
+async def test_a_run_that_ends_without_text_is_an_empty_answer_not_an_error(encode, caplog) -> None:
+    """A run stopped without text (the document closed during it, the model switched, out of memory twice)
+    answers nothing; it is no failure to log with a traceback."""
+    service = _service(encode, _Model(lambda prompt: None))  # type: ignore[arg-type,return-value]
+    service.open(URI, "python", 1, "x = \n")
+    with caplog.at_level("ERROR"):
+        assert await asyncio.wait_for(service.complete(URI, 0, 4), WAIT_S) is None
+    assert service.stats.errors == 0
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+    service.close()
