@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -28,14 +29,27 @@ def capability(request) -> int:
 
 
 @pytest.fixture(scope="module")
-def reports(capability) -> list[dict]:
+def compiles() -> Iterator[dict[int, subprocess.Popen]]:
+    """The compilations for every capability, started at once (each is one busy core for 30-50 s)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # compiled, not interpreted
-    out = subprocess.run(
-        [sys.executable, "-m", "refact_lsp.dev.hopper_kernels", "--json", "--capability", str(capability)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)
+    command = [sys.executable, "-m", "refact_lsp.dev.hopper_kernels", "--json", "--capability"]
+    started = {
+        capability: subprocess.Popen(
+            [*command, str(capability)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for capability in CAPABILITIES
+    }
+    yield started
+    for process in started.values():
+        process.kill()
+        process.communicate()
+
+
+@pytest.fixture(scope="module")
+def reports(compiles, capability) -> list[dict]:
+    out, err = compiles[capability].communicate(timeout=300)
+    assert compiles[capability].returncode == 0, err[-3000:]
+    return json.loads(out)
 
 
 def test_every_kernel_call_compiles(reports) -> None:
