@@ -457,18 +457,24 @@ async def hit_section(client: Client, runs: dict[str, Run]) -> None:
         )
 
 
+def overhead_document(source: str) -> tuple[list[str], int, str]:
+    """The overhead section's file: ``source``'s lines repeated to 10,000, an empty line inserted before
+    the first code line from the middle on, and what is typed on it (at that code line's indentation)."""
+    lines = source.splitlines()
+    big = [lines[i % len(lines)] for i in range(10_000)]
+    at_line = 5_000
+    while not big[at_line].strip() or big[at_line].strip().startswith(("#", '"')):
+        at_line += 1
+    big.insert(at_line, "")
+    indent = big[at_line + 1][: len(big[at_line + 1]) - len(big[at_line + 1].lstrip())]
+    return big, at_line, indent + "value = compute(items, key=lambda item: item.name)"
+
+
 async def overhead_section(client: Client, args, source: str) -> None:
     with section("server overhead apart from the model, 10,000-line file"):
-        lines = source.splitlines()
-        big = [lines[i % len(lines)] for i in range(10_000)]
-        at_line = 5_000
-        while not big[at_line].strip() or big[at_line].strip().startswith(("#", '"')):
-            at_line += 1
-        big.insert(at_line, "")
+        big, at_line, typed = overhead_document(source)
         text = "\n".join(big) + "\n"
         cursor = sum(len(x) + 1 for x in big[:at_line])
-        indent = big[at_line + 1][: len(big[at_line + 1]) - len(big[at_line + 1].lstrip())]
-        typed = indent + "value = compute(items, key=lambda item: item.name)"
         uri = "file:///bench/overhead/big.py"
         client.configure({**base_settings(args), **DEFAULT})
         await asyncio.sleep(0.2)

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from keystrokes import overhead_document
+
 REPO = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -30,17 +32,9 @@ from tokenizers import Tokenizer
 from refact_lsp.service import prompt
 from refact_lsp.service.prompt import CachedEncoder, build_prompt
 
-tokenizer, source, keys, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]) / 1000
-spin = sys.argv[5] == "spin"
-tok = Tokenizer.from_file(tokenizer)
-lines = open(source, encoding="utf-8").read().splitlines()
-big = [lines[i % len(lines)] for i in range(10_000)]
-at = 5_000
-while not big[at].strip() or big[at].strip().startswith(("#", '"')):
-    at += 1
-indent = big[at + 1][: len(big[at + 1]) - len(big[at + 1].lstrip())]
-typed = indent + "value = compute(items, key=lambda item: item.name)"
-big.insert(at, "")
+job = json.load(sys.stdin)  # tokenizer, lines, at, typed, keys, pause_s, spin
+tok = Tokenizer.from_file(job["tokenizer"])
+lines, at, typed = job["lines"], job["at"], job["typed"]
 lock = threading.Lock()
 
 
@@ -49,10 +43,16 @@ def lock_op():
     lock.release()
 
 
+def spin_for(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def typing(wait):
     encoder = CachedEncoder(lambda text: tok.encode(text, add_special_tokens=False).ids)
-    doc, window, prompt_ms, lock_us = list(big), None, [], []
-    for i in range(min(keys, len(typed))):
+    doc, window, prompt_ms, lock_us = list(lines), None, [], []
+    for i in range(min(job["keys"], len(typed))):
         doc[at] = typed[: i + 1]
         wait()
         t = time.perf_counter()
@@ -67,25 +67,19 @@ def typing(wait):
     return statistics.median(prompt_ms[skip:]), statistics.median(lock_us[skip:])
 
 
+pause = job["pause_s"]
 warm = typing(lambda: None)
-def spin_for(seconds):
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
-paused = typing(lambda: spin_for(pause) if spin else time.sleep(pause))
+paused = typing(lambda: spin_for(pause) if job["spin"] else time.sleep(pause))
 print(json.dumps({"warm": warm, "paused": paused, "module": prompt.__file__}))
 """
 
 
-def run(tree: Path, args: argparse.Namespace) -> dict:
+def run(tree: Path, job: str) -> dict:
+    """``CHILD`` on ``job`` (JSON) with ``tree``'s package."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    tokenizer = REPO / "tests" / "fixtures" / "tokenizer.json"
-    pause = [str(args.pause_ms), "spin" if args.spin else "sleep"]
-    command = [sys.executable, "-c", CHILD, str(tokenizer), args.file, str(args.keys), *pause]
-    out = subprocess.run(command, cwd=tree, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
-    found = json.loads(out.strip().splitlines()[-1])
+    command = [sys.executable, "-c", CHILD]
+    out = subprocess.run(command, cwd=tree, env=env, input=job, check=True, stdout=subprocess.PIPE, text=True)
+    found = json.loads(out.stdout.strip().splitlines()[-1])
     assert Path(found["module"]).is_relative_to(tree), f"{tree} imported {found['module']}"
     return found
 
@@ -99,10 +93,16 @@ def main() -> None:
     ap.add_argument("--spin", action="store_true", help="pause in a busy loop instead of sleeping")
     ap.add_argument("--file", default=str(REPO / "bench" / "data" / "typed_session.py.txt"))
     args = ap.parse_args()
+    lines, at, typed = overhead_document(Path(args.file).read_text("utf-8"))
+    tokenizer = str(REPO / "tests" / "fixtures" / "tokenizer.json")
+    job = json.dumps(
+        {"tokenizer": tokenizer, "lines": lines, "at": at, "typed": typed, "keys": args.keys,
+         "pause_s": args.pause_ms / 1000, "spin": args.spin}
+    )  # fmt: skip
     found: dict[int, list[dict]] = {i: [] for i in range(len(args.trees))}
     for _ in range(args.rounds):
         for i, tree in enumerate(args.trees):
-            found[i].append(run(tree.resolve(), args))
+            found[i].append(run(tree.resolve(), job))
     how = "spinning" if args.spin else "sleeping"
     print(f"{len(args.trees)} tree(s), {args.rounds} round(s), {args.keys} keys, {args.pause_ms} ms {how}")
     print(f"{'tree':30}  {'prompt warm':>12}  {'after pause':>12}  {'lock warm':>10}  {'after pause':>12}")
