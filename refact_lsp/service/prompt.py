@@ -13,9 +13,10 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 Mode = Literal["single", "multi"]
+T = TypeVar("T")
 Window = tuple[int, int]
 """(first_line, last_line), inclusive: the document lines that the prompt draws on."""
 
@@ -68,6 +69,26 @@ MAX_CACHED_PIECE = 4096
 """Longer pieces (a minified line, a probe of ``_fit_tail``) are tokenized each time, not cached."""
 
 
+class _Recent:
+    """The last ``WHOLE_TEXTS`` answers for keys of line lists, found by ``==``: lines unchanged since (the
+    same string objects) cost a pointer comparison each. A key is kept: pass lists nothing modifies
+    (slices)."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Any, Any]] = []
+
+    def get(self, key: Any, compute: Callable[[], T]) -> T:
+        for known, value in self._items:
+            if known == key:
+                return value
+        value = compute()
+        self._items = [(key, value), *self._items[: WHOLE_TEXTS - 1]]
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
 class CachedEncoder:
     """``encode`` with a bounded cache of line-sized pieces, shared by all documents of one tokenizer.
 
@@ -86,9 +107,9 @@ class CachedEncoder:
         self._chars = 0  # of the cached pieces
         self._pieces: dict[str, list[int]] = {}
         self._texts: dict[str, list[int]] = {}
-        self._counts: list[tuple[list[str], int]] = []
-        self._joins: list[tuple[list[str], str, str, list[int]]] = []
-        self._longest: list[tuple[list[str], int]] = []
+        self._counts = _Recent()
+        self._joins = _Recent()
+        self._longest = _Recent()
 
     def _piece(self, piece: str) -> list[int]:
         ids = self._pieces.get(piece)
@@ -131,13 +152,12 @@ class CachedEncoder:
         answers are remembered: lines unchanged since (the same string objects) are neither joined nor
         hashed again, a pointer comparison each. ``lines`` is kept: pass a list that nothing modifies
         (a slice), as for :meth:`count_lines` and :meth:`longest`."""
-        for known, known_end, text, ids in self._joins:
-            if known_end == end and known == lines:
-                return text, ids
-        text = "\n".join(lines) + end
-        ids = self._text_ids(text) if text else []
-        self._joins = [(lines, end, text, ids), *self._joins[: WHOLE_TEXTS - 1]]
-        return text, ids
+
+        def join() -> tuple[str, list[int]]:
+            text = "\n".join(lines) + end
+            return text, self._text_ids(text) if text else []
+
+        return self._joins.get((end, lines), join)
 
     def join(self, lines: list[str], last: str) -> tuple[str, list[int]]:
         """``text = "\\n".join([*lines, last])`` and ``encode(text)``, for a ``last`` without line breaks;
@@ -156,21 +176,11 @@ class CachedEncoder:
 
     def count_lines(self, lines: list[str]) -> int:
         """``sum(count_line(line) for line in lines)``; the last few answers are remembered."""
-        for known, count in self._counts:
-            if known == lines:  # the same string objects: a pointer comparison per line
-                return count
-        count = sum(map(len, self._ids_of(["\n" + line for line in lines])))
-        self._counts = [(lines, count), *self._counts[: WHOLE_TEXTS - 1]]
-        return count
+        return self._counts.get(lines, lambda: sum(map(len, self._ids_of(["\n" + line for line in lines]))))
 
     def longest(self, lines: list[str]) -> int:
         """The length of the longest of ``lines`` (0 for none); the last few answers are remembered."""
-        for known, length in self._longest:
-            if known == lines:
-                return length
-        length = max(map(len, lines), default=0)
-        self._longest = [(lines, length), *self._longest[: WHOLE_TEXTS - 1]]
-        return length
+        return self._longest.get(lines, lambda: max(map(len, lines), default=0))
 
     def clear(self) -> None:
         self._chars = 0
