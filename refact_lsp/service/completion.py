@@ -68,6 +68,10 @@ class ServiceError(Exception):
     """A request the service cannot serve as asked (bad settings, bad arguments): a clear message."""
 
 
+class NotReady(ServiceError):
+    """A request that is right but comes too early: the model is not loaded (yet)."""
+
+
 class ServiceEvents(Protocol):
     """What the protocol layer does with model events (always called on the event loop)."""
 
@@ -478,7 +482,7 @@ class CompletionService:
         if uri not in self.documents:
             raise ServiceError(f"document not open: {uri}")
         if not self.ready:
-            raise ServiceError(f"the model is not ready (state {self._model_state})")
+            raise NotReady(f"the model is not ready (state {self._model_state})")
         req = self._resolve(uri, line, character)
         assert req is not None
         mode = self._mode(req)
@@ -668,7 +672,14 @@ class CompletionService:
         """Runs on an idle worker only; any request or change preempts it (see ``Scheduler.idle_ticket``)."""
         await asyncio.sleep(SPECULATION_GRACE_S)  # the answer goes out and is drawn first
         if completion:
-            edit = line_edit(req.line_text, req.line, req.index, completion, mode)  # type: ignore[arg-type]
+            edit = line_edit(
+                req.line_text,
+                req.line,
+                req.index,
+                completion,
+                mode,
+                language_id=req.doc.language_id,  # type: ignore[arg-type]
+            )
             if edit is not None:
                 done = await self._speculate_after(
                     req, edit.start_index, edit.end_index, edit.new_text, SPECULATIVE_MAX_PREFILL
@@ -798,7 +809,7 @@ class CompletionService:
 
     def _suggestion(self, req: _Request, mode: str, completion: str) -> Suggestion | None:
         doc = req.doc
-        edit = line_edit(req.line_text, req.line, req.index, completion, mode, doc.eol)
+        edit = line_edit(req.line_text, req.line, req.index, completion, mode, doc.eol, doc.language_id)
         if edit is None:
             return None
         start, end, text = edit.start_index, edit.end_index, edit.new_text

@@ -4,10 +4,13 @@ The range stays on the cursor line, in Python str indices (convert with ``Edit.l
 - auto-closed characters right of the cursor that the completion types again are covered by the range
   end, so nothing is doubled (``foo(|)`` + ``a, b)`` -> ``foo(a, b)``), and so is the rest of the line
   when the completion ends with it (``def f(|):`` + ``x):`` -> ``def f(x):``);
-- in column-0 multi-line mode the model wrote whole lines, indentation included, so the range starts at
-  column 0 and replaces the indentation already typed. VS Code shows an inline item only when its
-  insert text starts with the document text between the range start and the cursor; a model line
-  indented at least as deep as what was typed satisfies that.
+- auto-closed characters are read as the contexts the cursor is in, so that the closers of an f-string's
+  or template literal's interpolation count (``f"{|}"`` + ``name}"`` -> ``f"{name}"``), and quotes and
+  brackets in the completion's line comments do not (``#``, and ``//`` where it is no operator);
+- in column-0 multi-line mode (a blank cursor line) the model wrote whole lines, indentation included, so
+  the range starts at column 0 and replaces the indentation already typed. VS Code shows an inline item
+  only when its insert text starts with the document text between the range start and the cursor; a
+  model line indented at least as deep as what was typed satisfies that.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from refact_lsp.service.positions import lsp_character
-from refact_lsp.service.prompt import Mode
+from refact_lsp.service.prompt import Mode, prefix_cut
 
 AUTO_CLOSED = ")]}\"'`;"
 _OPENERS = {")": "(", "]": "[", "}": "{"}
@@ -49,37 +52,46 @@ class CompletionItemEdit:
     edit: Edit
 
 
-def column0(line_text: str, index: int, mode: Mode) -> bool:
-    """True when the prompt's prefix ended at column 0: multi-line, only whitespace left of the cursor."""
-    return mode == "multi" and not line_text[:index].strip()
-
-
 QUOTES = "\"'`"
+SLASH_OPERATOR_LANGUAGES = frozenset({"python", "perl", "lua"})
+"""Languages where `` // `` is an operator (floor division, defined-or), not a line comment."""
 
 
-def _closing_events(completion: str, quote: str | None) -> str | None:
-    """The characters of ``completion`` that close what was opened before it, in order: a closing bracket
-    without its opener in the completion, the ``quote`` that ends the string the cursor is in (when it is
-    in one), and a ``;`` outside the brackets and strings the completion opens. Escaped characters and
-    the insides of the completion's own strings do not count. None when the completion ends inside a
-    string it opened (the characters right of the cursor then close that one)."""
+def _line_comments(language_id: str) -> tuple[str, ...]:
+    """What starts a line comment in the completion's code (with a space on each side, as written)."""
+    return (" # ",) if language_id in SLASH_OPERATOR_LANGUAGES else (" # ", " // ")
+
+
+def _closing_events(completion: str, run: str, language_id: str = "") -> str | None:
+    """The characters of ``completion`` that close what was opened before it, in order.
+
+    ``run`` is the auto-closed text right of the cursor: its brackets and quotes are the contexts the
+    cursor is in, innermost first (``}")`` in ``print(f"{|}")``: code in an interpolation, in a string, in
+    a call). A closing bracket without its opener in the completion, the quote that ends a string the
+    cursor is in, and a ``;`` outside the brackets and strings the completion opens are such events. In
+    a string begun before the cursor the completion's characters are text up to its quote; escaped
+    characters, the completion's own strings and its line comments do not count. None when the
+    completion ends inside a string it opened (the characters right of the cursor then close that one)."""
     events: list[str] = []
-    stack: list[str] = []
-    string, outer, escaped = quote, quote is not None, False  # the string being read, begun before?
+    outer = [ch for ch in run if ch in QUOTES or ch in _OPENERS]  # begun before the cursor, innermost first
+    stack: list[str] = []  # brackets the completion opened
+    string: str | None = None  # a string the completion opened
+    escaped = False
+    comments = _line_comments(language_id)
     for i, ch in enumerate(completion):
-        if ch == "#" and string is None and completion[i - 1 : i + 2] == " # ":
-            break  # a comment (`x)  # don't`): its quotes and brackets are prose
-        if string is not None:
+        in_outer = string is None and not stack and bool(outer) and outer[0] in QUOTES
+        if string is not None or in_outer:
+            quote = string if string is not None else outer[0]
             if escaped:
                 escaped = False
             elif ch == "\\":
                 escaped = True
-            elif ch == string:
-                if outer:
-                    events.append(ch)
-                string, outer = None, False
-            elif ch == "\n" and string != "`":
-                string, outer = None, False  # such a string ends with its line
+            elif ch == quote or (ch == "\n" and quote != "`"):  # (such a string ends with its line)
+                if string is None:
+                    if ch == quote:
+                        events.append(ch)
+                    outer.pop(0)
+                string = None
         elif ch in QUOTES:
             string = ch
         elif ch in "([{":
@@ -89,22 +101,30 @@ def _closing_events(completion: str, quote: str | None) -> str | None:
                 stack.pop()
             elif not stack:
                 events.append(ch)
+                if outer and outer[0] == ch:
+                    outer.pop(0)
         elif ch == ";" and not stack:
             events.append(ch)
-    return None if string is not None and not outer else "".join(events)
+        elif i and any(completion.startswith(comment, i - 1) for comment in comments if comment[1] == ch):
+            break  # a comment (`x)  # don't`): its quotes and brackets are prose
+    return None if string is not None else "".join(events)
 
 
-def covered_closers(completion: str, right: str) -> int:
+def _auto_closed_run(right: str) -> int:
+    """How many characters at the start of ``right`` are auto-closed ones (``AUTO_CLOSED``)."""
+    return len(right) - len(right.lstrip(AUTO_CLOSED))
+
+
+def covered_closers(completion: str, right: str, language_id: str = "") -> int:
     """How many auto-closed characters at the start of ``right`` the completion types again: they are
     the first of its closing characters (``_closing_events``), at its end or before more text
     (``def f(|)`` + ``x):``: single-line prompts leave the rest of the line out, so the model writes
     the closer itself and goes on). A ``;`` or a bracket inside what the completion opens is not one.
     """
-    run = len(right) - len(right.lstrip(AUTO_CLOSED))
+    run = _auto_closed_run(right)
     if not run:
         return 0
-    quote = next((ch for ch in right[:run] if ch in QUOTES), None)  # the cursor is in that string
-    events = _closing_events(completion, quote)
+    events = _closing_events(completion, right[:run], language_id)
     if events is None:
         return 0
     for k in range(run, 0, -1):
@@ -114,28 +134,36 @@ def covered_closers(completion: str, right: str) -> int:
     return 0
 
 
-def covered_end(completion: str, right: str) -> int:
+def covered_end(completion: str, right: str, language_id: str = "") -> int:
     """How many characters of ``right`` (the cursor line right of the cursor) the edit replaces: the
-    ``covered_closers``, or the whole non-blank rest of the line when the completion covers at least one
-    closer and ends with exactly that rest (``def f(|):`` + ``x):``: a single-line prompt leaves the
-    ``:`` out, so the model wrote the line's end itself). ``print(|)`` + ``f(x)`` covers nothing.
+    ``covered_closers``, or the whole non-blank rest of the line when the completion covers all the
+    auto-closed characters and ends with exactly that rest (``def f(|):`` + ``x):``: a single-line
+    prompt leaves the ``:`` out, so the model wrote the line's end itself). ``print(|)`` + ``f(x)``
+    covers nothing; ``print(len(|))`` + ``items())`` covers one ``)``, not both.
     """
-    covered = covered_closers(completion, right)
+    covered = covered_closers(completion, right, language_id)
     rest = right.rstrip()
-    if covered and len(rest) > covered and completion.rstrip().endswith(rest):
+    if covered == _auto_closed_run(right) and len(rest) > covered > 0 and completion.rstrip().endswith(rest):
         return len(rest)
     return covered
 
 
 def line_edit(
-    line_text: str, line: int, index: int, completion: str, mode: Mode, eol: str = "\n"
+    line_text: str,
+    line: int,
+    index: int,
+    completion: str,
+    mode: Mode,
+    eol: str = "\n",
+    language_id: str = "",
 ) -> Edit | None:
-    """The edit for ``completion`` at ``index`` in ``line_text``; None for an empty completion."""
+    """The edit for ``completion`` at ``index`` in ``line_text`` (which starts where the prompt's prefix
+    ended, :func:`prefix_cut`); None for an empty completion."""
     if not completion:
         return None
     index = max(0, min(index, len(line_text)))
-    start = 0 if column0(line_text, index, mode) else index
-    end = index + covered_end(completion, line_text[index:])
+    start = prefix_cut(line_text, index, mode)
+    end = index + covered_end(completion, line_text[index:], language_id)
     new_text = completion.replace("\n", eol) if eol != "\n" else completion
     return Edit(start, end, new_text, line)
 

@@ -60,7 +60,7 @@ def _cut(raw: str) -> tuple[str, bool]:
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     cut = text.find("\n\n")
     if cut >= 0:
-        return text[:cut], True
+        return text[: cut + 1], True  # with the line break that ends its last line
     return text, cut_at_stop
 
 
@@ -73,12 +73,19 @@ def postprocess(raw: str, ctx: PostContext) -> str:
     if ctx.mode == "multi" and not ctx.line_prefix:
         while lines and not lines[0]:  # whole lines from column 0: start on the cursor line
             lines.pop(0)
+    written = len(lines)
     if ctx.mode == "multi":
         lines = _keep_in_block(lines, ctx)
         lines = _drop_repeated_tail(lines, ctx.next_lines)
-    text = "\n".join(lines).rstrip()
+    while lines and not lines[-1]:
+        lines.pop()
+    text = "\n".join(lines)
     if not text.strip() or only_repeats(text, ctx):
         return ""
+    if ctx.mode == "multi" and len(lines) < written and ctx.line_suffix.strip():
+        # the model ended its last line before the text right of the cursor: that text goes on a line of
+        # its own, at the cursor line's indentation (``foo(|)`` + "\n  a,\n  b\n" -> "foo(\n  a,\n  b\n)")
+        text += "\n" + ctx.line_prefix[: len(ctx.line_prefix) - len(ctx.line_prefix.lstrip(" \t"))]
     return text
 
 

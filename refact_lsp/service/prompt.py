@@ -233,6 +233,14 @@ def completion_mode(
     return "multi" if not mid and not line_text[:index].strip() else "single"
 
 
+def prefix_cut(line_text: str, index: int, mode: Mode) -> int:
+    """Where the prompt's prefix ends in the cursor line: column 0 in multi-line mode on a line with only
+    whitespace (Refact's clients send column 0 there: the model writes whole lines, indentation
+    included, and the suggestion replaces the indentation typed), else the cursor. A line with text
+    right of the cursor keeps the cursor: whole lines written before that text would be glued to it."""
+    return 0 if mode == "multi" and not line_text.strip() else index
+
+
 def _resolve_mode(mode_setting: str, line_text: str, index: int) -> Mode:
     if mode_setting in ("single", "multi"):
         return mode_setting  # type: ignore[return-value]
@@ -331,8 +339,8 @@ def build_prompt(
     n = len(doc_lines)
 
     # cursor line: single-line mode leaves the rest of the line out; column-0 multi-line mode puts the
-    # whole line in the suffix (Refact's clients send column 0 when only whitespace is left of the cursor)
-    cut = 0 if mode == "multi" and not line_text[:index].strip() else index
+    # whole (blank) line in the suffix
+    cut = prefix_cut(line_text, index, mode)
     left = line_text[:cut]
     right = line_text[cut:] if mode == "multi" else ""
     cap = max(budget, 0) * MAX_CHARS_PER_TOKEN  # never tokenize more of a huge line than could fit

@@ -351,3 +351,23 @@ async def test_a_run_that_ends_without_text_is_an_empty_answer_not_an_error(enco
     assert service.stats.errors == 0
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
     service.close()
+
+
+async def test_multi_line_text_before_a_closer_leaves_the_closer_on_its_own_line(encode) -> None:
+    """``multiline: always`` in the indentation of ``    }``: the model writes the body before the ``}``;
+    accepted, the ``}`` keeps its own line and indentation, and so when the user types along."""
+    text = "function f(a) {\n    }\n"
+    model = _Model(lambda prompt: "return a + 1;\n")
+    service = _service(encode, model, multiline="always")
+    service.open("file:///a.js", "javascript", 1, text)
+
+    def accepted(s: Any, line: str) -> str:
+        return line[: s.start] + s.text + line[s.end :]
+
+    first = await service.complete("file:///a.js", 1, 4)
+    assert first is not None and accepted(first, "    }") == "    return a + 1;\n    }"
+    service.change("file:///a.js", 2, [((1, 4, 1, 4), "re")])
+    typed = await service.complete("file:///a.js", 1, 6)  # typed along: the rest, from the cache
+    assert typed is not None and accepted(typed, "    re}") == "    return a + 1;\n    }"
+    assert (len(model.runs), service.stats.cache_hits) == (1, 1)
+    service.close()

@@ -46,6 +46,17 @@ def apply(line_text: str, edit: Edit) -> str:
         ('foo("")', 5, '(", b)', 'foo("(", b)'),  # the "(" is inside the string the cursor is in
         ("x = [];", 5, "1, 2];", "x = [1, 2];"),
         ("foo()", 4, "x)  # don't", "foo(x)  # don't"),  # the comment's apostrophe opens no string
+        # the cursor in code inside a string (an f-string's or a template literal's interpolation): its
+        # closers close the "{", then the quote ends the string, then the call
+        ('print(f"{}")', 9, 'name}")', 'print(f"{name}")'),
+        ('print(f"{}")', 9, "name}", 'print(f"{name}")'),
+        ('print(f"{}")', 9, "name", 'print(f"{name}")'),
+        ('x = (f"{}")', 8, "a}", 'x = (f"{a}")'),
+        ("console.log(`${}`);", 15, "name}`);", "console.log(`${name}`);"),
+        ('print(f"{d[""]}")', 12, 'k"]}")', 'print(f"{d["k"]}")'),
+        # fewer closers typed than are open: the rest of the line is not taken as typed again
+        ("print(len())", 10, "items())", "print(len(items()))"),
+        ("foo(bar())", 8, "baz())", "foo(bar(baz()))"),
     ],
 )
 def test_single_line_edits(line_text, index, completion, result):
@@ -74,6 +85,21 @@ def test_the_rest_of_the_line_is_covered_when_the_completion_ends_with_it(
 ):
     edit = line_edit(line_text, 0, index, completion, "single")
     assert edit.start_index == index
+    assert apply(line_text, edit) == result
+
+
+@pytest.mark.parametrize(
+    ("language_id", "completion", "result"),
+    [
+        ("javascript", "x); // it's fine", "console.log(x); // it's fine"),  # a comment's quote is prose
+        ("javascript", "a); // see f()", "console.log(a); // see f()"),
+        ("python", "a // 2)", "console.log(a // 2)"),  # floor division, not a comment
+        ("python", "a // 2", "console.log(a // 2)"),
+    ],
+)
+def test_line_comments_are_the_languages(language_id, completion, result):
+    line_text = "console.log()"
+    edit = line_edit(line_text, 0, 12, completion, "single", language_id=language_id)
     assert apply(line_text, edit) == result
 
 

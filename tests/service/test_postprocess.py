@@ -74,3 +74,22 @@ def test_decided_at_the_first_line_out_of_the_block():
     assert not decided("    x\n        deeper\n    same", ctx)
     assert not decided("x = 1", PostContext("single", "", "", []))
     assert decided("x = 1\n", PostContext("single", "", "", []))
+
+
+@pytest.mark.parametrize(
+    ("line_prefix", "line_suffix", "raw", "expected"),
+    [
+        # the model ends its lines before the text right of the cursor: it goes on a line of its own
+        ("    ", "}", "return a + 1;\n", "return a + 1;\n    "),
+        ("    ", "}", "return a + 1;\n\n", "return a + 1;\n    "),
+        ("    ", "}", "return a + 1;\n<|endoftext|>", "return a + 1;\n    "),
+        ("  foo(", ")", "\n    a,\n    b\n", "\n    a,\n    b\n  "),
+        ("    ", "}", "return a + 1;\n}", "return a + 1;\n    "),  # its own "}" is out of the block
+        # no line break after its text: it goes on the cursor line; nothing right of it: nothing to keep
+        ("    ", "}", "return a + 1;", "return a + 1;"),
+        ("  foo(", ")", "a, b", "a, b"),
+        ("    ", "", "return a + 1;\n", "return a + 1;"),
+    ],
+)
+def test_multi_line_text_before_the_rest_of_the_line_ends_its_line(line_prefix, line_suffix, raw, expected):
+    assert postprocess(raw, PostContext("multi", line_prefix, line_suffix, [])) == expected

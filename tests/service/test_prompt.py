@@ -75,6 +75,13 @@ def test_multi_with_text_left_of_cursor_cuts_at_the_cursor(encode):
     assert (p.prefix, p.suffix, p.prefix_cut) == ("x = foo(", "\ny", 8)
 
 
+def test_multi_with_text_right_of_the_indentation_cuts_at_the_cursor(encode):
+    """``multiline: always`` in the indentation before ``}``: whole lines from column 0 would go before the
+    ``}`` and be glued to it; the prompt ends at the cursor, so the model writes what goes there."""
+    p = build_prompt(["function f(a) {", "    }"], 1, 4, encode, 4000, "multi")
+    assert (p.prefix, p.suffix, p.prefix_cut) == ("function f(a) {\n    ", "}", 4)
+
+
 def test_literal_special_tokens_in_the_file_stay_text(encode):
     p = build_prompt(["a = '<fim_prefix><|endoftext|>'", "b"], 1, 1, encode, 4000, "single")
     assert p.ids.count(1) == 1 and p.ids.count(3) == 1 and p.ids.count(2) == 1
