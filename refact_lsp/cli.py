@@ -97,10 +97,10 @@ class RedactPygls(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.name.startswith("pygls") and record.levelno > logging.DEBUG:
-            from pygls.exceptions import JsonRpcInvalidParams  # loaded: pygls is logging
+            from refact_lsp.server import is_answered_client_error  # loaded: pygls is logging
 
-            if record.exc_info and isinstance(record.exc_info[1], JsonRpcInvalidParams):
-                # the client's request was at fault, and was answered so (-32602): no server error
+            if record.exc_info and is_answered_client_error(record.exc_info[1]):
+                # the request was answered with the client's fault or "not yet": no server error
                 record.levelno, record.levelname = logging.WARNING, "WARNING"
             template = str(record.msg).splitlines()[0] if record.msg else ""
             record.msg = f"{template} [details at debug level]"

@@ -34,6 +34,7 @@ from pygls.protocol import LanguageServerProtocol, lsp_method
 from refact_lsp import __version__
 from refact_lsp.service.completion import (
     CompletionService,
+    NotReady,
     Selection,
     ServiceError,
     Suggestion,
@@ -52,6 +53,13 @@ CONFIGURATION_TIMEOUT_S = 5.0
 PROGRESS_CREATE_TIMEOUT_S = 5.0
 DOWNLOAD_SHARE = 90
 """Of a load's progress bar, the share of the download that comes before the load (if one does)."""
+
+
+class RequestFailed(JsonRpcException):
+    """LSP's RequestFailed: the request was right but cannot be served now (the model is not loaded yet)."""
+
+    CODE = types.LSPErrorCodes.RequestFailed.value
+
 
 ENCODING_PREFERENCE = (
     types.PositionEncodingKind.Utf8,
@@ -203,6 +211,12 @@ class RefactProtocol(LanguageServerProtocol):
         self._send_data({"jsonrpc": "2.0", "id": msg_id, "error": {"code": code, "message": message}})
 
 
+def is_answered_client_error(error: BaseException | None) -> bool:
+    """Whether ``error`` was a request's answer that puts no fault on the server: invalid params (-32602),
+    or a request that cannot be served yet (-32803)."""
+    return isinstance(error, JsonRpcInvalidParams | RequestFailed)
+
+
 def envelope_problem(data: dict[str, Any]) -> str | None:
     """What makes ``data`` no JSON-RPC 2.0 request, notification or response (None: nothing)."""
     if data.get("jsonrpc") != "2.0":
@@ -330,8 +344,9 @@ class RefactLanguageServer(LanguageServer):
             log.warning("%s: a frame that is not a JSON-RPC message (%s)", what, type(error).__name__)
             self.protocol.send_error(None, code, f"{what}: {error}"[:200])
             return
-        # a request whose params were wrong (refact.prompt for a document not open) was answered -32602
-        level = logging.WARNING if isinstance(error, JsonRpcInvalidParams) else logging.ERROR
+        # a request whose params were wrong (refact.prompt for a document not open) was answered -32602, one
+        # that came before the model was ready -32803: the server did nothing wrong
+        level = logging.WARNING if is_answered_client_error(error) else logging.ERROR
         log.log(level, "%s: %s", getattr(source, "__name__", source), error)
 
     # Events from the service (always called on the event loop).
@@ -513,6 +528,8 @@ def create_server(cli_settings: dict[str, Any] | None = None) -> RefactLanguageS
         uri, line, character = _prompt_arguments(args)
         try:
             return ls.service.prompt_info(uri, line, character)
+        except NotReady as exc:  # try again later (-32803), where -32602 says the call itself is wrong
+            raise RequestFailed(str(exc)) from exc
         except ServiceError as exc:
             raise JsonRpcInvalidParams(str(exc)) from exc
 

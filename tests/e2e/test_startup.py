@@ -235,5 +235,9 @@ def test_a_request_the_client_got_wrong_is_logged_as_a_warning_not_an_error() ->
         'failed "%s" [details at debug level]',
         None,
     )
+    from refact_lsp.server import RequestFailed
+
+    too_early = record(RequestFailed("the model is not ready (state loading)"))  # answered -32803
+    assert RedactPygls().filter(too_early) and too_early.levelname == "WARNING"
     internal = record(JsonRpcInternalError("boom"))
     assert RedactPygls().filter(internal) and internal.levelname == "ERROR"

@@ -106,6 +106,14 @@ def test_broken_checkpoints_are_reported_and_fixing_the_setting_recovers(
         assert any("could not load" in m and str(folder) in m for m in messages), (name, messages)
         # still serving: requests are answered (empty while there is no model), nothing crashed
         assert server.inline(SANITY_URI, *SANITY_POSITION) == [], name
+        # refact.prompt asked rightly, too early: RequestFailed (-32803, try again), not InvalidParams
+        position = {"line": SANITY_POSITION[0], "character": SANITY_POSITION[1]}
+        command = {
+            "command": "refact.prompt",
+            "arguments": [{"textDocument": {"uri": SANITY_URI}, "position": position}],
+        }
+        answer = server.wait(server.request("workspace/executeCommand", command))
+        assert answer["error"]["code"] == -32803 and "not ready" in answer["error"]["message"], (name, answer)
         assert server.alive(), name
     configure(server, model=str(scripted_checkpoint))
     assert wait_state(server, scripted_checkpoint)["state"] == "ready"
