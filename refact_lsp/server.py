@@ -20,16 +20,18 @@ Objects that are no JSON-RPC message get InvalidRequest; the reader loop is this
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import threading
 import uuid
 from typing import Any
 
 import attrs
+import cattrs
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol, lsp_method
+from pygls.protocol import LanguageServerProtocol, default_converter, lsp_method
 
 from refact_lsp import __version__
 from refact_lsp.service.completion import (
@@ -299,11 +301,36 @@ class LoadProgress:
             progress.report(token, types.WorkDoneProgressReport(message=text, percentage=percentage))
 
 
+def lenient_converter() -> cattrs.Converter:
+    """pygls' converter, except that an enumeration value lsprotocol does not know (of the right type) is
+    kept as it is instead of failing the whole message. LSP: "the using side of an enumeration shouldn't
+    fail on an enumeration value it doesn't know"; vscode-languageclient sends ``trace: "compact"`` when
+    the user sets ``refact.trace.server`` so, and newer clients newer capability values. Without this an
+    ``initialize`` carrying one is refused and the session is dead."""
+    converter = default_converter()
+
+    def structure(value: Any, cls: type[enum.Enum]) -> Any:
+        try:
+            return cls(value)
+        except ValueError:
+            kind = int if issubclass(cls, int) else str
+            if isinstance(value, kind) and not isinstance(value, bool):
+                return value
+            raise
+
+    for cls in vars(types).values():
+        if isinstance(cls, type) and issubclass(cls, enum.Enum) and cls.__module__ == types.__name__:
+            converter.register_structure_hook(cls, structure)
+    return converter
+
+
 class RefactLanguageServer(LanguageServer):
     """The pygls server holding the completion service and the negotiated encoding."""
 
     def __init__(self, cli_settings: dict[str, Any] | None = None):
-        super().__init__("refact-lsp", __version__, protocol_cls=RefactProtocol)
+        super().__init__(
+            "refact-lsp", __version__, protocol_cls=RefactProtocol, converter_factory=lenient_converter
+        )
         self.cli_settings = dict(cli_settings or {})
         self._service: CompletionService | None = None
         self._progress: LoadProgress | None = None

@@ -241,3 +241,31 @@ def test_a_request_the_client_got_wrong_is_logged_as_a_warning_not_an_error() ->
     assert RedactPygls().filter(too_early) and too_early.levelname == "WARNING"
     internal = record(JsonRpcInternalError("boom"))
     assert RedactPygls().filter(internal) and internal.levelname == "ERROR"
+
+
+def test_enumeration_values_the_server_does_not_know_are_ignored_not_refused() -> None:
+    """LSP: "the using side of an enumeration shouldn't fail on an enumeration value it doesn't know".
+    vscode-languageclient sends ``trace: "compact"`` (``refact.trace.server`` set so), newer clients newer
+    capability values: ``initialize`` used to be refused (-32602) and every later request with -32002."""
+    capabilities = {
+        "general": {"positionEncodings": ["utf-7", "utf-8"]},
+        "textDocument": {"completion": {"completionItem": {"tagSupport": {"valueSet": [1, 2]}}}},
+    }
+    initialize = {**INITIALIZE, "params": {"capabilities": capabilities, "trace": "compact"}}
+    stats = {"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand"}
+    stats["params"] = {"command": "refact.stats", "arguments": []}
+    shutdown = {"jsonrpc": "2.0", "id": 3, "method": "shutdown"}
+    initialized = {"jsonrpc": "2.0", "method": "initialized"}
+    code, answers = _lifecycle([initialize, initialized, stats, shutdown, EXIT])
+    by_id = {answer.get("id"): answer for answer in answers}
+    assert by_id[1]["result"]["capabilities"]["positionEncoding"] == "utf-8", by_id[1]
+    assert "result" in by_id[2] and "result" in by_id[3] and code == 0
+
+    from lsprotocol import types
+
+    from refact_lsp.server import lenient_converter
+
+    converter = lenient_converter()
+    assert converter.structure("verbose", types.TraceValue) is types.TraceValue.Verbose
+    with pytest.raises(ValueError):  # a value of the wrong type is still wrong
+        converter.structure(5, types.TraceValue)
