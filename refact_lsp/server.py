@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import threading
 import uuid
@@ -286,9 +287,11 @@ class LoadProgress:
     async def _run(self, title: str, message: str) -> None:
         progress = self._server.work_done_progress
         token = f"refact-load-{uuid.uuid4()}"
-        try:
-            await asyncio.wait_for(progress.create_async(token), PROGRESS_CREATE_TIMEOUT_S)
+        created = asyncio.ensure_future(progress.create_async(token))
+        try:  # shielded: a late answer is dropped quietly (cancelled, pygls would log an error)
+            await asyncio.wait_for(asyncio.shield(created), PROGRESS_CREATE_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - the client refused or did not answer: no progress
+            created.add_done_callback(lambda _: progress.tokens.pop(token, None))  # (a late answer adds it)
             log.info("client did not create a progress token: %s", exc)
             return
         progress.begin(token, types.WorkDoneProgressBegin(title=title, message=message, percentage=0))
@@ -336,6 +339,8 @@ class RefactLanguageServer(LanguageServer):
         self._progress: LoadProgress | None = None
         self._shown_generation_problem = False
         self._quiet_load: str | None = None  # the source of a quiet retry without a progress bar yet
+        self._pulls = 0  # workspace/configuration requests sent
+        self._answered_pull = 0  # the latest of them whose answer was applied
 
     def start_io(self, stdin=None, stdout=None) -> int:
         """Serves over stdio with this server's framing (see :mod:`refact_lsp.transport`); the exit code."""
@@ -444,18 +449,41 @@ class RefactLanguageServer(LanguageServer):
         """``workspace/configuration`` for section ``refact``, if the client supports it."""
         if not self._client_supports("workspace.configuration"):
             return None
-        try:
-            answer = await asyncio.wait_for(
-                self.workspace_configuration_async(
-                    types.ConfigurationParams(items=[types.ConfigurationItem(section=SECTION)])
-                ),
+        self._pulls += 1
+        pull = self._pulls
+        params = types.ConfigurationParams(items=[types.ConfigurationItem(section=SECTION)])
+        answer = asyncio.ensure_future(self.workspace_configuration_async(params))
+        try:  # shielded: an answer after the wait is still taken (cancelled, pygls would log an error)
+            value = await asyncio.wait_for(asyncio.shield(answer), CONFIGURATION_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(
+                "workspace/configuration: no answer within %.0f s; the settings in force stay until it comes",
                 CONFIGURATION_TIMEOUT_S,
             )
+            answer.add_done_callback(functools.partial(self._late_configuration, pull))
+            return None
         except Exception as exc:  # noqa: BLE001 - a client without an answer keeps the current settings
             log.warning("workspace/configuration failed: %s", exc)
             return None
-        value = answer[0] if answer else None
-        return value if isinstance(value, dict) else None
+        self._answered_pull = pull
+        return _section(value)
+
+    def _late_configuration(self, pull: int, answer: asyncio.Future[Any]) -> None:
+        """A pull's answer after its wait: applied (the model reloads if it changed), unless a later pull
+        was answered first."""
+        if answer.cancelled() or answer.exception() is not None or pull < self._answered_pull:
+            return
+        self._answered_pull = pull
+        value = _section(answer.result())
+        if value is not None:
+            log.info("workspace/configuration answered late: applying it")
+            apply_settings(self, value, reload=True)
+
+
+def _section(answer: Any) -> dict[str, Any] | None:
+    """The ``refact`` section from a ``workspace/configuration`` answer (None: none, or no object)."""
+    value = answer[0] if isinstance(answer, list | tuple) and answer else None
+    return value if isinstance(value, dict) else None
 
 
 def create_server(cli_settings: dict[str, Any] | None = None) -> RefactLanguageServer:

@@ -371,3 +371,47 @@ def test_shutdown_with_a_handler_still_waiting_is_answered_and_the_exit_is_clean
     finally:
         server.stop()
     assert "changed size during iteration" not in log.read_text(encoding="utf-8")
+
+
+class _LateConfiguration(RawServer):
+    """A client that answers ``workspace/configuration`` only when told (``answer_configuration``)."""
+
+    def __init__(self, *args: str, **kwargs: object):
+        self.held: list[object] = []
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+    def _dispatch(self, message: dict) -> None:
+        if message.get("method") == "workspace/configuration" and "id" in message:
+            self.held.append(message["id"])
+            return
+        super()._dispatch(message)
+
+    def answer_configuration(self, section: dict) -> None:
+        self.send({"jsonrpc": "2.0", "id": self.held.pop(0), "result": [section]})
+
+
+def test_a_configuration_answered_after_the_wait_is_applied_when_it_comes(
+    scripted_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The server waits 5 s for ``workspace/configuration``, then loads with the settings it has; the
+    answer that comes later is applied then (here: another model), not dropped with an error logged."""
+    late = _copy(scripted_checkpoint, tmp_path / "late-model")
+    stderr = tmp_path / "stderr.log"
+    server = _LateConfiguration(stderr_path=stderr)
+    try:
+        capabilities = {"workspace": {"configuration": True}, "textDocument": {"inlineCompletion": {}}}
+        options = {"refact": {**SETTINGS, "model": str(scripted_checkpoint)}}
+        server.call(
+            "initialize", {"processId": None, "capabilities": capabilities, "initializationOptions": options}
+        )
+        server.notify("initialized", {})
+        # after the wait the model loads without an answer
+        assert wait_state(server, scripted_checkpoint)["state"] == "ready"
+        assert len(server.held) == 1
+        server.answer_configuration({**SETTINGS, "model": str(late)})
+        assert wait_state(server, late)["state"] == "ready"
+        assert server.alive()
+    finally:
+        server.stop()
+    log = stderr.read_text()
+    assert "answered late" in log and " ERROR " not in log, log
