@@ -23,6 +23,7 @@ import asyncio
 import enum
 import functools
 import logging
+import os
 import threading
 import uuid
 from typing import Any
@@ -54,6 +55,8 @@ PROMPT_COMMAND = "refact.prompt"
 STATS_COMMAND = "refact.stats"
 CONFIGURATION_TIMEOUT_S = 5.0
 PROGRESS_CREATE_TIMEOUT_S = 5.0
+EDITOR_CHECK_S = 3.0
+"""How often the server looks whether the editor's process (``processId``) is still there."""
 DOWNLOAD_SHARE = 90
 """Of a load's progress bar, the share of the download that comes before the load (if one does)."""
 
@@ -339,6 +342,7 @@ class RefactLanguageServer(LanguageServer):
         self._progress: LoadProgress | None = None
         self._shown_generation_problem = False
         self._quiet_load: str | None = None  # the source of a quiet retry without a progress bar yet
+        self._editor_watch: asyncio.Future[None] | None = None
         self._pulls = 0  # workspace/configuration requests sent
         self._answered_pull = 0  # the latest of them whose answer was applied
 
@@ -468,6 +472,24 @@ class RefactLanguageServer(LanguageServer):
         self._answered_pull = pull
         return _section(value)
 
+    def watch_editor(self, pid: int | None) -> None:
+        """LSP, of ``processId``: "If the parent process is not alive then the server should exit". Checked
+        every ``EDITOR_CHECK_S`` (as vscode-languageserver does), where the stdin pipe may outlive the
+        editor (another process inherited it). POSIX only; a process that is not there at ``initialize``
+        (an editor in another PID namespace: a container, a sandbox) is not watched."""
+        if os.name != "posix" or not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+            return
+        if not _process_exists(pid):
+            log.info("the editor's process %d is not visible from here: not watched", pid)
+            return
+        self._editor_watch = asyncio.ensure_future(self._watch_editor(pid))
+
+    async def _watch_editor(self, pid: int) -> None:
+        while _process_exists(pid):
+            await asyncio.sleep(EDITOR_CHECK_S)
+        log.warning("the editor (process %d) is gone: exiting", pid)
+        raise SystemExit(1)  # as an exit without shutdown: out of the event loop, the engine stopped after
+
     def _late_configuration(self, pull: int, answer: asyncio.Future[Any]) -> None:
         """A pull's answer after its wait: applied (the model reloads if it changed), unless a later pull
         was answered first."""
@@ -478,6 +500,16 @@ class RefactLanguageServer(LanguageServer):
         if value is not None:
             log.info("workspace/configuration answered late: applying it")
             apply_settings(self, value, reload=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal: only whether it exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def _section(answer: Any) -> dict[str, Any] | None:
@@ -498,6 +530,7 @@ def create_server(cli_settings: dict[str, Any] | None = None) -> RefactLanguageS
         options = params.initialization_options
         if isinstance(options, dict):
             apply_settings(ls, options.get(SECTION, options), reload=False, initial=True)
+        ls.watch_editor(params.process_id)
         log.info(
             "initialize from %s: position encoding %s",
             params.client_info.name if params.client_info else "unknown client",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -415,3 +416,27 @@ def test_a_configuration_answered_after_the_wait_is_applied_when_it_comes(
         server.stop()
     log = stderr.read_text()
     assert "answered late" in log and " ERROR " not in log, log
+
+
+@pytest.mark.skipif(os.name != "posix", reason="the editor's process is watched on POSIX only")
+def test_the_server_exits_when_the_editors_process_is_gone(tmp_path: Path) -> None:
+    """LSP: "If the parent process is not alive then the server should exit", even while its input pipe
+    stays open (another process inherited it). A processId that is not there at all (another PID
+    namespace) is not watched."""
+    editor = subprocess.Popen(["sleep", "60"])
+    watched = RawServer("--model", str(tmp_path / "nowhere"))
+    unwatched = RawServer("--model", str(tmp_path / "nowhere"))
+    try:
+        for server, pid in ((watched, editor.pid), (unwatched, 2**22 + 12345)):
+            server.call("initialize", {"processId": pid, "capabilities": {}})
+            server.notify("initialized", {})
+        time.sleep(0.5)
+        assert watched.alive()
+        editor.kill()
+        editor.wait()
+        assert watched.process.wait(timeout=15) == 1  # as an exit without shutdown
+        assert unwatched.alive() and "result" in unwatched.wait(unwatched.request("shutdown"))
+    finally:
+        editor.kill()
+        watched.stop()
+        unwatched.stop()
