@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import BinaryIO
 
 from refact_lsp import __version__
 
@@ -187,11 +188,28 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.info("refact-lsp %s serving on stdio", __version__)
     code = 0
     try:
-        code = server.start_tcp(host, port) if args.tcp is not None else server.start_io()
+        if args.tcp is not None:
+            code = server.start_tcp(host, port)
+        else:
+            code = server.start_io(stdout=protocol_stdout())
     finally:
         _exit_cleanly(server, code)
     if code:
         sys.exit(code)
+
+
+def protocol_stdout() -> BinaryIO:
+    """In stdio mode file descriptor 1 carries the protocol, and anything else written to it (a library's
+    ``print``, a native library's ``printf``) would corrupt it and end the session. The protocol gets a
+    descriptor of its own, a copy of 1, and 1 itself (with ``sys.stdout``) then goes to stderr."""
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    sys.stdout.flush()
+    try:
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    except (OSError, ValueError):  # no usable stderr: stray output goes nowhere
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
+    return protocol
 
 
 def _exit_cleanly(server, code: int = 0) -> None:

@@ -36,6 +36,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, default_converter, lsp_method
 
 from refact_lsp import __version__
+from refact_lsp.dev.faults import maybe_inject
 from refact_lsp.service.completion import (
     CompletionService,
     NotReady,
@@ -539,6 +540,7 @@ def create_server(cli_settings: dict[str, Any] | None = None) -> RefactLanguageS
 
     @server.feature(types.INITIALIZED)
     async def initialized(ls: RefactLanguageServer, params: types.InitializedParams) -> None:
+        maybe_inject("initialized")
         pulled = await ls.pull_configuration()
         if pulled is not None:  # the whole section, empty too (the client cleared every key)
             apply_settings(ls, pulled, reload=False)

@@ -4,6 +4,8 @@
 
 - ``oom-once``: the first generation that reaches its decode loop raises ``torch.OutOfMemoryError``
   there (after the prefill), once per process.
+- ``stdout-noise``: the server writes a line to standard output on ``initialized``, with ``print`` and to
+  file descriptor 1 (as a library or a native library might).
 
 Unset (the normal case), :func:`maybe_inject` costs one comparison.
 """
@@ -29,11 +31,14 @@ def reset(value: str | None = None) -> None:
 
 
 def maybe_inject(point: str) -> None:
-    """Raise the configured fault if it belongs at ``point`` (``"decode"``)."""
+    """Raise (or do) the configured fault if it belongs at ``point`` (``"decode"``, ``"initialized"``)."""
     if _fault is None:
         reset()
     if not _fault:
         return
+    if _fault == "stdout-noise" and point == "initialized":
+        print("stdout noise from print")
+        os.write(1, b"stdout noise from file descriptor 1\n")
     with _lock:
         if _fault == "oom-once" and point == "decode" and "oom-once" not in _fired:
             _fired.add("oom-once")

@@ -440,3 +440,21 @@ def test_the_server_exits_when_the_editors_process_is_gone(tmp_path: Path) -> No
         editor.kill()
         watched.stop()
         unwatched.stop()
+
+
+def test_output_of_libraries_on_stdout_does_not_corrupt_the_protocol(tmp_path: Path) -> None:
+    """``REFACT_LSP_FAULT=stdout-noise``: a line printed and one written to file descriptor 1 in the
+    server (as a library or a native library might) go to stderr; the protocol's stream stays whole."""
+    stderr = tmp_path / "stderr.log"
+    server = RawServer(
+        "--model", str(tmp_path / "nowhere"), env={"REFACT_LSP_FAULT": "stdout-noise"}, stderr_path=stderr
+    )
+    try:
+        server.call("initialize", {"processId": None, "capabilities": {}})
+        server.notify("initialized", {})
+        stats = server.call("workspace/executeCommand", {"command": "refact.stats", "arguments": []})
+        assert stats["requests"] == 0 and server.alive()
+    finally:
+        assert server.stop() == 0
+    log = stderr.read_text()
+    assert "stdout noise from print" in log and "stdout noise from file descriptor 1" in log, log
