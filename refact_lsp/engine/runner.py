@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -70,15 +71,18 @@ class ModelRunner:
         if self._on_state is not None:
             self._on_state(state)
 
-    def _progress(self, event: ProgressEvent) -> None:
+    def _progress(self, event: ProgressEvent, forward: ProgressCallback | None = None) -> None:
         wanted: RunnerState = "downloading" if event.stage == "download" else "loading"
         if self.state != wanted:
             self._set_state(wanted)
-        if self._on_progress is not None:
-            self._on_progress(event)
+        forward = forward or self._on_progress
+        if forward is not None:
+            forward(event)
 
-    def load(self, spec: ModelSpec) -> None:
-        """Load ``spec``, replacing any loaded model. Raises :class:`ModelLoadError` (``state`` "error")."""
+    def load(self, spec: ModelSpec, on_progress: ProgressCallback | None = None) -> None:
+        """Load ``spec``, replacing any loaded model. Raises :class:`ModelLoadError` (``state`` "error").
+        ``on_progress``: this load's progress events, instead of the runner's callback (a download given
+        up may still send one, from its own thread, after a newer load began: the caller can tell)."""
         inference_mode.leave()  # the weights must not be inference tensors
         with self._load_lock:
             self.spec = spec
@@ -88,7 +92,7 @@ class ModelRunner:
                 gc.unfreeze()  # the old model's reference cycles can go
                 gc.collect()
             try:
-                loaded = load_model(spec, self._progress)
+                loaded = load_model(spec, functools.partial(self._progress, forward=on_progress))
             except ModelLoadError as e:
                 self._set_state("error", str(e))
                 raise

@@ -341,16 +341,17 @@ class CompletionService:
 
         model, device, dtype, allow_pickle = key
         if self._runner is None:
-            self._runner = ModelRunner(
-                on_progress=self._on_progress, on_state=self._on_state, keep_inference_mode=True
-            )
+            self._runner = ModelRunner(on_state=self._on_state, keep_inference_mode=True)
 
         def superseded() -> bool:  # asked on the engine's threads (the download's too)
             return generation != self._load_generation
 
         try:
             self._runner.load(
-                ModelSpec(model, device=device, dtype=dtype, allow_pickle=allow_pickle, superseded=superseded)
+                ModelSpec(
+                    model, device=device, dtype=dtype, allow_pickle=allow_pickle, superseded=superseded
+                ),
+                on_progress=functools.partial(self._on_progress, generation),
             )
         except ModelLoadError as exc:
             return str(exc), exc.retryable
@@ -358,10 +359,14 @@ class CompletionService:
             return self._runner.error or f"model state is {self._runner.state}", False
         return None, False
 
-    def _on_progress(self, event: Any) -> None:
-        call_soon_threadsafe(
-            self.loop, self.events.model_progress, event.stage, event.message, event.percentage
-        )
+    def _on_progress(self, generation: int, event: Any) -> None:
+        """A progress event of load ``generation``, from the engine's threads."""
+        call_soon_threadsafe(self.loop, self._progress_on_loop, generation, event)
+
+    def _progress_on_loop(self, generation: int, event: Any) -> None:
+        # a download given up may send one more event after a newer load began: not that load's progress
+        if generation == self._load_generation:
+            self.events.model_progress(event.stage, event.message, event.percentage)
 
     def _on_state(self, state: str) -> None:
         def update() -> None:

@@ -371,3 +371,19 @@ async def test_multi_line_text_before_a_closer_leaves_the_closer_on_its_own_line
     assert typed is not None and accepted(typed, "    re}") == "    return a + 1;\n    }"
     assert (len(model.runs), service.stats.cache_hits) == (1, 1)
     service.close()
+
+
+async def test_a_progress_event_of_a_load_given_up_is_not_shown_for_the_next_one() -> None:
+    """A download given up (the user chose another model) may send one last event from its own thread
+    after the newer load began: it is not that load's progress."""
+    from refact_lsp.engine.loading import ProgressEvent
+
+    events = _Events()
+    service = CompletionService(asyncio.get_running_loop(), events)
+    service._load_generation = 2  # load 1 was superseded by load 2
+    service._on_progress(1, ProgressEvent("download", "downloading: 40 %", 40))
+    service._on_progress(2, ProgressEvent("load", "loading", 10))
+    await _until(lambda: bool(events.log))
+    await asyncio.sleep(0.01)
+    assert events.log == [("model_progress", ("load", "loading", 10))]
+    service.close()
