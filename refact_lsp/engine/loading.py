@@ -441,7 +441,7 @@ def read_tensors(folder: Path, allow_pickle: bool = False) -> dict[str, torch.Te
             continue
         try:
             # the OS's own error first (permission denied...): safetensors words it as "not found"
-            f.open("rb").close()
+            _refuse_lfs_pointer(f)
             with safe_open(str(f), framework="pt", device="cpu") as sf:
                 for name in sf.keys():  # noqa: SIM118 - safe_open is not a mapping
                     tensors[name] = sf.get_tensor(name)
@@ -560,6 +560,33 @@ def _give_up_if_superseded(superseded: Callable[[], bool] | None, what: str = "d
         raise LoadSuperseded(f"{what} given up for a newer model")
 
 
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+FIM_TOKENS = {0: "<|endoftext|>", 1: "<fim_prefix>", 2: "<fim_middle>", 3: "<fim_suffix>"}
+
+
+def _refuse_lfs_pointer(path: Path) -> None:
+    """``ModelLoadError`` for a Git LFS pointer in place of the file (a ``git clone`` without git-lfs)."""
+    with path.open("rb") as f:
+        if f.read(len(LFS_POINTER)) == LFS_POINTER:
+            raise ModelLoadError(
+                f"{path} is a Git LFS pointer, not the file: run `git lfs pull` in {path.parent} "
+                "(or give the hub id and let the server download the model)"
+            )
+
+
+def _check_tokenizer_fits(tokenizer: RefactTokenizer, vocab_size: int, path: Path) -> None:
+    """``ModelLoadError`` when the tokenizer is not Refact's (its FIM tokens elsewhere) or has ids the model
+    has no embedding for: every request would fail, the model looking ready."""
+    wrong = {i: t for i, t in FIM_TOKENS.items() if tokenizer.token_to_id(t) != i}
+    if wrong:
+        raise ModelLoadError(f"{path} is not a Refact tokenizer: {', '.join(wrong.values())} not at ids 0-3")
+    if tokenizer.vocab_size > vocab_size:
+        raise ModelLoadError(
+            f"{path} has {tokenizer.vocab_size} tokens, the model's vocab_size is {vocab_size} "
+            "(config.json): the tokenizer does not belong to these weights"
+        )
+
+
 def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> LoadedModel:
     """Locate (download if needed), check and load model and tokenizer. Blocking: call it on a thread.
     Superseded (``spec.superseded``), it gives up between its steps and during the download."""
@@ -576,9 +603,13 @@ def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> 
     if not tok_path.is_file():
         raise ModelLoadError(f"no tokenizer.json in {folder}")
     try:
+        _refuse_lfs_pointer(tok_path)
         tokenizer = RefactTokenizer.from_file(tok_path)
+    except ModelLoadError:
+        raise
     except Exception as e:
         raise ModelLoadError(f"cannot read {tok_path}: {e}") from e
+    _check_tokenizer_fits(tokenizer, config.vocab_size, tok_path)
     quantization = "int8" if is_int8(spec.dtype) else None
     try:
         model = load_weights(folder, config, device=device, dtype=dtype, allow_pickle=spec.allow_pickle)

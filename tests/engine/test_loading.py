@@ -114,6 +114,30 @@ def test_missing_tokenizer_config_or_folder(ckpt: Path, tmp_path: Path) -> None:
         load_model(ModelSpec(str(tmp_path / "empty"), device="cpu"))
 
 
+def test_weights_or_tokenizer_that_are_git_lfs_pointers_say_so(ckpt: Path) -> None:
+    """A ``git clone`` without git-lfs leaves ~130-byte pointer files in place of the weights."""
+    pointer = "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 3200000000\n"
+    for name in ("model.safetensors", "tokenizer.json"):
+        original = (ckpt / name).read_bytes()
+        (ckpt / name).write_text(pointer)
+        with pytest.raises(ModelLoadError, match=f"{name} is a Git LFS pointer.*git lfs pull"):
+            load_model(ModelSpec(str(ckpt), device="cpu"))
+        (ckpt / name).write_bytes(original)
+
+
+def test_a_tokenizer_that_does_not_belong_to_the_weights_is_refused(ckpt: Path) -> None:
+    """Ids the model has no embedding for failed every request while the model looked ready."""
+    write_config(ckpt, vocab_size=1000)
+    edit_tensors(
+        ckpt,
+        lambda t: t.update(
+            {k: v[:1000].clone() for k, v in t.items() if k in ("transformer.wte.weight", "lm_head.weight")}
+        ),
+    )
+    with pytest.raises(ModelLoadError, match="49216 tokens, the model's vocab_size is 1000"):
+        load_model(ModelSpec(str(ckpt), device="cpu"))
+
+
 def write_config(folder: Path, **changes) -> None:
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, **changes}))
