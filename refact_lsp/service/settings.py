@@ -143,7 +143,10 @@ def _int(key: str, value: Any, low: int, high: int) -> int:
 
 
 def _float(key: str, value: Any, low: float, high: float, low_open: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:  # (an int too large for a float overflows)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:
+        ok = False
     if not ok or not (low < value if low_open else low <= value) or value > high:
         bound = f"more than {low}" if low_open else f"from {low}"
         raise SettingsError(key, value, f"a number {bound} to {high}")

@@ -36,6 +36,8 @@ def test_from_lsp_and_merged():
         ({"maxNewTokens": True}, "maxNewTokens"),
         ({"temperature": -1}, "temperature"),
         ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": 10**400}, "temperature"),  # too large for a float: named, not an OverflowError
+        ({"topP": -(10**400)}, "topP"),
         ({"topP": 0}, "topP"),
         ({"topP": 1.5}, "topP"),
         ({"debounceMs": -5}, "debounceMs"),
