@@ -456,7 +456,9 @@ class CompletionService:
         budget = self.settings.prompt_budget
         n_ctx = self._runner.n_ctx if self._runner is not None else None
         if n_ctx:
-            budget = min(budget, n_ctx - self.settings.maxNewTokens)
+            # the prompt keeps at least half the model's context: a maxNewTokens near n_ctx caps the tokens
+            # generated (the engine stops at n_ctx), not the document out of the prompt
+            budget = min(budget, max(n_ctx - self.settings.maxNewTokens, n_ctx // 2))
         return max(0, budget)
 
     def _mode(self, req: _Request) -> str | None:

@@ -387,3 +387,15 @@ async def test_a_progress_event_of_a_load_given_up_is_not_shown_for_the_next_one
     await asyncio.sleep(0.01)
     assert events.log == [("model_progress", ("load", "loading", 10))]
     service.close()
+
+
+async def test_a_max_new_tokens_near_the_models_context_leaves_the_prompt_half_of_it(encode) -> None:
+    """``maxNewTokens: 4096`` with ``contextTokens: 8192`` on a model of 4,096 positions left no room for the
+    document: the prompt was its three special tokens. It keeps half the context (the engine stops the
+    generation at the context's end)."""
+    service = _service(encode, _Model(lambda prompt: ""), maxNewTokens=4096, contextTokens=8192)
+    text = "".join(f"value_{i} = compute({i}, key=lambda item: item.name)\n" for i in range(400))
+    service.open(URI, "python", 1, text)
+    info = service.prompt_info(URI, 399, len("value_399 = compute(399, key=lambda item: item.name)"))
+    assert info is not None and 1024 < info["tokens"] <= 2048
+    service.close()
