@@ -792,3 +792,27 @@ def test_dot_repeats_an_item_accepted_from_the_menu(nvim: Any, scripted_server) 
         assert nvim.current.buffer[:] == ["def add(a, b):", *lines, "", "def sub(a, b):", *lines]
     finally:
         _use_model(nvim, scripted_server.single_line_model)
+
+
+def test_a_buffer_opened_while_the_client_stops_gets_a_new_one(nvim: Any) -> None:
+    """``client:stop()`` (what nvim-lspconfig 2's :LspRestart does before it enables the config again), then
+    a file opened at once: ``reuse_client`` gave the buffer to the client shutting down, and it stayed
+    without one until Neovim restarted. Runs last: the module's other tests keep their client."""
+    old = nvim.exec_lua("return vim.lsp.get_clients({ name = 'refact' })[1].id")
+    nvim.exec_lua("vim.lsp.get_clients({ name = 'refact' })[1]:stop()")
+    _leave_insert(nvim)
+    nvim.command("edit after_stop.py")
+    nvim.current.buffer[:] = ["def sub(a, b):", "    return "]
+    nvim.command("setfiletype python")
+    new = _wait(
+        lambda: nvim.exec_lua(
+            """
+            for _, c in ipairs(vim.lsp.get_clients({ bufnr = 0, name = 'refact' })) do
+              if not c:is_stopped() and c.initialized then return c.id end
+            end
+            """
+        ),
+        "a running refact-lsp client in the buffer opened while the old one stopped",
+    )
+    assert new != old
+    _wait(lambda: _stats(nvim).get("model_state") == "ready", "the new server's model")

@@ -10,9 +10,10 @@ M.init_options = {}
 M.cmd = { 'refact-lsp' }
 
 --- One server process for every buffer and project: each process loads the model, so never start
---- a second one for another root.
+--- a second one for another root. Not a client that is stopping (`:LspRestart`, `client:stop()`): a
+--- buffer given to it would stay without one once it exited.
 function M.reuse_client(client, config)
-  return client.name == config.name
+  return client.name == config.name and not client:is_stopped()
 end
 
 --- Whether the client starts for `bufnr` (`root_dir` of vim.lsp.config): not in a buffer without a name,
