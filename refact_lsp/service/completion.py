@@ -684,8 +684,8 @@ class CompletionService:
                 req.line,
                 req.index,
                 completion,
-                mode,
-                language_id=req.doc.language_id,  # type: ignore[arg-type]
+                mode,  # type: ignore[arg-type]
+                language_id=req.doc.language_id,
             )
             if edit is not None:
                 done = await self._speculate_after(

@@ -45,9 +45,14 @@ class PostContext:
         return cls(mode, text[:cut], text[index:], list(lines[line + 1 : line + 1 + lookahead]))
 
 
+def _indentation(text: str) -> str:
+    """The leading spaces and tabs of ``text``."""
+    return text[: len(text) - len(text.lstrip(" \t"))]
+
+
 def _indent(text: str) -> int:
     """Width of the leading whitespace, tabs counted as TAB_WIDTH columns."""
-    return len(text[: len(text) - len(text.lstrip(" \t"))].expandtabs(TAB_WIDTH))
+    return len(_indentation(text).expandtabs(TAB_WIDTH))
 
 
 def _cut(raw: str) -> tuple[str, bool]:
@@ -85,7 +90,7 @@ def postprocess(raw: str, ctx: PostContext) -> str:
     if ctx.mode == "multi" and len(lines) < written and ctx.line_suffix.strip():
         # the model ended its last line before the text right of the cursor: that text goes on a line of
         # its own, at the cursor line's indentation (``foo(|)`` + "\n  a,\n  b\n" -> "foo(\n  a,\n  b\n)")
-        text += "\n" + ctx.line_prefix[: len(ctx.line_prefix) - len(ctx.line_prefix.lstrip(" \t"))]
+        text += "\n" + _indentation(ctx.line_prefix)
     return text
 
 
