@@ -347,12 +347,14 @@ def build_prompt(
     left, right = left[len(left) - cap :] if len(left) > cap else left, right[:cap]
     # counted as after a line break, as the prefix's last piece mostly is: one tokenizer call per keystroke
     left_tokens = encoder.count_line(left) if left else 0
-    right_tokens = len(encoder(right)) if right else 0
+    # in multi-line mode a line break follows the right part in the suffix (a line below the cursor line)
+    end = "\n" if mode == "multi" and line < n - 1 else ""
+    right_tokens = len(encoder(right + end))
     if left_tokens + right_tokens > budget:  # a huge cursor line: keep its parts next to the cursor
         right_share = min(right_tokens, budget // 4)
         left = _fit_tail(left, budget - right_share, encoder)
-        right = _fit_head(right, budget - len(encoder(left)), encoder)
-        left_tokens, right_tokens = len(encoder(left)), len(encoder(right))
+        right = _fit_head(right, budget - len(encoder(left)), lambda text: encoder(text + end))
+        left_tokens, right_tokens = len(encoder(left)), len(encoder(right + end))
     used = left_tokens + right_tokens
 
     win = _Window(doc_lines, line, left, right, mode)

@@ -148,6 +148,20 @@ def test_huge_single_line_is_cut_around_the_cursor(encode):
     assert len(m.ids) <= 2000 and line.startswith(m.suffix)
 
 
+HUGE_LINE = "x = [" + ", ".join(str(i) for i in range(10_000)) + "]"  # ~59,000 characters on one line
+
+
+@pytest.mark.parametrize("budget", [2000, 4046])
+@pytest.mark.parametrize("index", [len(HUGE_LINE) // 2, len(HUGE_LINE) - 1, len(HUGE_LINE)])
+def test_a_huge_cursor_line_in_multi_line_mode_keeps_its_line_break_within_the_budget(encode, budget, index):
+    """The suffix of a window of the cursor line alone is its right part and the line break before the next
+    line: that line break counts too (it made the prompt one token over the budget)."""
+    p = build_prompt(["a = 1", HUGE_LINE, "b = 2"], 1, index, encode, budget, "multi")
+    assert p.window == (1, 1) and p.suffix.endswith("\n")
+    assert HUGE_LINE[index:].startswith(p.suffix[:-1])
+    assert len(p.ids) <= budget
+
+
 def test_hysteresis_keeps_suffix_tokens_while_typing(encode):
     lines = lines_of_code(3000)
     lines[1500] = "    result = "
