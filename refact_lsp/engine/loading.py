@@ -107,6 +107,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ModelLoadError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from e
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        # else torch fails at the first tensor (after the download): "CUDA error: invalid device ordinal"
+        count = torch.cuda.device_count()
+        visible = f"{count} CUDA devices are visible (cuda:0 to cuda:{count - 1})"
+        if count == 1:
+            visible = "1 CUDA device is visible (cuda:0)"
+        raise ModelLoadError(f"device {name!r} requested but only {visible}")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ModelLoadError(f"device {name!r} requested but MPS is not available")
     if device.type not in ("cpu", "cuda", "mps"):

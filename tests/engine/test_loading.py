@@ -315,6 +315,21 @@ def test_device_and_dtype_resolution() -> None:
         resolve_device("tpu!")
 
 
+def test_a_cuda_index_beyond_the_devices_is_named_before_anything_is_loaded(monkeypatch, tmp_path) -> None:
+    """``cuda:7`` on a machine with one GPU: an error that says so, before the download and the load (which
+    failed with torch's "CUDA error: invalid device ordinal" and its debugging hints, after both)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(
+        ModelLoadError, match=r"'cuda:7' requested but only 1 CUDA device is visible \(cuda:0\)"
+    ):
+        resolve_device("cuda:7")
+    with pytest.raises(ModelLoadError, match="'cuda:1'"):
+        load_model(ModelSpec(str(tmp_path / "missing"), device="cuda:1"))
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    assert resolve_device("cuda") == torch.device("cuda")
+
+
 def test_download_progress_is_forwarded() -> None:
     events = []
     bar = _progress_tqdm(events.append, expected_bytes=4_000_000)(total=4_000_000, unit="B")
