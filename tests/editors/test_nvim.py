@@ -853,6 +853,81 @@ def test_a_menu_item_is_inserted_whole_when_the_users_enable_came_first(nvim: An
         _use_model(nvim, scripted_server.single_line_model)
 
 
+#: A second language server, in Neovim itself (`cmd` a function), that completes on the trigger character
+#: "." and enables completion with autotrigger in its on_attach (`:h lsp-completion`); the contexts of the
+#: completion requests it gets are kept in _G.fake_requests.
+FAKE_SERVER = """
+_G.fake_requests = {}
+local id = 0
+return vim.lsp.start({
+  name = 'fake-completion',
+  root_dir = vim.fn.getcwd(),
+  cmd = function(dispatchers)
+    local closing = false
+    local function close()
+      if not closing then
+        closing = true
+        vim.schedule(function() dispatchers.on_exit(0, 0) end)
+      end
+    end
+    return {
+      request = function(method, params, callback)
+        id = id + 1
+        local result = nil
+        if method == 'initialize' then
+          result = { capabilities = { completionProvider = { triggerCharacters = { '.' } } } }
+        elseif method == 'textDocument/completion' then
+          table.insert(_G.fake_requests, params.context)
+          result = { isIncomplete = false, items = { { label = 'fake_item' } } }
+        end
+        vim.schedule(function() callback(nil, result) end)
+        return true, id
+      end,
+      notify = function(method)
+        if method == 'exit' then close() end
+        return true
+      end,
+      is_closing = function() return closing end,
+      terminate = close,
+    }
+  end,
+  on_attach = function(client, bufnr)
+    vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true })
+  end,
+}, { bufnr = 0 })
+"""
+
+
+def test_another_servers_autotrigger_works_when_refact_attached_first(nvim: Any) -> None:
+    """vim.lsp.completion decides at the first enable in a buffer whether typing a trigger character asks
+    for completion, for all clients: the plugin's enable, first here, must not switch that off for a
+    server that attaches later and enables completion with autotrigger."""
+    _open(nvim, "autotrigger.py", ["import os", "os"])  # refact-lsp attached
+    fake = nvim.exec_lua(FAKE_SERVER)
+    try:
+        _wait(
+            lambda: nvim.exec_lua(
+                "local c = vim.lsp.get_client_by_id(...); return c and c.initialized "
+                "and vim.lsp.buf_is_attached(0, c.id)",
+                fake,
+            ),
+            "the second server to attach",
+        )
+        _insert_at_end(nvim)
+        nvim.input(".")
+        contexts = _wait(
+            lambda: nvim.exec_lua("return _G.fake_requests"), "its autotrigger on '.'", timeout=5
+        )
+        assert contexts == [{"triggerKind": 2, "triggerCharacter": "."}]
+        _wait(
+            lambda: [item["word"] for item in nvim.funcs.complete_info()["items"]] == ["fake_item"],
+            "its menu",
+        )
+    finally:
+        _leave_insert(nvim)
+        nvim.exec_lua("vim.lsp.get_client_by_id(...):stop(true)", fake)
+
+
 def test_a_buffer_opened_while_the_client_stops_gets_a_new_one(nvim: Any) -> None:
     """``client:stop()`` (what nvim-lspconfig 2's :LspRestart does before it enables the config again), then
     a file opened at once: ``reuse_client`` gave the buffer to the client shutting down, and it stayed

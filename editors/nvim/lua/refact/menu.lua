@@ -155,7 +155,12 @@ end
 
 --- Enables the completion menu of `client` in `bufnr`.
 function M.enable(client, bufnr)
+  -- vim.lsp.completion keeps one state per buffer, made by the first enable in it: its `convert` and
+  -- whether typing a trigger character asks for completion (autotrigger), for every client enabled in
+  -- the buffer. refact-lsp has no trigger characters, so autotrigger asks nothing of it; it is on so
+  -- that a server enabled after this one with autotrigger (Neovim's `:h lsp-attach` example) keeps it.
   vim.lsp.completion.enable(true, client.id, bufnr, {
+    autotrigger = true,
     convert = M.converter(client.offset_encoding or 'utf-16'),
   })
   local group = api.nvim_create_augroup('refact.menu.' .. bufnr, { clear = true })
