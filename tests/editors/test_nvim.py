@@ -794,6 +794,140 @@ def test_dot_repeats_an_item_accepted_from_the_menu(nvim: Any, scripted_server) 
         _use_model(nvim, scripted_server.single_line_model)
 
 
+#: An init.lua's LspAttach autocmd, as in Neovim's `:h lsp-attach` example: completion with autotrigger
+#: for every client that offers it. Defined before the plugin's autocmd (init.lua is read before plugins),
+#: so its vim.lsp.completion.enable() comes first and sets the buffer's `convert` (none).
+USER_LSP_ATTACH = """
+_G.user_lsp_attach = vim.api.nvim_create_autocmd('LspAttach', {
+  callback = function(args)
+    local client = vim.lsp.get_client_by_id(args.data.client_id)
+    if client:supports_method('textDocument/completion') then
+      vim.lsp.completion.enable(true, client.id, args.buf, { autotrigger = true })
+    end
+  end,
+})
+vim.g.loaded_refact = nil
+vim.cmd('runtime! plugin/refact.lua') -- the plugin's LspAttach autocmd again, now after the user's
+"""
+
+
+def test_a_menu_item_is_inserted_whole_when_the_users_enable_came_first(nvim: Any, scripted_server) -> None:
+    """vim.lsp.completion keeps one `convert` per buffer, the first enable's: here the user's, not the
+    plugin's. Neovim then inserts the item's first word only ("x):" over the real ")", nothing of an item
+    that starts with blanks); the plugin's CompleteDone handler inserts the rest and removes the re-typed
+    ")", and `.` repeats it all."""
+    nvim.exec_lua(USER_LSP_ATTACH)
+    nvim.command("set completeopt=menuone,popup")  # a menu for the single item: <C-y> accepts it
+    try:
+        _open(nvim, "user_first.py", ["def f()", "def g()"])
+        nvim.command("setlocal indentkeys=")  # `.` types the ":": no re-indenting after "def f(x):"
+        _use_model(nvim, scripted_server.closer_model)
+        _insert(nvim, "i", (1, 6))
+        nvim.exec_lua("vim.lsp.completion.get()")
+        info = _wait(
+            lambda: nvim.exec_lua("local i = vim.fn.complete_info(); return #i.items > 0 and i"),
+            "the completion menu",
+        )
+        assert [(item["word"], item["menu"]) for item in info["items"]] == [("x):", "Refact")]  # no convert
+        nvim.input("<C-y>")
+        _wait(lambda: _line(nvim, 0).startswith("def f(x):"), "the accepted item")
+        time.sleep(0.3)  # the CompleteDone handler has run
+        assert _line(nvim, 0) == "def f(x):", "the re-typed ')' is not doubled"
+        _leave_insert(nvim)
+        nvim.current.window.cursor = (2, 6)
+        nvim.input(".")
+        _wait(lambda: _line(nvim, 1) == "def g(x):", "the repeated insert, over the real ')' again")
+
+        _use_model(nvim, scripted_server.multiline_model)
+        lines = scripted_server.multiline_text.split("\n")
+        info = _open_completion_menu(nvim, "user_first_ml.py", ["def add(a, b):", "    "])
+        assert [item["word"] for item in info["items"]] == [""]  # the first word of "    return ..."
+        nvim.input("<C-y>")
+        _wait(lambda: nvim.funcs.pumvisible() == 0, "the menu to close")
+        time.sleep(0.3)
+        assert nvim.current.buffer[:] == ["def add(a, b):", *lines]
+        assert tuple(nvim.current.window.cursor) == (3, len(lines[-1]))
+    finally:
+        nvim.exec_lua("vim.api.nvim_del_autocmd(_G.user_lsp_attach)")
+        nvim.command("set completeopt&")
+        _use_model(nvim, scripted_server.single_line_model)
+
+
+#: A second language server, in Neovim itself (`cmd` a function), that completes on the trigger character
+#: "." and enables completion with autotrigger in its on_attach (`:h lsp-completion`); the contexts of the
+#: completion requests it gets are kept in _G.fake_requests.
+FAKE_SERVER = """
+_G.fake_requests = {}
+local id = 0
+return vim.lsp.start({
+  name = 'fake-completion',
+  root_dir = vim.fn.getcwd(),
+  cmd = function(dispatchers)
+    local closing = false
+    local function close()
+      if not closing then
+        closing = true
+        vim.schedule(function() dispatchers.on_exit(0, 0) end)
+      end
+    end
+    return {
+      request = function(method, params, callback)
+        id = id + 1
+        local result = nil
+        if method == 'initialize' then
+          result = { capabilities = { completionProvider = { triggerCharacters = { '.' } } } }
+        elseif method == 'textDocument/completion' then
+          table.insert(_G.fake_requests, params.context)
+          result = { isIncomplete = false, items = { { label = 'fake_item' } } }
+        end
+        vim.schedule(function() callback(nil, result) end)
+        return true, id
+      end,
+      notify = function(method)
+        if method == 'exit' then close() end
+        return true
+      end,
+      is_closing = function() return closing end,
+      terminate = close,
+    }
+  end,
+  on_attach = function(client, bufnr)
+    vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true })
+  end,
+}, { bufnr = 0 })
+"""
+
+
+def test_another_servers_autotrigger_works_when_refact_attached_first(nvim: Any) -> None:
+    """vim.lsp.completion decides at the first enable in a buffer whether typing a trigger character asks
+    for completion, for all clients: the plugin's enable, first here, must not switch that off for a
+    server that attaches later and enables completion with autotrigger."""
+    _open(nvim, "autotrigger.py", ["import os", "os"])  # refact-lsp attached
+    fake = nvim.exec_lua(FAKE_SERVER)
+    try:
+        _wait(
+            lambda: nvim.exec_lua(
+                "local c = vim.lsp.get_client_by_id(...); return c and c.initialized "
+                "and vim.lsp.buf_is_attached(0, c.id)",
+                fake,
+            ),
+            "the second server to attach",
+        )
+        _insert_at_end(nvim)
+        nvim.input(".")
+        contexts = _wait(
+            lambda: nvim.exec_lua("return _G.fake_requests"), "its autotrigger on '.'", timeout=5
+        )
+        assert contexts == [{"triggerKind": 2, "triggerCharacter": "."}]
+        _wait(
+            lambda: [item["word"] for item in nvim.funcs.complete_info()["items"]] == ["fake_item"],
+            "its menu",
+        )
+    finally:
+        _leave_insert(nvim)
+        nvim.exec_lua("vim.lsp.get_client_by_id(...):stop(true)", fake)
+
+
 def test_a_buffer_opened_while_the_client_stops_gets_a_new_one(nvim: Any) -> None:
     """``client:stop()`` (what nvim-lspconfig 2's :LspRestart does before it enables the config again), then
     a file opened at once: ``reuse_client`` gave the buffer to the client shutting down, and it stayed
