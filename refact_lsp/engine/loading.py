@@ -132,7 +132,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     name = (name or "auto").strip().lower()
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if _bf16_supported(device) else torch.float16
         if device.type == "mps":
             return torch.float16
         return torch.float32
@@ -145,6 +145,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in _DTYPES:
         raise ModelLoadError(f"unknown dtype {name!r} (use auto, float32, bfloat16, float16 or int8)")
     return _DTYPES[name]
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    """``torch.cuda.is_bf16_supported()`` for ``device``: torch's answers for the current GPU, which need not
+    be ``cuda:N`` (mixed GPUs)."""
+    with torch.cuda.device(device):  # no index: the current GPU
+        return torch.cuda.is_bf16_supported()
 
 
 # --- locating the checkpoint ------------------------------------------------------------------
