@@ -315,6 +315,53 @@ def test_device_and_dtype_resolution() -> None:
         resolve_device("tpu!")
 
 
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        (torch.OutOfMemoryError, "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has 3.94 MiB free."),
+        (RuntimeError, "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+    ],
+    ids=["OutOfMemoryError", "RuntimeError"],
+)
+def test_a_load_out_of_device_memory_is_retryable_once_its_memory_is_freed(
+    random_ckpt: Path, monkeypatch, kind: type[RuntimeError], text: str
+) -> None:
+    """Another process held the GPU when the model loaded: the error says so and is retryable (the service
+    tries again later, no setting changed), and the failed load's model is gone before the device's cached
+    memory is given back (else the cache keeps it from the other process and the next try)."""
+    import weakref
+
+    from refact_lsp.engine import loading
+
+    built: list[weakref.ref] = []
+    real = loading.load_weights
+
+    def load_weights(folder, config, *, device, dtype, allow_pickle=False):
+        model = real(folder, config, device=torch.device("cpu"), dtype=dtype, allow_pickle=allow_pickle)
+        built.append(weakref.ref(model))
+        raise kind(text)  # its last tensor did not fit
+
+    emptied: list[bool] = []  # whether the failed load's model was gone then
+    monkeypatch.setattr(loading, "load_weights", load_weights)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(built[0]() is None))
+    with pytest.raises(ModelLoadError) as info:
+        load_model(ModelSpec(str(random_ckpt), device="cuda", dtype="float32"))
+    assert info.value.retryable
+    message = str(info.value)
+    assert message.startswith("ran out of memory loading the model on cuda; free GPU memory"), message
+    assert f"{kind.__name__}: {text.splitlines()[0]}" in message and "\n" not in message
+    assert emptied == [True]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(loading, "load_weights", broken)
+    with pytest.raises(ModelLoadError, match="cannot load .* on cuda: boom") as info:
+        load_model(ModelSpec(str(random_ckpt), device="cuda", dtype="float32"))
+    assert not info.value.retryable  # any other error
+
+
 def test_auto_dtype_asks_the_requested_gpu_about_bf16_not_the_current_one(monkeypatch) -> None:
     """``torch.cuda.is_bf16_supported()`` answers for the current GPU: with mixed GPUs, ``cuda:1`` (no bf16)
     got bf16 because ``cuda:0`` (the current one) has it. Here torch's own check runs against two fake GPUs:
