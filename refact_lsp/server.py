@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import cattrs
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcMethodNotFound
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol, default_converter, lsp_method
 
@@ -220,8 +220,9 @@ class RefactProtocol(LanguageServerProtocol):
 
 def is_answered_client_error(error: BaseException | None) -> bool:
     """Whether ``error`` was a request's answer that puts no fault on the server: invalid params (-32602),
-    or a request that cannot be served yet (-32803)."""
-    return isinstance(error, JsonRpcInvalidParams | RequestFailed)
+    a request that cannot be served yet (-32803), or one for a method the server does not implement
+    (-32601; no handler raises it)."""
+    return isinstance(error, JsonRpcInvalidParams | RequestFailed | JsonRpcMethodNotFound)
 
 
 def envelope_problem(data: dict[str, Any]) -> str | None:
@@ -382,7 +383,8 @@ class RefactLanguageServer(LanguageServer):
             self.protocol.send_error(None, code, f"{what}: {error}"[:200])
             return
         # a request whose params were wrong (refact.prompt for a document not open) was answered -32602, one
-        # that came before the model was ready -32803: the server did nothing wrong
+        # that came before the model was ready -32803, one for a method the server lacks -32601: the server
+        # did nothing wrong
         level = logging.WARNING if is_answered_client_error(error) else logging.ERROR
         log.log(level, "%s: %s", getattr(source, "__name__", source), error)
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import codecs
 import functools
-import gc
 import logging
 import math
 import time
@@ -32,7 +31,7 @@ from refact_lsp.engine import triton_decode
 from refact_lsp.engine.cuda_graph import DecodeGraph, greedy_pick, picked_token
 from refact_lsp.engine.inference_mode import inference
 from refact_lsp.engine.kv_cache import KVCache
-from refact_lsp.engine.loading import LoadedModel
+from refact_lsp.engine.loading import LoadedModel, free_device_memory, is_out_of_memory
 from refact_lsp.engine.readback import PickReadback
 from refact_lsp.engine.tokenizer import EOT_ID, FIM_MIDDLE_ID, FIM_PREFIX_ID, FIM_SUFFIX_ID, FIRST_PADDING_ID
 
@@ -55,8 +54,6 @@ KV_SLOTS = 4
 document's window, or the column-0 multi-line prompt right after Enter next to the single-line one of
 the line being typed, keeps its own instead of overwriting the one the next keystroke needs. With one
 key/value head a slot is small (the 1.6B model in bf16: 32 MB at 4,096 tokens)."""
-CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"
-"""How torch words a failed CPU allocation (a plain RuntimeError, not ``torch.OutOfMemoryError``)."""
 log = logging.getLogger(__name__)
 
 
@@ -298,9 +295,7 @@ class Generator:
     def release_memory(self) -> None:
         """Drop the KV caches and the decode graphs (rebuilt on the next request) and free device memory."""
         self._caches, self._graphs, self._eager = [], {}, {}
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        free_device_memory(self.device)
 
     def _forward(self, ids: list[int]) -> torch.Tensor:
         x = torch.tensor([ids], dtype=torch.long, device=self.device)
@@ -402,8 +397,8 @@ class Generator:
             # model's GPU is made the current one: Triton launches and graph captures go to the current GPU.
             with sdpa_kernel(SDPA_BACKENDS), torch.cuda.device(self.device):
                 return self._generate(request, should_stop, on_token)
-        except (torch.OutOfMemoryError, RuntimeError) as e:
-            if not isinstance(e, torch.OutOfMemoryError) and CPU_OUT_OF_MEMORY not in str(e):
+        except RuntimeError as e:  # torch.OutOfMemoryError is one
+            if not is_out_of_memory(e):
                 raise
             reason = str(e).splitlines()[0] if str(e) else "out of memory"
         # outside the except block: the failed call's frames (and their tensors) are gone before freeing

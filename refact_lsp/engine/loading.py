@@ -7,11 +7,14 @@ layout (``attn.k``/``attn.v``, ``mlp.linear_1``/``mlp.linear_3``) is fused at lo
 checkpoints (``pytorch_model.bin``) load only with ``allow_pickle=True``. Remote code never runs.
 dtype ``int8`` (CPU only) loads float32 and quantizes the Linear layers (:mod:`refact_lsp.engine.quantize`).
 A load whose ``ModelSpec.superseded`` turns true gives up (:class:`LoadSuperseded`), a download included.
+A device that runs out of memory during the load is a retryable :class:`ModelLoadError` (another process may
+hold the GPU for a while), raised once the failed load's memory is freed.
 """
 
 from __future__ import annotations
 
 import errno
+import gc
 import io
 import json
 import logging
@@ -47,9 +50,38 @@ _DTYPES = {
 }
 
 
+CPU_OUT_OF_MEMORY = "DefaultCPUAllocator: can't allocate memory"
+"""How torch words a failed CPU allocation (a plain RuntimeError, not ``torch.OutOfMemoryError``)."""
+OUT_OF_MEMORY = "out of memory"
+"""In other plain RuntimeErrors of a full device: "MPS backend out of memory", "CUDA error: out of memory" (a
+CUDA context that could not be made)."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is torch's for a device (the CPU included) that ran out of memory."""
+    if isinstance(error, torch.OutOfMemoryError):
+        return True
+    if not isinstance(error, RuntimeError):
+        return False
+    message = str(error)
+    return CPU_OUT_OF_MEMORY in message or OUT_OF_MEMORY in message.lower()
+
+
+def free_device_memory(device: torch.device) -> None:
+    """Collect what dropped tensors left (reference cycles) and give the device's cached memory back (to other
+    processes, and to the next try): call it once nothing refers to the tensors, outside an ``except`` block
+    (the exception's frames hold them)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
 class ModelLoadError(Exception):
     """A model could not be loaded; ``str(error)`` is meant for the user. ``retryable``: it may work
-    later without any change (the download failed: no network yet, the hub down)."""
+    later without any change (the download failed: no network yet, the hub down; the device ran out of
+    memory: another process may hold it for a while)."""
 
     def __init__(self, message: str, retryable: bool = False):
         super().__init__(message)
@@ -132,7 +164,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     name = (name or "auto").strip().lower()
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if _bf16_supported(device) else torch.float16
         if device.type == "mps":
             return torch.float16
         return torch.float32
@@ -145,6 +177,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in _DTYPES:
         raise ModelLoadError(f"unknown dtype {name!r} (use auto, float32, bfloat16, float16 or int8)")
     return _DTYPES[name]
+
+
+def _bf16_supported(device: torch.device) -> bool:
+    """``torch.cuda.is_bf16_supported()`` for ``device``: torch's answers for the current GPU, which need not
+    be ``cuda:N`` (mixed GPUs)."""
+    with torch.cuda.device(device):  # no index: the current GPU
+        return torch.cuda.is_bf16_supported()
 
 
 # --- locating the checkpoint ------------------------------------------------------------------
@@ -596,9 +635,27 @@ def _check_tokenizer_fits(tokenizer: RefactTokenizer, vocab_size: int, path: Pat
 
 def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> LoadedModel:
     """Locate (download if needed), check and load model and tokenizer. Blocking: call it on a thread.
-    Superseded (``spec.superseded``), it gives up between its steps and during the download."""
-    report = on_progress or (lambda _e: None)
+    Superseded (``spec.superseded``), it gives up between its steps and during the download. A device that
+    runs out of memory is a retryable :class:`ModelLoadError`, raised once the failed load's memory is
+    freed."""
     device = resolve_device(spec.device)
+    try:
+        return _load_model(spec, device, on_progress or (lambda _e: None))
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(e):
+            raise
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'out of memory'}"
+    # outside the except block: the failed load's frames (and the tensors they hold) are gone before freeing
+    free_device_memory(device)
+    advice = "free memory, or set dtype to bfloat16 or int8"
+    if device.type != "cpu":
+        advice = "free GPU memory (another process may hold it), or set device (another GPU, or cpu) or dtype"
+    message = f"ran out of memory loading the model on {device}; {advice} ({reason})"
+    raise ModelLoadError(message, retryable=True)
+
+
+def _load_model(spec: ModelSpec, device: torch.device, report: ProgressCallback) -> LoadedModel:
+    """``load_model`` on ``device``; an out-of-memory error goes through as torch raised it."""
     dtype = resolve_dtype(spec.dtype, device)
     folder = locate_checkpoint(spec, report)
     _give_up_if_superseded(spec.superseded, f"loading {spec.source}")
@@ -630,7 +687,9 @@ def load_model(spec: ModelSpec, on_progress: ProgressCallback | None = None) -> 
             model.fuse_projections()  # q and kv in one GEMM
     except ModelLoadError:
         raise
-    except (RuntimeError, OSError, ValueError) as e:  # out of memory, unreadable file ...
+    except (RuntimeError, OSError, ValueError) as e:  # unreadable file ...
+        if is_out_of_memory(e):
+            raise  # load_model's to report (retryable) once the memory is freed
         raise ModelLoadError(f"cannot load {folder} on {device}: {e}") from e
     report(ProgressEvent("load", "model ready", 100))
     return LoadedModel(model, tokenizer, device, dtype, config.n_positions, folder, quantization)

@@ -60,8 +60,9 @@ keystroke as the client saw it (``bench/keystrokes.py --sections overhead``, doc
 RETRY_CHECK_S = 1.0
 """After a local model failed to load, requests look at most this often whether its files changed."""
 DOWNLOAD_RETRY_S = (5.0, 5.0, 30.0, 120.0, 600.0)
-"""After a hub model's download failed (no network yet, the hub down), the first request after each of
-these waits tries again (the last wait repeats), without a progress bar or an error message."""
+"""After a hub model's download failed (no network yet, the hub down), or a load ran out of device memory
+(another process held it), the first request after each of these waits tries again (the last wait repeats),
+without a progress bar or an error message."""
 
 
 class ServiceError(Exception):
@@ -233,7 +234,7 @@ class CompletionService:
         self._failed_files: tuple[Any, ...] | None = None  # the local model's files when it failed
         self._next_files_check = 0.0
         self._download_failures = 0  # in a row, for the configured model
-        self._next_download = 0.0  # when a request may try the download again (0: not retryable)
+        self._next_download = 0.0  # when a request may try the download (or load) again (0: not retryable)
         self._started = False
         self._windows: dict[str, Any] = {}
         self._encoder: CachedEncoder | None = None  # for the loaded tokenizer
@@ -285,7 +286,8 @@ class CompletionService:
         return tuple(getattr(self.settings, key) for key in MODEL_KEYS)
 
     def _schedule_load(self, retry: bool = False) -> None:
-        """Loads the configured model in the background; ``retry``: again, after a failed download."""
+        """Loads the configured model in the background; ``retry``: again, after a retryable failure (a
+        download, out of memory)."""
         if not retry:
             self._download_failures = 0
         self._load_generation += 1
@@ -315,14 +317,14 @@ class CompletionService:
             return
         self._next_download = 0.0
         if error:
-            self._model_state, self._model_error = "error", error
-            log.error("could not load %s: %s", source, error)
-            self._failed_files = files
             if retryable:
                 wait = DOWNLOAD_RETRY_S[min(self._download_failures, len(DOWNLOAD_RETRY_S) - 1)]
                 self._download_failures += 1
                 self._next_download = time.monotonic() + wait
-                log.info("requests will try to download %s again in %.0f s", source, wait)
+                error = f"{error}; trying again in {wait:.0f} s"
+            self._model_state, self._model_error = "error", error
+            log.error("could not load %s: %s", source, error)
+            self._failed_files = files
         else:
             self._model_state, self._model_error = "ready", None
             self._windows.clear()
@@ -378,13 +380,13 @@ class CompletionService:
     def _retry_failed_load(self) -> None:
         """On requests, a model that failed to load is loaded again: a local one once its files change
         (the user fixed them on disk; looked at most every ``RETRY_CHECK_S``), a hub one whose download
-        failed after the next wait of ``DOWNLOAD_RETRY_S``."""
+        failed, or one that ran out of device memory, after the next wait of ``DOWNLOAD_RETRY_S``."""
         if self._model_state != "error":
             return
         now = time.monotonic()
         source = str(self.settings.model)  # the one that failed: another setting would be loading
         if self._next_download and now >= self._next_download:
-            log.info("trying to download %s again", source)
+            log.info("trying to load %s again", source)
             self._schedule_load(retry=True)
         elif now >= self._next_files_check:
             self._next_files_check = now + RETRY_CHECK_S
@@ -853,7 +855,8 @@ class CompletionService:
             "source": str(self.settings.model),
             "device": str(getattr(runner, "device", "")) if runner is not None and self.ready else None,
             "n_ctx": getattr(runner, "n_ctx", None) if self.ready else None,
-            # after a failed download: seconds until a request may try again (None: no retry pending)
+            # after a failed download or a load out of device memory (the name is older than the latter):
+            # seconds until a request may try again (None: no retry pending)
             "download_retry_in_s": (
                 round(max(0.0, self._next_download - time.monotonic()), 1)
                 if self._next_download and self._model_state == "error"

@@ -153,6 +153,12 @@ def test_tcp_logs_the_address_it_bound(tmp_path: Path) -> None:
 
 def _lifecycle(messages: list[dict]) -> tuple[int, list[dict]]:
     """Runs the real server on ``messages`` (framed, then end of input); its exit code and answers."""
+    code, answers, _ = _lifecycle_logged(messages)
+    return code, answers
+
+
+def _lifecycle_logged(messages: list[dict]) -> tuple[int, list[dict], str]:
+    """``_lifecycle``, and what the server logged (its standard error)."""
     stream = b"".join(
         b"Content-Length: %d\r\n\r\n" % len(body) + body
         for body in (json.dumps(m).encode() for m in messages)
@@ -166,7 +172,7 @@ def _lifecycle(messages: list[dict]) -> tuple[int, list[dict]]:
         cwd=REPO,
     )
     answers = [json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in proc.stdout.split(b"Content-Length")[1:]]
-    return proc.returncode, answers
+    return proc.returncode, answers, proc.stderr.decode(errors="replace")
 
 
 INITIALIZE = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}
@@ -241,6 +247,28 @@ def test_a_request_the_client_got_wrong_is_logged_as_a_warning_not_an_error() ->
     assert RedactPygls().filter(too_early) and too_early.levelname == "WARNING"
     internal = record(JsonRpcInternalError("boom"))
     assert RedactPygls().filter(internal) and internal.levelname == "ERROR"
+
+
+def test_a_request_for_a_method_the_server_does_not_implement_is_logged_as_a_warning_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client's request the server has no handler for is answered -32601, rightly: the server did nothing
+    wrong, so no ERROR line (editors show those as errors). An internal error stays an ERROR."""
+    unknown = {"jsonrpc": "2.0", "id": 2, "method": "$/unknownRequest", "params": {}}
+    shutdown = {"jsonrpc": "2.0", "id": 3, "method": "shutdown"}
+    code, answers, logged = _lifecycle_logged([INITIALIZE, unknown, shutdown, EXIT])
+    by_id = {answer.get("id"): answer for answer in answers}
+    assert by_id[2]["error"]["code"] == -32601 and code == 0, (answers, logged)
+    assert "Method Not Found" in logged and " ERROR " not in logged, logged
+
+    from pygls.exceptions import FeatureRequestError, JsonRpcInternalError
+
+    from refact_lsp.server import create_server
+
+    server = create_server({"model": "/nowhere"})
+    with caplog.at_level("DEBUG", logger="refact_lsp"):
+        server.report_server_error(JsonRpcInternalError("boom"), FeatureRequestError)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("ERROR", "FeatureRequestError: boom")]
 
 
 def test_enumeration_values_the_server_does_not_know_are_ignored_not_refused() -> None:

@@ -169,7 +169,7 @@ def test_out_of_memory_drops_the_cache_and_recovers(oom_once, fp32, prompts, fas
 def test_running_out_of_cpu_memory_is_out_of_memory(fp32, prompts, monkeypatch: pytest.MonkeyPatch) -> None:
     """torch raises a plain RuntimeError when a CPU allocation fails: the same GenerationOutOfMemory (the
     service retries with half the prompt), and other RuntimeErrors go through as they are."""
-    from refact_lsp.engine import generate
+    from refact_lsp.engine import loading
 
     gen = Generator(fp32)
 
@@ -180,7 +180,7 @@ def test_running_out_of_cpu_memory_is_out_of_memory(fp32, prompts, monkeypatch: 
         return _generate
 
     monkeypatch.setattr(
-        gen, "_generate", fail(f"[enforce fail at alloc_cpu.cpp:118] . {generate.CPU_OUT_OF_MEMORY}")
+        gen, "_generate", fail(f"[enforce fail at alloc_cpu.cpp:118] . {loading.CPU_OUT_OF_MEMORY}")
     )
     with pytest.raises(GenerationOutOfMemory, match="out of memory on cpu"):
         gen.generate(greedy(prompts[0], max_new_tokens=2))

@@ -315,6 +315,85 @@ def test_device_and_dtype_resolution() -> None:
         resolve_device("tpu!")
 
 
+@pytest.mark.parametrize(
+    ("kind", "text"),
+    [
+        (torch.OutOfMemoryError, "CUDA out of memory. Tried to allocate 20.00 MiB. GPU 0 has 3.94 MiB free."),
+        (RuntimeError, "CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+    ],
+    ids=["OutOfMemoryError", "RuntimeError"],
+)
+def test_a_load_out_of_device_memory_is_retryable_once_its_memory_is_freed(
+    random_ckpt: Path, monkeypatch, kind: type[RuntimeError], text: str
+) -> None:
+    """Another process held the GPU when the model loaded: the error says so and is retryable (the service
+    tries again later, no setting changed), and the failed load's model is gone before the device's cached
+    memory is given back (else the cache keeps it from the other process and the next try)."""
+    import weakref
+
+    from refact_lsp.engine import loading
+
+    built: list[weakref.ref] = []
+    real = loading.load_weights
+
+    def load_weights(folder, config, *, device, dtype, allow_pickle=False):
+        model = real(folder, config, device=torch.device("cpu"), dtype=dtype, allow_pickle=allow_pickle)
+        built.append(weakref.ref(model))
+        raise kind(text)  # its last tensor did not fit
+
+    emptied: list[bool] = []  # whether the failed load's model was gone then
+    monkeypatch.setattr(loading, "load_weights", load_weights)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(built[0]() is None))
+    with pytest.raises(ModelLoadError) as info:
+        load_model(ModelSpec(str(random_ckpt), device="cuda", dtype="float32"))
+    assert info.value.retryable
+    message = str(info.value)
+    assert message.startswith("ran out of memory loading the model on cuda; free GPU memory"), message
+    assert f"{kind.__name__}: {text.splitlines()[0]}" in message and "\n" not in message
+    assert emptied == [True]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(loading, "load_weights", broken)
+    with pytest.raises(ModelLoadError, match="cannot load .* on cuda: boom") as info:
+        load_model(ModelSpec(str(random_ckpt), device="cuda", dtype="float32"))
+    assert not info.value.retryable  # any other error
+
+
+def test_auto_dtype_asks_the_requested_gpu_about_bf16_not_the_current_one(monkeypatch) -> None:
+    """``torch.cuda.is_bf16_supported()`` answers for the current GPU: with mixed GPUs, ``cuda:1`` (no bf16)
+    got bf16 because ``cuda:0`` (the current one) has it. Here torch's own check runs against two fake GPUs:
+    0 an Ampere (bf16), 1 a Volta that cannot make a bf16 tensor; the current device is switched back."""
+    from types import SimpleNamespace
+
+    current = [0]
+
+    def exchange(index: int) -> int:  # what torch.cuda.device does on entering and leaving
+        previous = current[0]
+        if index >= 0:
+            current[0] = index
+        return previous
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "_exchange_device", exchange)
+    monkeypatch.setattr(torch.cuda, "_maybe_exchange_device", exchange)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(major=(8, 7)[i]))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda i: i == 0)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert resolve_dtype("auto", torch.device("cuda:1")) == torch.float16
+    assert resolve_dtype("auto", torch.device("cuda:0")) == torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16  # no index: the current one
+    assert current == [0]
+    current[0] = 1
+    assert resolve_dtype("auto", torch.device("cuda:0")) == torch.bfloat16
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert current == [1]
+
+
 def test_a_cuda_index_beyond_the_devices_is_named_before_anything_is_loaded(monkeypatch, tmp_path) -> None:
     """``cuda:7`` on a machine with one GPU: an error that says so, before the download and the load (which
     failed with torch's "CUDA error: invalid device ordinal" and its debugging hints, after both)."""

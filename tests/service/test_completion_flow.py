@@ -341,6 +341,51 @@ async def test_a_download_superseded_by_another_model_is_given_up(tmp_path, monk
     gc.unfreeze()  # the runner froze the loaded model (gc.freeze): let the interpreter free it at exit
 
 
+async def test_a_load_out_of_device_memory_is_tried_again_by_a_later_request(tmp_path, monkeypatch) -> None:
+    """The GPU was full for a moment (another process) when the model loaded: the error says so and when it
+    is tried again, and the first request after that wait loads the model, no setting changed."""
+    import gc
+
+    import torch
+
+    from refact_lsp.dev.checkpoints import write_random_checkpoint
+    from refact_lsp.engine import loading
+    from refact_lsp.service import completion
+
+    folder = str(write_random_checkpoint(tmp_path / "model", n_layer=1))
+    real, loads = loading.load_weights, []
+
+    def load_weights(*args: Any, **kwargs: Any) -> Any:
+        loads.append(kwargs["device"])
+        if len(loads) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 MiB")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loading, "load_weights", load_weights)
+    monkeypatch.setattr(completion, "DOWNLOAD_RETRY_S", (1.0,))
+    events = _Events()
+    service = CompletionService(
+        asyncio.get_running_loop(), events, base_settings={"model": folder, "device": "cpu"}
+    )
+    service.start()
+    await _until(lambda: service.stats_snapshot()["model"]["state"] == "error")
+    model = service.stats_snapshot()["model"]
+    assert "ran out of memory loading the model on cpu" in model["error"], model
+    assert model["error"].endswith("; trying again in 1 s") and 0 < model["download_retry_in_s"] <= 1.0
+    shown = model["error"]
+    service._retry_failed_load()  # what each request does: within the wait, nothing
+    await asyncio.sleep(1.05)
+    assert service.stats_snapshot()["model"]["state"] == "error" and len(loads) == 1
+    service._retry_failed_load()  # the first request after the wait
+    await _until(lambda: service.stats_snapshot()["model"]["state"] != "loading")
+    model = service.stats_snapshot()["model"]
+    assert (model["state"], model["error"], model["download_retry_in_s"]) == ("ready", None, None)
+    assert [args for name, args in events.log if name == "model_loaded"] == [(folder, shown), (folder, None)]
+    assert len(loads) == 2
+    service.close()
+    gc.unfreeze()  # the runner froze the loaded model (gc.freeze): let the interpreter free it at exit
+
+
 async def test_a_run_that_ends_without_text_is_an_empty_answer_not_an_error(encode, caplog) -> None:
     """A run stopped without text (the document closed during it, the model switched, out of memory twice)
     answers nothing; it is no failure to log with a traceback."""
