@@ -96,6 +96,20 @@ when set with `setq'."
   :type 'number
   :set #'refact-lsp-inline--set-idle-delay)
 
+(defun refact-lsp-inline-completion-ui-active-p ()
+  "Non-nil while company or `completion-preview-mode' shows completions at point.
+Both show the server's suggestion too (it is their candidate, through
+eglot's textDocument/completion) and take TAB, so ghost text would show
+it a second time."
+  (or (bound-and-true-p company-candidates)
+      (bound-and-true-p completion-preview-active-mode)))
+
+(defcustom refact-lsp-inline-inhibit-predicates
+  '(refact-lsp-inline-completion-ui-active-p)
+  "Functions of no argument, called in the buffer: while one returns non-nil,
+no suggestion is asked for or shown there, and one shown goes."
+  :type '(repeat function))
+
 (defface refact-lsp-ghost-face '((t :inherit shadow))
   "Face of the suggestion shown at point.")
 
@@ -269,6 +283,24 @@ shown: it can be accepted while both still hold, whatever else changed.")
         refact-lsp-inline--suggestion nil
         refact-lsp-inline--visible nil))
 
+(defun refact-lsp-inline--inhibited-p ()
+  "Non-nil if one of `refact-lsp-inline-inhibit-predicates' says so."
+  (run-hook-with-args-until-success 'refact-lsp-inline-inhibit-predicates))
+
+(defun refact-lsp-inline--inhibit ()
+  "Drop the suggestion, for `refact-lsp-inline-inhibit-predicates'.
+Ask again on idle once they let it, for the same text and point too."
+  (refact-lsp-inline-dismiss)
+  (setq refact-lsp-inline--edited t
+        refact-lsp-inline--asked-state nil))
+
+(defun refact-lsp-inline--recheck (&rest _)
+  "Drop the suggestion shown if `refact-lsp-inline-inhibit-predicates' now
+say so: after each command, and on `company-completion-started-hook', as
+company begins on a timer, after the suggestion was shown."
+  (when (and refact-lsp-inline--visible (refact-lsp-inline--inhibited-p))
+    (refact-lsp-inline--inhibit)))
+
 (defun refact-lsp-inline--ghost (text typed covered)
   "The pieces of TEXT to show, a list: the first at point, one more after
 each character of COVERED.
@@ -389,7 +421,9 @@ own (<tab>) is looked up as it translates (TAB), as the command loop does."
   (let* ((items (if (vectorp result) result (plist-get result :items)))
          (item (and (vectorp items) (> (length items) 0) (aref items 0))))
     (when item
-      (refact-lsp-inline--show item))))
+      (if (refact-lsp-inline--inhibited-p)
+          (refact-lsp-inline--inhibit)
+        (refact-lsp-inline--show item)))))
 
 (defun refact-lsp-inline-request ()
   "Ask for a suggestion at point.
@@ -466,6 +500,7 @@ point for the idle timer, and follow a new idle delay."
   (let ((tick (buffer-chars-modified-tick))
         (command-tick refact-lsp-inline--command-tick))
     (setq refact-lsp-inline--command-tick nil)
+    (refact-lsp-inline--recheck)
     (when (and refact-lsp-inline--visible
                (or (eq this-command 'keyboard-quit)
                    (and (not (eq this-command 'refact-lsp-inline-accept))
@@ -498,12 +533,13 @@ The delay is the default value of `refact-lsp-inline-idle-delay'."
 (defun refact-lsp-inline--on-idle ()
   "Idle timer: ask for a suggestion after an edit or a move of point.
 Not again for the text and point of the last request, nor while a
-suggestion is shown."
+suggestion is shown or `refact-lsp-inline-inhibit-predicates' say no."
   (when (and refact-lsp-inline-mode refact-lsp-inline--edited
              (not (equal (cons (buffer-chars-modified-tick) (point))
                          refact-lsp-inline--asked-state))
              (not refact-lsp-inline--visible)
-             (not buffer-read-only) (not (minibufferp)))
+             (not buffer-read-only) (not (minibufferp))
+             (not (refact-lsp-inline--inhibited-p)))
     (refact-lsp-inline-request)))
 
 ;;;###autoload
@@ -519,10 +555,13 @@ Needs a buffer managed by eglot with refact-lsp."
         (add-hook 'post-command-hook #'refact-lsp-inline--post-command nil t)
         (add-hook 'after-change-functions #'refact-lsp-inline--after-change
                   nil t)
+        (add-hook 'company-completion-started-hook #'refact-lsp-inline--recheck
+                  nil t)
         (refact-lsp-inline--ensure-timer))
     (remove-hook 'pre-command-hook #'refact-lsp-inline--pre-command t)
     (remove-hook 'post-command-hook #'refact-lsp-inline--post-command t)
     (remove-hook 'after-change-functions #'refact-lsp-inline--after-change t)
+    (remove-hook 'company-completion-started-hook #'refact-lsp-inline--recheck t)
     (refact-lsp-inline-dismiss)))
 
 (defun refact-lsp-inline--maybe-enable ()

@@ -361,6 +361,71 @@ they are, without the characters that overlays hide (`display' \"\" or `invisibl
        :moved (scenario-ghost-then "async_moved.py" (lambda () (back-to-indentation)) "<tab>"))
     (advice-remove 'indent-for-tab-command #'scenario-count-indent)))
 
+;; Other completion UIs at point: Emacs 30's `completion-preview-mode' (built in), company (if installed).
+;; They show the server's suggestion too (its completion item, the only candidate) and take TAB.
+(defun scenario-after-strings ()
+  "The after-strings of every overlay at point (the ghost text's and other packages' previews)."
+  (mapcar (lambda (o) (substring-no-properties (overlay-get o 'after-string)))
+          (cl-remove-if-not (lambda (o) (and (overlay-get o 'after-string) (= (overlay-start o) (point))))
+                            (overlays-in (point) (point)))))
+
+(defun scenario-type-tab-at-once ()
+  "Type TAB as right after the last command: without the run of `post-command-hook' that
+`execute-kbd-macro' makes before the first key, in which company and completion-preview (whose hooks run
+after any command) would take down what they show."
+  (let ((post-command-hook nil))
+    (scenario-type "TAB")))
+
+(scenario-step "completion_preview"
+  ;; "tot": completion-preview shows the completion item's rest after the command; the idle request and an
+  ;; answer that arrives while it is shown must not add the same text again as ghost text.
+  (scenario-open "completion_preview.py" "def add(a, b):\n    total = a\n    return ")
+  (completion-preview-mode 1)
+  (unwind-protect
+      (progn
+        (scenario-type "t o t")
+        (let ((seq refact-lsp-inline--seq))
+          (scenario-ask)
+          (let ((asked (/= seq refact-lsp-inline--seq)))
+            (refact-lsp-inline-request)  ; an answer that comes while the preview is shown
+            (scenario-answer)
+            (let ((shown (scenario-after-strings))
+                  (ghost (scenario-ghost))
+                  (tab (format "%s" (key-binding (kbd "TAB")))))
+              (scenario-type-tab-at-once)
+              (list :asked_on_idle (if asked t :json-false) :shown (vconcat shown) :ghost ghost
+                    :tab tab :text (scenario-buffer-text))))))
+    (completion-preview-mode -1)))
+
+(defvar scenario-elpa (getenv "REFACT_TEST_ELPA")
+  "A folder of package folders (Debian's elpa-src layout) holding company, or nil.")
+(when (and scenario-elpa (file-directory-p scenario-elpa))
+  (dolist (dir (directory-files scenario-elpa t "\\`[^.]"))
+    (when (file-directory-p dir) (add-to-list 'load-path dir))))
+
+(scenario-step "company"
+  ;; company begins on its timer, after the ghost text is shown: one display of the suggestion, TAB company's.
+  (if (not (require 'company nil t))
+      (list :skipped "company not installed (.ci/install-editors puts it in .tools/elpa)")
+    (scenario-open "company.py" "def add(a, b):\n    total = a\n    return ")
+    (setq-local company-idle-delay 0.05 company-minimum-prefix-length 3)
+    (company-mode 1)
+    (unwind-protect
+        (progn
+          (scenario-type "t o t")
+          (scenario-ask)
+          (scenario-answer)
+          (scenario-wait (lambda () company-candidates) "company to begin")
+          (accept-process-output nil 0.3)
+          (let ((candidates (vconcat company-candidates))
+                (shown (scenario-after-strings))
+                (ghost (scenario-ghost))
+                (tab (format "%s" (key-binding (kbd "TAB")))))
+            (scenario-type-tab-at-once)
+            (list :candidates candidates :shown (vconcat shown) :ghost ghost :tab tab
+                  :text (scenario-buffer-text))))
+      (company-mode -1))))
+
 (let ((coding-system-for-write 'utf-8))
   (princ (concat "REFACT-RESULTS:"
                  (decode-coding-string

@@ -29,6 +29,13 @@ PACKAGE_DIR = REPO / "editors" / "emacs"
 SCENARIO = Path(__file__).with_name("emacs_scenario.el")
 MIN_EMACS = (29, 1)  # refact-lsp.el's Package-Requires; the test targets Emacs 30 (bookworm-backports)
 TIMEOUT_S = 240
+#: Where company is found (Debian's elpa-src layout): .ci/install-editors unpacks Debian's elpa-company into
+#: .tools/elpa (not installed: Debian's elpa packages go with Debian's own Emacs); else the system's, if that
+#: package is installed. Without it its step reports skipped.
+ELPA_FOLDERS = (
+    REPO / ".tools" / "elpa" / "usr" / "share" / "emacs" / "site-lisp" / "elpa-src",
+    Path("/usr/share/emacs/site-lisp/elpa-src"),
+)
 VERSION_SEXP = '(format "%d.%d" emacs-major-version emacs-minor-version)'
 
 
@@ -73,6 +80,9 @@ def results(scripted_server, multiline_closer_model: Path, tmp_path_factory: pyt
         "REFACT_TEST_CLOSER_MODEL": str(scripted_server.closer_model),
         "REFACT_TEST_MULTILINE_CLOSER_MODEL": str(multiline_closer_model),
     }
+    elpa = next((folder for folder in ELPA_FOLDERS if folder.is_dir()), None)
+    if elpa is not None:
+        env["REFACT_TEST_ELPA"] = str(elpa)
     cmd = [binary, "--batch", "-Q", "-L", str(PACKAGE_DIR), "-l", str(SCENARIO)]
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, timeout=TIMEOUT_S, check=False)
     stdout = proc.stdout.decode("utf-8", "replace")
@@ -259,3 +269,35 @@ def test_an_edit_from_outside_a_command_never_loses_tab(results: dict, scripted_
     assert moved["indents"] == 1
     assert moved["text"] == "def add(a, b):\n    return "
     assert moved["ghost_after"] is None
+
+
+def _step_or_skip(results: dict, name: str) -> dict:
+    step = _step(results, name)
+    if "skipped" in step:
+        pytest.skip(step["skipped"])
+    return step
+
+
+def test_completion_preview_mode_shows_the_suggestion_once(results: dict, scripted_server) -> None:
+    """Emacs 30's ``completion-preview-mode`` previews the server's completion item (the only candidate) at
+    point: the ghost text must not show the same text a second time (``return tota + ba + b``); TAB is the
+    preview's then."""
+    step = _step(results, "completion_preview")
+    text = scripted_server.single_line_text
+    assert step["shown"] == [text]
+    assert step["ghost"] is None
+    assert step["asked_on_idle"] is False
+    assert step["tab"] == "completion-preview-insert"
+    assert step["text"] == f"def add(a, b):\n    total = a\n    return tot{text}"
+
+
+def test_company_shows_the_suggestion_once(results: dict, scripted_server) -> None:
+    """company (default frontends) previews its only candidate, the server's completion item, at point once
+    it begins: the ghost text shown before goes (not ``return tota + ba + b``), and TAB is company's."""
+    step = _step_or_skip(results, "company")
+    text = scripted_server.single_line_text
+    assert step["candidates"] == [f"tot{text}"]
+    assert step["shown"] == [text]
+    assert step["ghost"] is None
+    assert step["tab"] == "company-complete-common"
+    assert step["text"] == f"def add(a, b):\n    total = a\n    return tot{text}"
