@@ -104,8 +104,16 @@ it a second time."
   (or (bound-and-true-p company-candidates)
       (bound-and-true-p completion-preview-active-mode)))
 
+(defun refact-lsp-inline-evil-not-inserting-p ()
+  "Non-nil in an evil state other than insert, replace or emacs (normal, visual).
+There, moving point would ask for suggestions and show them, and TAB is
+evil's (`evil-jump-forward'), never an accept."
+  (and (bound-and-true-p evil-local-mode)
+       (not (memq (bound-and-true-p evil-state) '(insert replace emacs)))))
+
 (defcustom refact-lsp-inline-inhibit-predicates
-  '(refact-lsp-inline-completion-ui-active-p)
+  '(refact-lsp-inline-completion-ui-active-p
+    refact-lsp-inline-evil-not-inserting-p)
   "Functions of no argument, called in the buffer: while one returns non-nil,
 no suggestion is asked for or shown there, and one shown goes."
   :type '(repeat function))

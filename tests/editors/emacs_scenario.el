@@ -398,7 +398,7 @@ after any command) would take down what they show."
     (completion-preview-mode -1)))
 
 (defvar scenario-elpa (getenv "REFACT_TEST_ELPA")
-  "A folder of package folders (Debian's elpa-src layout) holding company, or nil.")
+  "A folder of package folders (Debian's elpa-src layout) holding company, evil and goto-chg, or nil.")
 (when (and scenario-elpa (file-directory-p scenario-elpa))
   (dolist (dir (directory-files scenario-elpa t "\\`[^.]"))
     (when (file-directory-p dir) (add-to-list 'load-path dir))))
@@ -425,6 +425,37 @@ after any command) would take down what they show."
             (list :candidates candidates :shown (vconcat shown) :ghost ghost :tab tab
                   :text (scenario-buffer-text))))
       (company-mode -1))))
+
+(scenario-step "evil"
+  ;; evil's normal state: moving over a blank line asks nothing and shows nothing (TAB there is
+  ;; `evil-jump-forward', never an accept); insert state asks and TAB accepts; back to normal state (ESC
+  ;; that leaves point where it is) drops the ghost text.
+  (if (not (require 'evil nil t))
+      (list :skipped "evil not installed (.ci/install-editors puts it in .tools/elpa)")
+    (scenario-use-model (scenario-env "REFACT_TEST_MULTILINE_MODEL"))
+    (unwind-protect
+        (progn
+          (scenario-open "evil.py" "def add(a, b):\n\n    x = 1\n")
+          (evil-local-mode 1)
+          (setq-local evil-move-cursor-back nil)
+          (goto-char (point-min))
+          (evil-normal-state)
+          (scenario-type "j")
+          (let ((seq refact-lsp-inline--seq))
+            (scenario-ask)
+            (let ((normal (list :state (symbol-name evil-state) :asked (if (/= seq refact-lsp-inline--seq) t :json-false)
+                                :ghost (scenario-answer))))
+              (scenario-type "i")
+              (scenario-ask)
+              (let ((insert (list :state (symbol-name evil-state) :ghost (scenario-answer))))
+                (scenario-type "<escape>")
+                (let ((escaped (list :state (symbol-name evil-state) :ghost (scenario-ghost))))
+                  (scenario-type "i")
+                  (scenario-ask)
+                  (scenario-answer)
+                  (scenario-type "TAB")
+                  (list :normal normal :insert insert :escaped escaped :text (scenario-buffer-text)))))))
+      (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL")))))
 
 (let ((coding-system-for-write 'utf-8))
   (princ (concat "REFACT-RESULTS:"

@@ -29,9 +29,10 @@ PACKAGE_DIR = REPO / "editors" / "emacs"
 SCENARIO = Path(__file__).with_name("emacs_scenario.el")
 MIN_EMACS = (29, 1)  # refact-lsp.el's Package-Requires; the test targets Emacs 30 (bookworm-backports)
 TIMEOUT_S = 240
-#: Where company is found (Debian's elpa-src layout): .ci/install-editors unpacks Debian's elpa-company into
-#: .tools/elpa (not installed: Debian's elpa packages go with Debian's own Emacs); else the system's, if that
-#: package is installed. Without it its step reports skipped.
+#: Where company, evil and goto-chg are found (Debian's elpa-src layout): .ci/install-editors unpacks Debian's
+#: elpa-company, elpa-evil and elpa-goto-chg into .tools/elpa (not installed: Debian's elpa packages go with
+#: Debian's own Emacs); else the system's, if those packages are installed. Without them their steps report
+#: skipped.
 ELPA_FOLDERS = (
     REPO / ".tools" / "elpa" / "usr" / "share" / "emacs" / "site-lisp" / "elpa-src",
     Path("/usr/share/emacs/site-lisp/elpa-src"),
@@ -301,3 +302,15 @@ def test_company_shows_the_suggestion_once(results: dict, scripted_server) -> No
     assert step["ghost"] is None
     assert step["tab"] == "company-complete-common"
     assert step["text"] == f"def add(a, b):\n    total = a\n    return tot{text}"
+
+
+def test_evil_normal_state_asks_nothing_and_shows_nothing(results: dict, scripted_server) -> None:
+    """evil: moving in normal state (``j`` onto a blank line) neither asks nor shows ghost text (it would push
+    the lines below down, and TAB there is ``evil-jump-forward``); insert state does, and TAB accepts there;
+    back to normal state the ghost text goes."""
+    step = _step_or_skip(results, "evil")
+    assert step["normal"] == {"state": "normal", "asked": False, "ghost": None}
+    assert step["insert"]["state"] == "insert"
+    assert step["insert"]["ghost"]["text"] == scripted_server.multiline_text
+    assert step["escaped"] == {"state": "normal", "ghost": None}
+    assert step["text"] == f"def add(a, b):\n{scripted_server.multiline_text}\n    x = 1\n"
