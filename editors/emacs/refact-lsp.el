@@ -188,11 +188,18 @@ server runs for its project and mode: eglot has not opened it there."
     (and (cl-typep server 'refact-lsp-server) server)))
 
 (defun refact-lsp--execute (command &optional arguments)
-  "Run the server COMMAND with ARGUMENTS (a vector) and return its result."
+  "Run the server COMMAND with ARGUMENTS (a vector) and return its result.
+An error answer (the model not ready yet, say) is a `user-error' with the
+server's message."
   (let ((server (or (refact-lsp--server)
                     (user-error "refact-lsp is not running in this buffer"))))
-    (jsonrpc-request server :workspace/executeCommand
-                     (list :command command :arguments (or arguments [])))))
+    (condition-case err
+        (jsonrpc-request server :workspace/executeCommand
+                         (list :command command :arguments (or arguments [])))
+      (jsonrpc-error
+       (user-error "refact-lsp: %s"
+                   (or (alist-get 'jsonrpc-error-message (cdr err))
+                       (error-message-string err)))))))
 
 (defun refact-lsp-stats ()
   "Show refact-lsp's statistics and model state (the refact.stats command)."

@@ -303,6 +303,18 @@ they are, without the characters that overlays hide (`display' \"\" or `invisibl
   (let ((returned (call-interactively #'refact-lsp-show-prompt)))
     (list :returned returned :message (scenario-last-message))))
 
+(scenario-step "prompt_loading"
+  ;; M-x refact-lsp-show-prompt while the model loads (a new `model' setting): the server's reason as a
+  ;; user-error, not jsonrpc's raw error data.
+  (scenario-open "prompt_loading.py" "def add(a, b):\n    return ")
+  (jsonrpc-notify (refact-lsp--server) :workspace/didChangeConfiguration
+                  (list :settings (list :refact (list :model (scenario-env "REFACT_TEST_MULTILINE_MODEL")))))
+  (unwind-protect
+      (condition-case err
+          (progn (call-interactively #'refact-lsp-show-prompt) (list :error nil))
+        (error (list :signal (symbol-name (car err)) :message (error-message-string err))))
+    (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL"))))
+
 (scenario-step "idle_delay"
   ;; The shared idle timer exists (inline mode is on): a new delay must reach it.
   (scenario-open "idle_delay.py" "x = 1\n")

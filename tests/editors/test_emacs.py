@@ -230,6 +230,13 @@ def test_show_prompt_where_the_server_completes_nothing(results: dict) -> None:
     assert step["message"] == "refact-lsp: no completion here (mode: none)"
 
 
+def test_show_prompt_while_the_model_loads_says_why(results: dict) -> None:
+    """M-x refact-lsp-show-prompt before the model is ready: the server's reason as a user-error, not
+    ``jsonrpc-error: "request id=84 failed:", (jsonrpc-error-code . -32803), ...``."""
+    step = _step(results, "prompt_loading")
+    assert step == {"signal": "user-error", "message": "refact-lsp: the model is not ready (state loading)"}
+
+
 def test_a_new_idle_delay_reaches_the_shared_timer(results: dict) -> None:
     """The idle timer exists once inline mode is on; customize (its :set) re-creates it at once, a plain setq
     after the next command in an inline-mode buffer; one timer all along."""
