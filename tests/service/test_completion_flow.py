@@ -171,6 +171,31 @@ async def test_a_typed_ahead_hit_that_only_repeats_the_text_after_the_cursor_is_
     service.close()
 
 
+async def test_a_cached_answer_serves_only_its_own_prompt_at_its_place(encode) -> None:
+    """Two places with the same text before the cursor whose multi-line prompts differ only in what the
+    cache's suffix key leaves out (found by tests/service/test_speedups_fuzz.py): whether a line break
+    follows the cursor line, and blank text right of the cursor. Each gets the model's answer for its own
+    prompt, as without the cache, not the other's."""
+    model = _Model(lambda prompt: f"    return {len(prompt.suffix)}")
+    service = _service(encode, model)
+    service.open(URI, "python", 1, "def f():\n")
+    first = await service.complete(URI, 1, 0)  # the empty last line: the prompt's suffix is ""
+    assert first is not None and first.text == "    return 0"
+    service.change(URI, 2, [((1, 0, 1, 0), "\n")])  # an empty line after it: the suffix is "\n"
+    second = await service.complete(URI, 1, 0)
+    assert second is not None and second.text == "    return 1"
+
+    other = "file:///b.py"
+    service.open(other, "python", 1, "def g():\n    \n")
+    third = await service.complete(other, 1, 2)  # in the middle of "    ": the suffix is "    \n"
+    assert third is not None and third.text == "    return 5"
+    service.change(other, 2, [((1, 2, 1, 4), "")])  # the blank text right of the cursor deleted
+    fourth = await service.complete(other, 1, 2)
+    assert fourth is not None and fourth.text == "    return 3"
+    assert len(model.runs) == 4 and service.stats.cache_hits == 0
+    service.close()
+
+
 async def test_a_load_superseded_while_it_runs_changes_nothing(tmp_path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"  # local model folders
     a.mkdir()

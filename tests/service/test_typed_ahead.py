@@ -133,3 +133,22 @@ def test_multi_line_keys_hold_the_text_right_of_the_cursor(encode):
     second = build_prompt(lines, 1, 8, encode, 500, "multi", window_hint=first.window)
     assert second.text != first.text
     assert cache.get(*cursor_keys(second, lines[1], 8)) is None
+
+
+def test_with_nothing_typed_an_entry_answers_only_its_own_prompt(encode):
+    """The suffix key leaves out whether a line break follows the cursor line of a multi-line prompt (and
+    blank text right of the cursor): at the entry's own place only the same prompt (``exact_key``) hits,
+    while typing along its suggestion still does."""
+    from refact_lsp.service.prompt import build_prompt
+    from refact_lsp.service.typed_ahead import cursor_keys, exact_key
+
+    cache = TypedAheadCache()
+    last = build_prompt(["def f():", ""], 1, 0, encode, 500, "multi")  # on the last line
+    before_last = build_prompt(["def f():", "", ""], 1, 0, encode, 500, "multi")  # a line break follows
+    assert cursor_keys(last, "", 0) == cursor_keys(before_last, "", 0) and last.text != before_last.text
+    cache.put(*cursor_keys(last, "", 0), "    return 1", exact=exact_key(last))
+    assert cache.get(*cursor_keys(last, "", 0), exact_key(last)) == "    return 1"
+    assert cache.get(*cursor_keys(before_last, "", 0), exact_key(before_last)) is None
+
+    typed = build_prompt(["def f():", "  ", ""], 1, 2, encode, 500, "multi")
+    assert cache.get(*cursor_keys(typed, "  ", 2), exact_key(typed)) == "  return 1"
