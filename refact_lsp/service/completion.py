@@ -641,7 +641,7 @@ class CompletionService:
         """The suggestion, and the speculation to start once it is answered (None: none)."""
         req, prompt, post, t_prompt = prepared.req, prepared.prompt, prepared.post, prepared.t_prompt
         completion: str | None = None
-        keys, exact = cursor_keys(prompt, req.line_text, req.index), exact_key(prompt)
+        keys, exact = cursor_keys(prompt, req.line_text, req.index), exact_key(prompt, post)
         if self.settings.completionCache:  # a typed-ahead hit answers at once, without the debounce
             hit = self.cache.lookup(*keys, exact)
             if hit is not None:
@@ -730,13 +730,13 @@ class CompletionService:
         if window is not None:
             window = shift_window(window, req.line, req.line, new_text.count("\n"))
         prompt = self._build_prompt(spec, spec_mode, window)  # the prompt of the request after the edit
-        keys, exact = cursor_keys(prompt, spec.line_text, spec.index), exact_key(prompt)
+        post = self._post_context(spec, prompt)  # read now: the document may change during the run
+        keys, exact = cursor_keys(prompt, spec.line_text, spec.index), exact_key(prompt, post)
         if self.cache.lookup(*keys, exact) is not None:
             return True  # already known (e.g. typed ahead)
         new_tokens = len(prompt.ids) - common_prefix_len(prompt.ids, self._engine_ids)
         if max_prefill is not None and new_tokens > max_prefill:
             return True
-        post = self._post_context(spec, prompt)  # read now: the document may change during the run
         ticket = self.scheduler.idle_ticket(uri)
         try:
             run = await ticket.run(

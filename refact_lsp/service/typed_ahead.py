@@ -7,8 +7,9 @@ and ``completion`` = the text inserted at the cursor (``cursor_relative``; ``pro
 hit back into what ``edits`` expects). A lookup finds the candidates by the suffix (one dict lookup)
 and compares each candidate's prefix with one ``startswith`` (a memcmp); a bucket holds at most
 ``per_suffix`` entries. The keys leave out a little of a multi-line prompt (so that typing along its
-suggestion still hits in single-line mode): ``exact_key`` is that little, and an entry answers a request
-with nothing typed since only for the same, that is for the very prompt it was computed for.
+suggestion still hits in single-line mode) and of what post-processing reads: ``exact_key`` is that
+little, and an entry answers a request with nothing typed since only for the same, that is for the very
+prompt and post-processing it was computed for.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
+from refact_lsp.service.postprocess import PostContext
 from refact_lsp.service.prompt import Prompt
 
 
@@ -35,14 +37,18 @@ def cursor_keys(prompt: Prompt, line_text: str, index: int) -> tuple[str, str]:
     return prefix, right + "\x00" + suffix if right.strip() else suffix
 
 
-def exact_key(prompt: Prompt) -> str:
-    """What ``prompt`` holds beyond its ``cursor_keys``: its mode, where its prefix ends, and in multi-line
-    mode the start of its suffix that the suffix key leaves out (the text right of the cursor when it is
-    blank, and whether a line break follows the cursor line). With the keys, it makes the prompt."""
+def exact_key(prompt: Prompt, post: PostContext) -> str:
+    """What a request's answer depends on beyond its ``cursor_keys``: the prompt's mode, where its prefix
+    ends, and in multi-line mode the start of its suffix that the suffix key leaves out (the text right of
+    the cursor when it is blank, and whether a line break follows the cursor line), with the lines below
+    the cursor that post-processing reads (``post.next_lines``, which may go past the prompt's window).
+    With the keys, it makes the prompt and what post-processing reads, but the text right of the cursor
+    in single-line mode, which a hit checks again (``only_repeats``)."""
     if prompt.mode == "single":
         return "single"  # the keys are the prompt's prefix and suffix
     head, newline, _ = prompt.suffix.partition("\n")
-    return f"multi\0{len(prompt.prefix)}\0{head}{newline}"
+    below = "\n".join(post.next_lines)
+    return f"multi\0{len(prompt.prefix)}\0{head}{newline}\0{below}"
 
 
 def cursor_relative(completion: str, line_text: str, index: int, prefix_cut: int) -> str | None:

@@ -196,6 +196,23 @@ async def test_a_cached_answer_serves_only_its_own_prompt_at_its_place(encode) -
     service.close()
 
 
+async def test_a_cached_answer_is_post_processed_for_the_lines_below_the_prompt(encode) -> None:
+    """Post-processing drops the end of a multi-line answer that repeats the lines below the cursor, which
+    it reads past the prompt's window (a small context here): a line changed there, out of the prompt,
+    changes the suggestion for the same prompt, with the cache as without it."""
+    model = _Model(lambda prompt: "    a = 1\n    b = 2\n    c = 3")
+    service = _service(encode, model, contextTokens=16, maxNewTokens=1)
+    service.open(URI, "python", 1, "def f():\n    \n    b = 2\n    c = 3\n    d = 4\n")
+    first = await service.complete(URI, 1, 4)
+    assert first is not None and first.text == "    a = 1"  # "b = 2", "c = 3" follow
+    assert "c = 3" not in model.runs[0].text  # beyond the window
+    service.change(URI, 2, [((3, 4, 3, 9), "e = 5")])  # "b = 2", "e = 5" follow: nothing repeats them
+    second = await service.complete(URI, 1, 4)
+    assert second is not None and second.text == "    a = 1\n    b = 2\n    c = 3"
+    assert [prompt.text for prompt in model.runs] == [model.runs[0].text] * 2  # the same prompt
+    service.close()
+
+
 async def test_a_load_superseded_while_it_runs_changes_nothing(tmp_path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"  # local model folders
     a.mkdir()

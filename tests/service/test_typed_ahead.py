@@ -139,16 +139,20 @@ def test_with_nothing_typed_an_entry_answers_only_its_own_prompt(encode):
     """The suffix key leaves out whether a line break follows the cursor line of a multi-line prompt (and
     blank text right of the cursor): at the entry's own place only the same prompt (``exact_key``) hits,
     while typing along its suggestion still does."""
+    from refact_lsp.service.postprocess import PostContext
     from refact_lsp.service.prompt import build_prompt
     from refact_lsp.service.typed_ahead import cursor_keys, exact_key
 
-    cache = TypedAheadCache()
-    last = build_prompt(["def f():", ""], 1, 0, encode, 500, "multi")  # on the last line
-    before_last = build_prompt(["def f():", "", ""], 1, 0, encode, 500, "multi")  # a line break follows
-    assert cursor_keys(last, "", 0) == cursor_keys(before_last, "", 0) and last.text != before_last.text
-    cache.put(*cursor_keys(last, "", 0), "    return 1", exact=exact_key(last))
-    assert cache.get(*cursor_keys(last, "", 0), exact_key(last)) == "    return 1"
-    assert cache.get(*cursor_keys(before_last, "", 0), exact_key(before_last)) is None
+    def keys(lines: list[str], index: int) -> tuple[str, str, str]:
+        prompt = build_prompt(lines, 1, index, encode, 500, "multi")
+        post = PostContext.from_lines(lines, 1, index, prompt.mode, prompt.prefix_cut)
+        return (*cursor_keys(prompt, lines[1], index), exact_key(prompt, post))
 
-    typed = build_prompt(["def f():", "  ", ""], 1, 2, encode, 500, "multi")
-    assert cache.get(*cursor_keys(typed, "  ", 2), exact_key(typed)) == "  return 1"
+    cache = TypedAheadCache()
+    last = keys(["def f():", ""], 0)  # on the last line
+    before_last = keys(["def f():", "", ""], 0)  # a line break follows: another prompt
+    assert last[:2] == before_last[:2] and last[2] != before_last[2]
+    cache.put(*last[:2], "    return 1", exact=last[2])
+    assert cache.get(*last) == "    return 1"
+    assert cache.get(*before_last) is None
+    assert cache.get(*keys(["def f():", "  ", ""], 2)) == "  return 1"  # typed along
