@@ -648,6 +648,8 @@ class CompletionService:
                 completion = prompt_relative(hit.rest, req.line_text, req.index, prompt.prefix_cut)
                 if only_repeats(completion, post):  # typed up to what follows: nothing left to add
                     completion = ""
+                else:  # (a speculative answer is shown now: typing along it may hit)
+                    self.cache.show(*keys, exact)
                 self.stats.cache_hits += 1
                 if hit.tag == SPECULATIVE_TAG:
                     self.stats.speculative_hits += 1
@@ -755,7 +757,7 @@ class CompletionService:
             return False
         rest = cursor_relative(postprocess(raw, post), spec.line_text, spec.index, prompt.prefix_cut)
         if rest:
-            self.cache.put(*keys, rest, tag=SPECULATIVE_TAG, exact=exact)
+            self.cache.put(*keys, rest, tag=SPECULATIVE_TAG, exact=exact, shown=False)
         return True
 
     def _cacheable(self, settings: Settings, generation: int) -> bool:

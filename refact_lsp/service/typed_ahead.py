@@ -78,8 +78,8 @@ class TypedAheadCache:
             raise ValueError("max_entries and per_suffix must be at least 1")
         self.max_entries = max_entries
         self.per_suffix = per_suffix
-        # -> (completion, tag, exact key)
-        self._entries: OrderedDict[tuple[str, str], tuple[str, str, str]] = OrderedDict()
+        # -> (completion, tag, exact key, shown)
+        self._entries: OrderedDict[tuple[str, str], tuple[str, str, str, bool]] = OrderedDict()
         self._by_suffix: dict[str, list[str]] = {}  # suffix -> prefixes, most recent last
 
     def __len__(self) -> int:
@@ -89,20 +89,24 @@ class TypedAheadCache:
         self._entries.clear()
         self._by_suffix.clear()
 
-    def put(self, prefix: str, suffix: str, completion: str, tag: str = "", exact: str = "") -> None:
+    def put(
+        self, prefix: str, suffix: str, completion: str, tag: str = "", exact: str = "", shown: bool = True
+    ) -> None:
         """Remember ``completion`` for the cursor between ``prefix`` and ``suffix`` (not an empty one),
-        computed for the prompt whose ``exact_key`` is ``exact``."""
+        computed for the prompt whose ``exact_key`` is ``exact``. ``shown`` False: computed ahead (a
+        speculation), not shown yet: until :meth:`show`, only a request at its own place gets it (typing
+        along a suggestion never shown gets what the model answers there)."""
         if not completion:
             return
         key = (prefix, suffix)
         if key in self._entries:
             self._entries.move_to_end(key)
-            self._entries[key] = (completion, tag, exact)
+            self._entries[key] = (completion, tag, exact, shown)
             bucket = self._by_suffix[suffix]
             bucket.remove(prefix)
             bucket.append(prefix)
             return
-        self._entries[key] = (completion, tag, exact)
+        self._entries[key] = (completion, tag, exact, shown)
         bucket = self._by_suffix.setdefault(suffix, [])
         bucket.append(prefix)
         if len(bucket) > self.per_suffix:
@@ -118,6 +122,12 @@ class TypedAheadCache:
         if not bucket:
             del self._by_suffix[suffix]
 
+    def show(self, prefix: str, suffix: str, exact: str = "") -> None:
+        """The entry put at exactly this place (and ``exact``) was shown: typing along it may hit now."""
+        entry = self._entries.get((prefix, suffix))
+        if entry is not None and entry[2] == exact and not entry[3]:
+            self._entries[(prefix, suffix)] = (*entry[:3], True)
+
     def get(self, prefix: str, suffix: str, exact: str = "") -> str | None:
         """The rest of a cached suggestion, or None (see :meth:`lookup`)."""
         hit = self.lookup(prefix, suffix, exact)
@@ -128,7 +138,8 @@ class TypedAheadCache:
 
         Hits when ``prefix`` = a cached prefix + typed text, the typed text starts the cached completion
         (and leaves some of it), and ``suffix`` is unchanged; with nothing typed, only an entry put with
-        the same ``exact`` (key) hits. The longest matching cached prefix wins.
+        the same ``exact`` (key) hits, with something typed only one shown. The longest matching cached
+        prefix wins.
         """
         bucket = self._by_suffix.get(suffix)
         if not bucket:
@@ -139,10 +150,12 @@ class TypedAheadCache:
                 continue
             if not prefix.startswith(cached_prefix):
                 continue
-            completion, tag, cached_exact = self._entries[(cached_prefix, suffix)]
+            completion, tag, cached_exact, shown = self._entries[(cached_prefix, suffix)]
             typed_len = len(prefix) - len(cached_prefix)
             if typed_len == 0 and cached_exact != exact:
                 continue  # the same keys, another prompt: its answer is not this one's
+            if typed_len and not shown:
+                continue  # typing along a suggestion never shown is typing, not typing along
             if len(completion) > typed_len and completion.startswith(prefix[len(cached_prefix) :]):
                 best = (cached_prefix, Hit(completion[typed_len:], tag))
         if best is None:

@@ -213,6 +213,41 @@ async def test_a_cached_answer_is_post_processed_for_the_lines_below_the_prompt(
     service.close()
 
 
+async def test_typing_along_a_speculative_answer_never_shown_runs_the_model(encode) -> None:
+    """The speculation after a suggestion computes the answer for after accepting it. Typing a character
+    of that answer before asking (it was never shown) gets what the model answers there, as without the
+    cache, not the rest of the speculative answer; once that answer was shown, typing along it is
+    answered from the cache (found by tests/service/test_speedups_fuzz.py)."""
+
+    answers = {"foo": "(1)", "foo(1)": "  # one", "foo(1) ": "# uno"}  # after "x = ", "y = "
+
+    def answer(prompt: Prompt) -> str:
+        return answers.get(prompt.prefix.rsplit("= ", 1)[1], "")
+
+    model = _Model(answer)
+    service = _service(encode, model, speculative=True)
+    service.open(URI, "python", 1, "x = foo\ny = foo\n")
+    assert (await service.complete(URI, 0, 7)).text == "(1)"
+    await _until(lambda: service._speculation is not None and service._speculation.done())
+    assert len(model.runs) == 2  # the speculation: "  # one" after "(1)"
+    service.change(URI, 2, [((0, 7, 0, 7), "(1)")])  # accepted
+    service.change(URI, 3, [((0, 10, 0, 10), " ")])  # and typed on before asking
+    typed = await service.complete(URI, 0, 11)
+    assert typed is not None and typed.text == "# uno"  # the model's answer there
+    assert len(model.runs) == 3
+
+    assert (await service.complete(URI, 1, 7)).text == "(1)"
+    await _until(lambda: service._speculation is not None and service._speculation.done())
+    service.change(URI, 4, [((1, 7, 1, 7), "(1)")])
+    shown = await service.complete(URI, 1, 10)  # the speculation's answer, shown
+    assert shown is not None and shown.text == "  # one"
+    service.change(URI, 5, [((1, 10, 1, 10), " ")])
+    typed = await service.complete(URI, 1, 11)  # typing along what is shown: its rest
+    assert typed is not None and typed.text == " # one"
+    assert (len(model.runs), service.stats.speculative_hits) == (5, 2)
+    service.close()
+
+
 async def test_a_load_superseded_while_it_runs_changes_nothing(tmp_path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"  # local model folders
     a.mkdir()

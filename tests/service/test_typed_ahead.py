@@ -156,3 +156,14 @@ def test_with_nothing_typed_an_entry_answers_only_its_own_prompt(encode):
     assert cache.get(*last) == "    return 1"
     assert cache.get(*before_last) is None
     assert cache.get(*keys(["def f():", "  ", ""], 2)) == "  return 1"  # typed along
+
+
+def test_an_entry_never_shown_answers_only_its_own_place():
+    """A speculation's answer, computed ahead and not shown: typing along it is no typing along a
+    suggestion, until a request at its place got it (``show``)."""
+    cache = TypedAheadCache()
+    cache.put("x = ", "", "foo(1)", tag="speculative", shown=False)
+    assert cache.get("x = f", "") is None
+    assert cache.get("x = ", "") == "foo(1)"
+    cache.show("x = ", "")
+    assert cache.get("x = f", "") == "oo(1)"
