@@ -39,7 +39,13 @@ from refact_lsp.service.scheduler import Scheduler, Skipped, call_soon_threadsaf
 from refact_lsp.service.settings import Settings, SettingsError
 from refact_lsp.service.speculative import SPECULATIVE_TAG, accept, indent_unit, next_line_indent
 from refact_lsp.service.stats import RunRecord, Stats
-from refact_lsp.service.typed_ahead import TypedAheadCache, cursor_keys, cursor_relative, prompt_relative
+from refact_lsp.service.typed_ahead import (
+    TypedAheadCache,
+    cursor_keys,
+    cursor_relative,
+    exact_key,
+    prompt_relative,
+)
 from refact_lsp.token_ids import common_prefix_len
 
 log = logging.getLogger(__name__)
@@ -635,13 +641,15 @@ class CompletionService:
         """The suggestion, and the speculation to start once it is answered (None: none)."""
         req, prompt, post, t_prompt = prepared.req, prepared.prompt, prepared.post, prepared.t_prompt
         completion: str | None = None
-        keys = cursor_keys(prompt, req.line_text, req.index)
+        keys, exact = cursor_keys(prompt, req.line_text, req.index), exact_key(prompt, post)
         if self.settings.completionCache:  # a typed-ahead hit answers at once, without the debounce
-            hit = self.cache.lookup(*keys)
+            hit = self.cache.lookup(*keys, exact)
             if hit is not None:
                 completion = prompt_relative(hit.rest, req.line_text, req.index, prompt.prefix_cut)
                 if only_repeats(completion, post):  # typed up to what follows: nothing left to add
                     completion = ""
+                else:  # (a speculative answer is shown now: typing along it may hit)
+                    self.cache.show(*keys, exact)
                 self.stats.cache_hits += 1
                 if hit.tag == SPECULATIVE_TAG:
                     self.stats.speculative_hits += 1
@@ -656,7 +664,7 @@ class CompletionService:
             completion = postprocess(raw, post)
             rest = cursor_relative(completion, req.line_text, req.index, prompt.prefix_cut)
             if settings.completionCache and rest and self._cacheable(settings, generation):
-                self.cache.put(*keys, rest)
+                self.cache.put(*keys, rest, exact=exact)
         else:
             self.stats.record_latency("hit", (time.perf_counter() - t_prompt) * 1000)
         suggestion = self._suggestion(req, prompt.mode, completion) if completion else None
@@ -724,13 +732,13 @@ class CompletionService:
         if window is not None:
             window = shift_window(window, req.line, req.line, new_text.count("\n"))
         prompt = self._build_prompt(spec, spec_mode, window)  # the prompt of the request after the edit
-        keys = cursor_keys(prompt, spec.line_text, spec.index)
-        if self.cache.lookup(*keys) is not None:
+        post = self._post_context(spec, prompt)  # read now: the document may change during the run
+        keys, exact = cursor_keys(prompt, spec.line_text, spec.index), exact_key(prompt, post)
+        if self.cache.lookup(*keys, exact) is not None:
             return True  # already known (e.g. typed ahead)
         new_tokens = len(prompt.ids) - common_prefix_len(prompt.ids, self._engine_ids)
         if max_prefill is not None and new_tokens > max_prefill:
             return True
-        post = self._post_context(spec, prompt)  # read now: the document may change during the run
         ticket = self.scheduler.idle_ticket(uri)
         try:
             run = await ticket.run(
@@ -749,7 +757,7 @@ class CompletionService:
             return False
         rest = cursor_relative(postprocess(raw, post), spec.line_text, spec.index, prompt.prefix_cut)
         if rest:
-            self.cache.put(*keys, rest, tag=SPECULATIVE_TAG)
+            self.cache.put(*keys, rest, tag=SPECULATIVE_TAG, exact=exact, shown=False)
         return True
 
     def _cacheable(self, settings: Settings, generation: int) -> bool:

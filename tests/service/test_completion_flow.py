@@ -171,6 +171,83 @@ async def test_a_typed_ahead_hit_that_only_repeats_the_text_after_the_cursor_is_
     service.close()
 
 
+async def test_a_cached_answer_serves_only_its_own_prompt_at_its_place(encode) -> None:
+    """Two places with the same text before the cursor whose multi-line prompts differ only in what the
+    cache's suffix key leaves out (found by tests/service/test_speedups_fuzz.py): whether a line break
+    follows the cursor line, and blank text right of the cursor. Each gets the model's answer for its own
+    prompt, as without the cache, not the other's."""
+    model = _Model(lambda prompt: f"    return {len(prompt.suffix)}")
+    service = _service(encode, model)
+    service.open(URI, "python", 1, "def f():\n")
+    first = await service.complete(URI, 1, 0)  # the empty last line: the prompt's suffix is ""
+    assert first is not None and first.text == "    return 0"
+    service.change(URI, 2, [((1, 0, 1, 0), "\n")])  # an empty line after it: the suffix is "\n"
+    second = await service.complete(URI, 1, 0)
+    assert second is not None and second.text == "    return 1"
+
+    other = "file:///b.py"
+    service.open(other, "python", 1, "def g():\n    \n")
+    third = await service.complete(other, 1, 2)  # in the middle of "    ": the suffix is "    \n"
+    assert third is not None and third.text == "    return 5"
+    service.change(other, 2, [((1, 2, 1, 4), "")])  # the blank text right of the cursor deleted
+    fourth = await service.complete(other, 1, 2)
+    assert fourth is not None and fourth.text == "    return 3"
+    assert len(model.runs) == 4 and service.stats.cache_hits == 0
+    service.close()
+
+
+async def test_a_cached_answer_is_post_processed_for_the_lines_below_the_prompt(encode) -> None:
+    """Post-processing drops the end of a multi-line answer that repeats the lines below the cursor, which
+    it reads past the prompt's window (a small context here): a line changed there, out of the prompt,
+    changes the suggestion for the same prompt, with the cache as without it."""
+    model = _Model(lambda prompt: "    a = 1\n    b = 2\n    c = 3")
+    service = _service(encode, model, contextTokens=16, maxNewTokens=1)
+    service.open(URI, "python", 1, "def f():\n    \n    b = 2\n    c = 3\n    d = 4\n")
+    first = await service.complete(URI, 1, 4)
+    assert first is not None and first.text == "    a = 1"  # "b = 2", "c = 3" follow
+    assert "c = 3" not in model.runs[0].text  # beyond the window
+    service.change(URI, 2, [((3, 4, 3, 9), "e = 5")])  # "b = 2", "e = 5" follow: nothing repeats them
+    second = await service.complete(URI, 1, 4)
+    assert second is not None and second.text == "    a = 1\n    b = 2\n    c = 3"
+    assert [prompt.text for prompt in model.runs] == [model.runs[0].text] * 2  # the same prompt
+    service.close()
+
+
+async def test_typing_along_a_speculative_answer_never_shown_runs_the_model(encode) -> None:
+    """The speculation after a suggestion computes the answer for after accepting it. Typing a character
+    of that answer before asking (it was never shown) gets what the model answers there, as without the
+    cache, not the rest of the speculative answer; once that answer was shown, typing along it is
+    answered from the cache (found by tests/service/test_speedups_fuzz.py)."""
+
+    answers = {"foo": "(1)", "foo(1)": "  # one", "foo(1) ": "# uno"}  # after "x = ", "y = "
+
+    def answer(prompt: Prompt) -> str:
+        return answers.get(prompt.prefix.rsplit("= ", 1)[1], "")
+
+    model = _Model(answer)
+    service = _service(encode, model, speculative=True)
+    service.open(URI, "python", 1, "x = foo\ny = foo\n")
+    assert (await service.complete(URI, 0, 7)).text == "(1)"
+    await _until(lambda: service._speculation is not None and service._speculation.done())
+    assert len(model.runs) == 2  # the speculation: "  # one" after "(1)"
+    service.change(URI, 2, [((0, 7, 0, 7), "(1)")])  # accepted
+    service.change(URI, 3, [((0, 10, 0, 10), " ")])  # and typed on before asking
+    typed = await service.complete(URI, 0, 11)
+    assert typed is not None and typed.text == "# uno"  # the model's answer there
+    assert len(model.runs) == 3
+
+    assert (await service.complete(URI, 1, 7)).text == "(1)"
+    await _until(lambda: service._speculation is not None and service._speculation.done())
+    service.change(URI, 4, [((1, 7, 1, 7), "(1)")])
+    shown = await service.complete(URI, 1, 10)  # the speculation's answer, shown
+    assert shown is not None and shown.text == "  # one"
+    service.change(URI, 5, [((1, 10, 1, 10), " ")])
+    typed = await service.complete(URI, 1, 11)  # typing along what is shown: its rest
+    assert typed is not None and typed.text == " # one"
+    assert (len(model.runs), service.stats.speculative_hits) == (5, 2)
+    service.close()
+
+
 async def test_a_load_superseded_while_it_runs_changes_nothing(tmp_path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"  # local model folders
     a.mkdir()

@@ -133,3 +133,37 @@ def test_multi_line_keys_hold_the_text_right_of_the_cursor(encode):
     second = build_prompt(lines, 1, 8, encode, 500, "multi", window_hint=first.window)
     assert second.text != first.text
     assert cache.get(*cursor_keys(second, lines[1], 8)) is None
+
+
+def test_with_nothing_typed_an_entry_answers_only_its_own_prompt(encode):
+    """The suffix key leaves out whether a line break follows the cursor line of a multi-line prompt (and
+    blank text right of the cursor): at the entry's own place only the same prompt (``exact_key``) hits,
+    while typing along its suggestion still does."""
+    from refact_lsp.service.postprocess import PostContext
+    from refact_lsp.service.prompt import build_prompt
+    from refact_lsp.service.typed_ahead import cursor_keys, exact_key
+
+    def keys(lines: list[str], index: int) -> tuple[str, str, str]:
+        prompt = build_prompt(lines, 1, index, encode, 500, "multi")
+        post = PostContext.from_lines(lines, 1, index, prompt.mode, prompt.prefix_cut)
+        return (*cursor_keys(prompt, lines[1], index), exact_key(prompt, post))
+
+    cache = TypedAheadCache()
+    last = keys(["def f():", ""], 0)  # on the last line
+    before_last = keys(["def f():", "", ""], 0)  # a line break follows: another prompt
+    assert last[:2] == before_last[:2] and last[2] != before_last[2]
+    cache.put(*last[:2], "    return 1", exact=last[2])
+    assert cache.get(*last) == "    return 1"
+    assert cache.get(*before_last) is None
+    assert cache.get(*keys(["def f():", "  ", ""], 2)) == "  return 1"  # typed along
+
+
+def test_an_entry_never_shown_answers_only_its_own_place():
+    """A speculation's answer, computed ahead and not shown: typing along it is no typing along a
+    suggestion, until a request at its place got it (``show``)."""
+    cache = TypedAheadCache()
+    cache.put("x = ", "", "foo(1)", tag="speculative", shown=False)
+    assert cache.get("x = f", "") is None
+    assert cache.get("x = ", "") == "foo(1)"
+    cache.show("x = ", "")
+    assert cache.get("x = f", "") == "oo(1)"
