@@ -158,7 +158,7 @@ def is_int8(name: str) -> bool:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto``: bf16 on CUDA (fp16 where bf16 is unsupported), fp16 on MPS, float32 on CPU.
+    """``auto``: bf16 on CUDA (fp16 where bf16 is not native: before Ampere), fp16 on MPS, float32 on CPU.
 
     ``int8`` (CPU only) computes in float32: the answer is the activations' dtype."""
     name = (name or "auto").strip().lower()
@@ -180,10 +180,11 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def _bf16_supported(device: torch.device) -> bool:
-    """``torch.cuda.is_bf16_supported()`` for ``device``: torch's answers for the current GPU, which need not
-    be ``cuda:N`` (mixed GPUs)."""
+    """Whether ``device`` has bf16 natively (Ampere or later, or ROCm). ``torch.cuda.is_bf16_supported()``
+    also says yes where bf16 is only emulated (a T4 or V100 makes bf16 tensors, but has no bf16 tensor cores:
+    its fp16 matmuls are the fast ones), and answers for the current GPU, which need not be ``cuda:N``."""
     with torch.cuda.device(device):  # no index: the current GPU
-        return torch.cuda.is_bf16_supported()
+        return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 # --- locating the checkpoint ------------------------------------------------------------------

@@ -394,6 +394,27 @@ def test_auto_dtype_asks_the_requested_gpu_about_bf16_not_the_current_one(monkey
     assert current == [1]
 
 
+def test_auto_dtype_is_float16_where_bf16_is_only_emulated(monkeypatch) -> None:
+    """A T4 or V100 makes bf16 tensors (torch's ``is_bf16_supported()`` says yes) but has no bf16 tensor
+    cores, only fp16 ones: ``auto`` takes fp16 there, bf16 from Ampere on."""
+    from types import SimpleNamespace
+
+    major = [7]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "_exchange_device", lambda index: 0)
+    monkeypatch.setattr(torch.cuda, "_maybe_exchange_device", lambda index: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: SimpleNamespace(major=major[0]))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda i: True)  # emulation works
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert torch.cuda.is_bf16_supported()  # torch's default answer counts the emulation
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert resolve_dtype("bfloat16", torch.device("cuda")) == torch.bfloat16  # asked for: given
+    major[0] = 8
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+
+
 def test_a_cuda_index_beyond_the_devices_is_named_before_anything_is_loaded(monkeypatch, tmp_path) -> None:
     """``cuda:7`` on a machine with one GPU: an error that says so, before the download and the load (which
     failed with torch's "CUDA error: invalid device ordinal" and its debugging hints, after both)."""
