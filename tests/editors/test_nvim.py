@@ -979,7 +979,8 @@ def test_accept_word_twice_then_the_rest(nvim: Any, scripted_server) -> None:
 
 def test_accept_line_of_a_multiline_suggestion(nvim: Any, scripted_server) -> None:
     """<M-C-Right> takes the rest of the first line; the second line stays shown as a virtual line; the
-    next <M-C-Right> inserts the line break and the last line, as Tab would."""
+    next one (here through ``<Plug>(refact-accept-line)``) inserts the line break and the last line, as Tab
+    would."""
     _open(nvim, "line.py", ["def add(a, b):", "   "])
     _use_model(nvim, scripted_server.multiline_model)
     try:
@@ -991,7 +992,8 @@ def test_accept_line_of_a_multiline_suggestion(nvim: Any, scripted_server) -> No
         assert len(nvim.current.buffer) == 2
         end = len("    return a + b")
         assert _ghost(nvim) == [{"row": 1, "col": end, "text": "", "lines": ["    # done"]}]
-        nvim.exec_lua("require('refact').accept_line()")
+        nvim.command("imap <buffer> <F8> <Plug>(refact-accept-line)")
+        nvim.input("<F8>")
         _wait(lambda: len(nvim.current.buffer) == 3, "the next line")
         assert nvim.current.buffer[:] == ["def add(a, b):", *scripted_server.multiline_text.split("\n")]
         assert tuple(nvim.current.window.cursor) == (3, len("    # done"))
@@ -1039,7 +1041,7 @@ def test_accept_word_and_line_keep_a_multiline_suggestions_paren_once(
         nvim.input("<M-C-Right>")
         _wait(lambda: _line(nvim, 0) == "x = foo(a,) + 1", "the rest of the first line")
         assert _screen(nvim, 2)[0] == ["x = foo(a,", "    b) + 1"]
-        nvim.input("<M-C-Right>")
+        nvim.exec_lua("require('refact').accept_line()")
         _wait(lambda: len(nvim.current.buffer) == 2, "the last line")
         assert nvim.current.buffer[:] == ["x = foo(a,", "    b) + 1"]
         # a word across the line break keeps the ")" after the cursor, on the new line
@@ -1075,3 +1077,19 @@ def test_accept_word_and_line_keys_do_their_job_when_nothing_is_shown(nvim: Any)
     finally:
         nvim.command("silent! iunmap <M-Right>")
         nvim.command("silent! iunmap <M-C-Right>")
+
+
+def test_dot_repeats_an_insert_with_partial_accepts(nvim: Any, scripted_server) -> None:
+    """Words taken one by one are part of the insert, as Tab's text is: ``.`` types them again."""
+    _open(nvim, "word_dot.py", ["def add(a, b):", "    retur", "    retur"])
+    _insert(nvim, "A", (2, len("    retur") - 1))
+    nvim.input("n ")
+    _wait(lambda: _ghost(nvim), "ghost text")
+    nvim.input("<M-Right>")
+    _wait(lambda: _line(nvim, 1) == "    return a", "the first word")
+    nvim.input("<M-Right>")
+    _wait(lambda: _line(nvim, 1) == "    return a +", "the second word")
+    _leave_insert(nvim)
+    nvim.input("j.")
+    _wait(lambda: _line(nvim, 2) == "    return a +", "the repeated insert")
+    assert nvim.current.buffer[1:] == ["    return a +", "    return a +"]

@@ -83,7 +83,11 @@ end
 
 --- The accept mappings: option, description, the <Plug> name of the copy of what the key did before.
 local ACCEPT = {
-  all = { key = 'accept_key', desc = 'Accept the Refact suggestion', fallback = '<Plug>(refact-accept-fallback)' },
+  all = {
+    key = 'accept_key',
+    desc = 'Accept the Refact suggestion',
+    fallback = '<Plug>(refact-accept-fallback)',
+  },
   word = {
     key = 'accept_word_key',
     desc = 'Accept the next word of the Refact suggestion',
