@@ -16,7 +16,8 @@
 ;;   its suggestion through eglot's textDocument/completion;
 ;; - eglot has no inline completion, so `refact-lsp-inline-mode' asks
 ;;   textDocument/inlineCompletion when Emacs is idle after an edit, shows the
-;;   suggestion as an overlay (ghost text), TAB accepts it, and any other
+;;   suggestion as an overlay (ghost text), TAB accepts it (M-f its next
+;;   word, C-e its next line, the rest staying shown), and any other
 ;;   command that edits or moves point drops it, as does an edit of the text
 ;;   it replaces made outside a command (a timer, a process: an async
 ;;   formatter, auto-revert); when it can no longer be accepted, TAB does
@@ -273,8 +274,19 @@ shown: it can be accepted while both still hold, whatever else changed.")
   (let ((map (make-sparse-keymap)))
     (define-key map (kbd "TAB") #'refact-lsp-inline-accept)
     (define-key map [tab] #'refact-lsp-inline-accept)
+    ;; Part of it, as copilot.el users bind it: the motion over the ghost
+    ;; text that the key makes over real text.
+    (define-key map (kbd "M-f") #'refact-lsp-inline-accept-word)
+    (define-key map (kbd "C-e") #'refact-lsp-inline-accept-line)
     map)
-  "Keys active while a suggestion is shown (above major and minor mode maps).")
+  "Keys active while a suggestion is shown (above major and minor mode maps).
+When the suggestion can no longer be accepted, each runs what it runs
+without the suggestion.")
+
+(defconst refact-lsp-inline--accept-commands
+  '(refact-lsp-inline-accept refact-lsp-inline-accept-word
+    refact-lsp-inline-accept-line)
+  "Commands that insert the suggestion shown, or part of it.")
 
 (defvar refact-lsp-inline--emulation-alist
   `((refact-lsp-inline--visible . ,refact-lsp-inline-active-map)))
@@ -353,44 +365,49 @@ nil if TEXT does not continue TYPED."
     (when (and (stringp text) (not (string-empty-p text))
                (<= beg (point) end)
                (= (line-number-at-pos beg) (line-number-at-pos end)))
-      (let ((pieces (refact-lsp-inline--ghost
-                     text
-                     (buffer-substring-no-properties beg (point))
-                     (buffer-substring-no-properties (point) end))))
-        (when (and pieces (not (string-empty-p (apply #'concat pieces))))
-          (refact-lsp-inline-dismiss)
-          ;; A piece before each covered character, the last one after them all.
-          (let ((at (point)) (overlays nil))
-            (dolist (piece pieces)
-              (unless (string-empty-p piece)
-                (setq piece (propertize piece 'face 'refact-lsp-ghost-face))
-                ;; Keep the cursor before the ghost text, where typing goes.
-                (when (= at (point)) (put-text-property 0 1 'cursor t piece))
-                (let ((overlay (make-overlay at at nil nil t)))
-                  (overlay-put overlay 'after-string piece)
-                  (overlay-put overlay 'refact-lsp t)
-                  (overlay-put overlay 'priority 1000)
-                  (push overlay overlays)))
-              (setq at (1+ at)))
-            ;; Shown in one piece (a multi-line suggestion) while it replaces
-            ;; characters right of point, e.g. an auto-closed paren that it
-            ;; types again: hide them while it is shown, so that the screen
-            ;; shows what accepting gives.  `display' rather than `invisible':
-            ;; it does not depend on `buffer-invisibility-spec'.
-            (when (and (null (cdr pieces)) (< (point) end))
-              (let ((hidden (make-overlay (point) end nil t nil)))
-                (overlay-put hidden 'display "")
-                (overlay-put hidden 'refact-lsp-covered t)
-                (push hidden overlays)))
-            ;; Markers follow edits elsewhere; text inserted at either end
-            ;; goes inside, so that it counts as an edit of the replaced text.
-            (setq refact-lsp-inline--overlays overlays
-                  refact-lsp-inline--suggestion
-                  (list :beg (copy-marker beg) :end (copy-marker end t)
-                        :text text
-                        :replaced (buffer-substring-no-properties beg end)
-                        :offset (- (point) beg))
-                  refact-lsp-inline--visible t)))))))
+      (refact-lsp-inline--display text beg end))))
+
+(defun refact-lsp-inline--display (text beg end)
+  "Show TEXT, which replaces BEG..END, at point, if it continues BEG..point.
+Point is in BEG..END; that region may span lines after a partial accept."
+  (let ((pieces (refact-lsp-inline--ghost
+                 text
+                 (buffer-substring-no-properties beg (point))
+                 (buffer-substring-no-properties (point) end))))
+    (when (and pieces (not (string-empty-p (apply #'concat pieces))))
+      (refact-lsp-inline-dismiss)
+      ;; A piece before each covered character, the last one after them all.
+      (let ((at (point)) (overlays nil))
+        (dolist (piece pieces)
+          (unless (string-empty-p piece)
+            (setq piece (propertize piece 'face 'refact-lsp-ghost-face))
+            ;; Keep the cursor before the ghost text, where typing goes.
+            (when (= at (point)) (put-text-property 0 1 'cursor t piece))
+            (let ((overlay (make-overlay at at nil nil t)))
+              (overlay-put overlay 'after-string piece)
+              (overlay-put overlay 'refact-lsp t)
+              (overlay-put overlay 'priority 1000)
+              (push overlay overlays)))
+          (setq at (1+ at)))
+        ;; Shown in one piece (a multi-line suggestion) while it replaces
+        ;; characters right of point, e.g. an auto-closed paren that it
+        ;; types again: hide them while it is shown, so that the screen
+        ;; shows what accepting gives.  `display' rather than `invisible':
+        ;; it does not depend on `buffer-invisibility-spec'.
+        (when (and (null (cdr pieces)) (< (point) end))
+          (let ((hidden (make-overlay (point) end nil t nil)))
+            (overlay-put hidden 'display "")
+            (overlay-put hidden 'refact-lsp-covered t)
+            (push hidden overlays)))
+        ;; Markers follow edits elsewhere; text inserted at either end
+        ;; goes inside, so that it counts as an edit of the replaced text.
+        (setq refact-lsp-inline--overlays overlays
+              refact-lsp-inline--suggestion
+              (list :beg (copy-marker beg) :end (copy-marker end t)
+                    :text text
+                    :replaced (buffer-substring-no-properties beg end)
+                    :offset (- (point) beg))
+              refact-lsp-inline--visible t)))))
 
 (defun refact-lsp-inline--intact-p (suggestion)
   "Non-nil if the text that SUGGESTION would replace is as when shown."
@@ -428,7 +445,7 @@ own (<tab>) is looked up as it translates (TAB), as the command loop does."
         (when (and (arrayp translated) (not (equal translated keys)))
           (setq command (key-binding translated t)))))
     (and (commandp command)
-         (not (eq command #'refact-lsp-inline-accept))
+         (not (memq command refact-lsp-inline--accept-commands))
          command)))
 
 (defun refact-lsp-inline--on-answer (result)
@@ -475,31 +492,104 @@ It is shown when the answer comes, if the buffer and point did not change."
        :error-fn #'ignore
        :timeout-fn #'ignore))))
 
+(defun refact-lsp-inline--next-word (text)
+  "The next word of TEXT, as VS Code and Copilot take it: the whitespace
+that starts it (line breaks too), then a run of word characters (letters,
+digits, \"_\") or else of other characters (punctuation)."
+  (save-match-data
+    (string-match "\\`[ \t\n\r\f]*\\(?:[[:alnum:]_]+\\|[^[:alnum:]_ \t\n\r\f]+\\)?" text)
+    (match-string 0 text)))
+
+(defun refact-lsp-inline--next-line (text)
+  "The next line of TEXT: up to its first line break; from a line break,
+that break and the line after it."
+  (save-match-data
+    (string-match "\\`\n?[^\n]*" text)
+    (match-string 0 text)))
+
+(defun refact-lsp-inline--accept (take interactive)
+  "Insert the suggestion shown at point, or part of it.
+TAKE: nil for all of it, else a function that gives the part to insert
+of the rest of its text (`refact-lsp-inline--next-word',
+`refact-lsp-inline--next-line').  The rest stays shown, as if the part
+had been typed; the last part is a full accept.
+If it can no longer be accepted (point moved, or the text it replaces
+changed, outside a command), drop it and, when INTERACTIVE, run the
+command the keys that called this one run without it, so that the key is
+not lost."
+  (let* ((suggestion refact-lsp-inline--suggestion)
+         (acceptable (refact-lsp-inline--acceptable-p suggestion))
+         (beg (and acceptable (marker-position (plist-get suggestion :beg))))
+         (end (and acceptable (marker-position (plist-get suggestion :end))))
+         (text (plist-get suggestion :text))
+         (rest (and acceptable
+                    (substring text (plist-get suggestion :offset))))
+         (piece (and rest take (funcall take rest)))
+         (keys (this-command-keys-vector)))
+    (refact-lsp-inline-dismiss)
+    (cond
+     ((and acceptable (or (null piece) (string-empty-p piece)
+                          (>= (length piece) (length rest))))
+      (delete-region beg end)
+      (goto-char beg)
+      (insert text))
+     (acceptable
+      ;; Part of it, as if typed: the characters right of point that this
+      ;; part types again (in order, as the ghost text is cut at them) are
+      ;; replaced, the others stay, and so does the text after them.
+      (let ((covered (buffer-substring-no-properties (point) end))
+            (consumed 0) (from 0))
+        (while (and (< consumed (length covered))
+                    (let ((at (string-search
+                               (char-to-string (aref covered consumed))
+                               piece from)))
+                      (when at (setq consumed (1+ consumed) from (1+ at)))))
+          nil)
+        ;; One command: one undo step.
+        (delete-region (point) (+ (point) consumed))
+        (insert piece)
+        ;; Point stays before the characters that a multi-line rest hides
+        ;; (`display' ""), where typing goes: no adjustment out of them.
+        (setq disable-point-adjustment t)
+        (refact-lsp-inline--display
+         text beg (+ end (- (length piece) consumed)))))
+     ;; Only for the keys of `refact-lsp-inline-active-map' (not M-x).
+     (interactive
+      (when-let ((command (and (memq (lookup-key refact-lsp-inline-active-map
+                                                 keys)
+                                     refact-lsp-inline--accept-commands)
+                               (refact-lsp-inline--fallback-command keys))))
+        (setq this-command command)
+        (call-interactively command nil keys))))))
+
 (defun refact-lsp-inline-accept ()
   "Insert the suggestion shown at point.
 If it can no longer be accepted (point moved, or the text it replaces
 changed, outside a command), drop it and run the command the keys that
 called this one run without it, so that TAB is not lost."
   (interactive)
-  (let* ((suggestion refact-lsp-inline--suggestion)
-         (acceptable (refact-lsp-inline--acceptable-p suggestion))
-         (beg (and acceptable (marker-position (plist-get suggestion :beg))))
-         (end (and acceptable (marker-position (plist-get suggestion :end))))
-         (keys (this-command-keys-vector)))
-    (refact-lsp-inline-dismiss)
-    (if acceptable
-        (progn
-          (delete-region beg end)
-          (goto-char beg)
-          (insert (plist-get suggestion :text)))
-      ;; Only for the keys of `refact-lsp-inline-active-map' (not M-x).
-      (when-let ((command (and (called-interactively-p 'any)
-                               (eq (lookup-key refact-lsp-inline-active-map
-                                               keys)
-                                   #'refact-lsp-inline-accept)
-                               (refact-lsp-inline--fallback-command keys))))
-        (setq this-command command)
-        (call-interactively command nil keys)))))
+  (refact-lsp-inline--accept nil (called-interactively-p 'any)))
+
+(defun refact-lsp-inline-accept-word ()
+  "Insert the next word of the suggestion shown at point.
+The whitespace before it (line breaks too), then a run of word characters
+or else of punctuation, as VS Code and copilot.el take a word.  The rest
+stays shown, as if the word had been typed; characters right of point
+that the suggestion types again (an auto-closed paren) stay until the
+word types them.  The last word inserts what `refact-lsp-inline-accept'
+does.  When the suggestion can no longer be accepted, drop it and run
+what the keys run without it (M-f: `forward-word')."
+  (interactive)
+  (refact-lsp-inline--accept #'refact-lsp-inline--next-word
+                             (called-interactively-p 'any)))
+
+(defun refact-lsp-inline-accept-line ()
+  "Insert the rest of the current line of the suggestion shown at point.
+At the end of one of its lines, the line break and the next line.
+Otherwise as `refact-lsp-inline-accept-word' (C-e: `move-end-of-line')."
+  (interactive)
+  (refact-lsp-inline--accept #'refact-lsp-inline--next-line
+                             (called-interactively-p 'any)))
 
 (defun refact-lsp-inline--pre-command ()
   "Note the buffer's tick before a command.
@@ -518,7 +608,8 @@ point for the idle timer, and follow a new idle delay."
     (refact-lsp-inline--recheck)
     (when (and refact-lsp-inline--visible
                (or (eq this-command 'keyboard-quit)
-                   (and (not (eq this-command 'refact-lsp-inline-accept))
+                   (and (not (memq this-command
+                                   refact-lsp-inline--accept-commands))
                         (or (and command-tick (/= tick command-tick))
                             (not (refact-lsp-inline--acceptable-p
                                   refact-lsp-inline--suggestion))))))

@@ -469,6 +469,107 @@ after any command) would take down what they show."
                   (list :normal normal :insert insert :escaped escaped :text (scenario-buffer-text)))))))
       (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL")))))
 
+;; Accepting part of a suggestion: M-f a word, C-e a line; the rest stays shown as if typed.
+(defun scenario-all-ghost ()
+  "The strings of every ghost overlay, in buffer order."
+  (mapcar (lambda (o) (substring-no-properties (overlay-get o 'after-string)))
+          (sort (cl-remove-if-not (lambda (o) (overlay-get o 'refact-lsp)) (overlays-in (point-min) (point-max)))
+                (lambda (a b) (< (overlay-start a) (overlay-start b))))))
+
+(defun scenario-observe ()
+  "Text, point (from the buffer's start, 0-based), ghost strings and the whole buffer as displayed."
+  (list :text (scenario-buffer-text) :point (- (point) (point-min)) :ghost (vconcat (scenario-all-ghost))
+        :displayed (scenario-displayed (point-min) (point-max))))
+
+(scenario-step "accept_word"
+  (scenario-open "accept_word.py" "def add(a, b):\n    retur")
+  (scenario-type "n SPC")
+  (scenario-ask)
+  (scenario-wait #'scenario-ghost "the ghost text")
+  (let ((binding (format "%s" (key-binding (kbd "M-f")))))
+    (scenario-type "M-f")
+    (let ((first (scenario-observe)))
+      (scenario-type "M-f")
+      (let ((second (scenario-observe)))
+        (scenario-type "TAB")
+        (let ((rest (scenario-observe)))
+          (scenario-type "C-/ C-/")  ; TAB undone, then the second word: one step each
+          (list :binding binding :first first :second second :rest rest :undone (scenario-buffer-text)))))))
+
+(scenario-step "accept_line"
+  (scenario-use-model (scenario-env "REFACT_TEST_MULTILINE_MODEL"))
+  (unwind-protect
+      (progn
+        (scenario-open "accept_line.py" "def add(a, b):\n   ")
+        (scenario-type "SPC")
+        (scenario-ask)
+        (scenario-wait #'scenario-ghost "the multi-line ghost text")
+        (scenario-type "C-e")
+        (let ((first (scenario-observe)))
+          (scenario-type "C-e")
+          (list :first first :last (scenario-observe))))
+    (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL"))))
+
+(scenario-step "accept_word_closer"
+  (scenario-use-model (scenario-env "REFACT_TEST_CLOSER_MODEL"))
+  (unwind-protect
+      (progn
+        (scenario-open "accept_word_closer.py" "def f()")
+        (backward-char 1)
+        (scenario-type "y DEL")
+        (scenario-ask)
+        (scenario-wait #'scenario-ghost "the ghost text")
+        (scenario-type "M-f")
+        (let ((first (scenario-observe)))
+          (scenario-type "M-f")
+          (list :first first :last (scenario-observe))))
+    (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL"))))
+
+(scenario-step "accept_multiline_closer"
+  ;; "x = foo(|)" + "a,\n    b)": taken by words and lines, the real ")" is kept once until the last part.
+  (scenario-use-model (scenario-env "REFACT_TEST_MULTILINE_CLOSER_MODEL") :multiline "always")
+  (unwind-protect
+      (cl-flet ((start (file)
+                  (scenario-open file "x = foo()")
+                  (backward-char 1)
+                  (scenario-type "y DEL")
+                  (scenario-ask)
+                  (scenario-wait #'scenario-ghost "the ghost text")))
+        (start "accept_ml_closer.py")
+        (scenario-type "M-f")
+        (let ((word (scenario-observe)))
+          (scenario-type "C-e")
+          (let ((line (scenario-observe)))
+            (scenario-type "C-e")
+            (let ((last (scenario-observe)))
+              (start "accept_ml_closer_words.py")
+              (scenario-type "M-f M-f M-f")
+              (list :word word :line line :last last :words (scenario-observe))))))
+    (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL") :multiline "auto")))
+
+(scenario-step "accept_word_nothing_shown"
+  ;; No suggestion: M-f and C-e move as always.  A suggestion shown, then point moved by a timer: the
+  ;; keys are refact-lsp's, but they drop it and move as always.
+  (scenario-open "accept_nothing.py" "def add(a, b):\n    retur\nfoo bar\n")
+  (goto-char (point-min))
+  (forward-line 2)
+  (let ((start (point)))
+    (scenario-type "M-f")
+    (let ((after-word (- (point) start)))
+      (scenario-type "C-e")
+      (let ((after-line (- (point) start)))
+        (goto-char (point-min))
+        (forward-line 1)
+        (scenario-type "C-e n SPC")
+        (scenario-ask)
+        (scenario-wait #'scenario-ghost "the ghost text")
+        (let ((binding (format "%s %s" (key-binding (kbd "M-f")) (key-binding (kbd "C-e")))))
+          (goto-char (1- (point)))  ; a timer moving point: the suggestion no longer applies
+          (scenario-type "M-f")
+          (let ((moved-word (- (point) (line-beginning-position))))
+            (list :after_word after-word :after_line after-line :binding binding :moved_word moved-word
+                  :ghost (scenario-ghost) :text (scenario-buffer-text))))))))
+
 (let ((coding-system-for-write 'utf-8))
   (princ (concat "REFACT-RESULTS:"
                  (decode-coding-string

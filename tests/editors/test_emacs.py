@@ -321,3 +321,97 @@ def test_evil_normal_state_asks_nothing_and_shows_nothing(results: dict, scripte
     assert step["insert"]["ghost"]["text"] == scripted_server.multiline_text
     assert step["escaped"] == {"state": "normal", "ghost": None}
     assert step["text"] == f"def add(a, b):\n{scripted_server.multiline_text}\n    x = 1\n"
+
+
+def test_accept_word_twice_then_the_rest(results: dict, scripted_server) -> None:
+    """M-f takes the next word ("a", then " +"), the rest stays shown as if typed, TAB inserts it; undo
+    takes back each accept in one step."""
+    step = _step(results, "accept_word")
+    head = "def add(a, b):\n    return "
+    assert step["binding"] == "refact-lsp-inline-accept-word"
+    assert step["first"] == {
+        "text": head + "a",
+        "point": len(head + "a"),
+        "ghost": [" + b"],
+        "displayed": head + "a + b",
+    }
+    assert step["second"] == {
+        "text": head + "a +",
+        "point": len(head + "a +"),
+        "ghost": [" b"],
+        "displayed": head + "a + b",
+    }
+    assert step["rest"] == {
+        "text": head + scripted_server.single_line_text,
+        "point": len(head + "a + b"),
+        "ghost": [],
+        "displayed": head + "a + b",
+    }
+    assert step["undone"] == head + "a"
+
+
+def test_accept_line_of_a_multiline_suggestion(results: dict, scripted_server) -> None:
+    """C-e takes the rest of the first line (the next line stays shown), then the line break and the
+    next line: what TAB gives."""
+    step = _step(results, "accept_line")
+    first_line, second_line = scripted_server.multiline_text.split("\n")
+    head = "def add(a, b):\n"
+    assert step["first"] == {
+        "text": head + first_line,
+        "point": len(head + first_line),
+        "ghost": ["\n" + second_line],
+        "displayed": head + first_line + "\n" + second_line,
+    }
+    assert step["last"]["text"] == head + scripted_server.multiline_text
+    assert step["last"]["point"] == len(head + scripted_server.multiline_text)
+    assert step["last"]["ghost"] == []
+
+
+def test_accept_word_keeps_an_auto_closed_paren_once(results: dict) -> None:
+    """``def f(|)`` + ``x):``: M-f puts "x" before the real ")" (kept once, ":" still shown after it);
+    the last word "):" types over it as TAB does."""
+    step = _step(results, "accept_word_closer")
+    assert step["first"] == {
+        "text": "def f(x)",
+        "point": len("def f(x"),
+        "ghost": [":"],
+        "displayed": "def f(x):",
+    }
+    assert step["last"]["text"] == "def f(x):"
+    assert step["last"]["point"] == len("def f(x):")
+    assert step["last"]["ghost"] == []
+
+
+def test_accept_word_and_line_keep_a_multiline_suggestions_paren_once(results: dict) -> None:
+    """``x = foo(|)`` + ``a,\\n    b)``: parts taken by M-f and C-e keep the real ")" after point, once (and
+    hidden while the rest is shown); the last line gives what TAB gives."""
+    step = _step(results, "accept_multiline_closer")
+    full = "x = foo(a,\n    b)"
+    assert step["word"] == {
+        "text": "x = foo(a)",
+        "point": len("x = foo(a"),
+        "ghost": [",\n    b)"],
+        "displayed": full,
+    }
+    assert step["line"] == {
+        "text": "x = foo(a,)",
+        "point": len("x = foo(a,"),
+        "ghost": ["\n    b)"],
+        "displayed": full,
+    }
+    assert step["last"]["text"] == full
+    assert step["last"]["point"] == len(full)
+    # a word across the line break: the ")" follows point onto the new line
+    assert step["words"]["text"] == full
+    assert step["words"]["point"] == len(full) - 1
+
+
+def test_accept_word_and_line_keys_move_when_nothing_is_shown(results: dict) -> None:
+    step = _step(results, "accept_word_nothing_shown")
+    assert step["after_word"] == len("foo")  # forward-word
+    assert step["after_line"] == len("foo bar")  # move-end-of-line
+    assert step["binding"] == "refact-lsp-inline-accept-word refact-lsp-inline-accept-line"
+    # the suggestion no longer applies (point moved outside a command): M-f drops it and is forward-word
+    assert step["ghost"] is None
+    assert step["text"] == "def add(a, b):\n    return \nfoo bar\n"
+    assert step["moved_word"] == len("foo")

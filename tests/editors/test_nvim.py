@@ -950,3 +950,146 @@ def test_a_buffer_opened_while_the_client_stops_gets_a_new_one(nvim: Any) -> Non
     )
     assert new != old
     _wait(lambda: _stats(nvim).get("model_state") == "ready", "the new server's model")
+
+
+def test_accept_word_twice_then_the_rest(nvim: Any, scripted_server) -> None:
+    """<M-Right> (Copilot.vim's key) takes the next word: "a", then " +"; the rest stays shown as if
+    typed, and Tab then inserts it. ``u`` undoes the insert, pieces included, in one step."""
+    completion = scripted_server.single_line_text  # "a + b"
+    _open(nvim, "word.py", ["def add(a, b):", "    return "])
+    _insert_at_end(nvim)
+    nvim.input("x<BS>")
+    _wait(lambda: _ghost(nvim), "ghost text")
+    nvim.input("<M-Right>")
+    _wait(lambda: _line(nvim, 1) == "    return a", "the first word")
+    assert _ghost(nvim) == [{"row": 1, "col": len("    return a"), "text": " + b", "lines": []}]
+    assert tuple(nvim.current.window.cursor) == (2, len("    return a"))
+    nvim.exec_lua("require('refact').accept_word()")
+    _wait(lambda: _line(nvim, 1) == "    return a +", "the second word (whitespace and punctuation)")
+    assert _ghost(nvim) == [{"row": 1, "col": len("    return a +"), "text": " b", "lines": []}]
+    nvim.input("<Tab>")
+    _wait(lambda: _line(nvim, 1) == f"    return {completion}", "the rest")
+    assert _ghost(nvim) == []
+    assert nvim.current.buffer[:] == ["def add(a, b):", f"    return {completion}"]
+    assert nvim.api.get_mode()["mode"] == "i"
+    _leave_insert(nvim)
+    nvim.input("u")
+    _wait(lambda: _line(nvim, 1) == "    return ", "the insert undone")
+
+
+def test_accept_line_of_a_multiline_suggestion(nvim: Any, scripted_server) -> None:
+    """<M-C-Right> takes the rest of the first line; the second line stays shown as a virtual line; the
+    next one (here through ``<Plug>(refact-accept-line)``) inserts the line break and the last line, as Tab
+    would."""
+    _open(nvim, "line.py", ["def add(a, b):", "   "])
+    _use_model(nvim, scripted_server.multiline_model)
+    try:
+        _insert(nvim, "A")
+        nvim.input(" ")
+        _wait(lambda: _ghost(nvim), "multi-line ghost text")
+        nvim.input("<M-C-Right>")
+        _wait(lambda: _line(nvim, 1) == "    return a + b", "the first line")
+        assert len(nvim.current.buffer) == 2
+        end = len("    return a + b")
+        assert _ghost(nvim) == [{"row": 1, "col": end, "text": "", "lines": ["    # done"]}]
+        nvim.command("imap <buffer> <F8> <Plug>(refact-accept-line)")
+        nvim.input("<F8>")
+        _wait(lambda: len(nvim.current.buffer) == 3, "the next line")
+        assert nvim.current.buffer[:] == ["def add(a, b):", *scripted_server.multiline_text.split("\n")]
+        assert tuple(nvim.current.window.cursor) == (3, len("    # done"))
+        assert _ghost(nvim) == []
+    finally:
+        _use_model(nvim, scripted_server.single_line_model)
+
+
+def test_accept_word_keeps_an_auto_closed_paren_once(nvim: Any, scripted_server) -> None:
+    """``def f(|)`` + ``x):``: the first word goes before the real ")", which stays (once); the last
+    word, "):", types over it as Tab does: ``def f(x):``."""
+    _open(nvim, "word_closer.py", ["def f()"])
+    _use_model(nvim, scripted_server.closer_model)
+    try:
+        _insert(nvim, "i", (1, 6))
+        nvim.input("y<BS>")
+        _wait(lambda: _ghost(nvim), "ghost text")
+        nvim.input("<M-Right>")
+        _wait(lambda: _line(nvim, 0) == "def f(x)", "the first word, before the ')'")
+        assert _ghost(nvim) == [{"row": 0, "col": 8, "text": ":", "lines": []}]
+        assert _screen(nvim, 1) == [["def f(x):"], 8]
+        nvim.input("<M-Right>")
+        _wait(lambda: _line(nvim, 0) == "def f(x):", "the last word, over the ')'")
+        assert nvim.current.buffer[:] == ["def f(x):"]
+        assert tuple(nvim.current.window.cursor) == (1, len("def f(x):"))
+    finally:
+        _use_model(nvim, scripted_server.single_line_model)
+
+
+def test_accept_word_and_line_keep_a_multiline_suggestions_paren_once(
+    nvim: Any, scripted_server, ml_closer_model: Path
+) -> None:
+    """``x = foo(|) + 1`` + ``a,\\n    b)``: words and lines taken one by one leave the real ")" (and
+    " + 1") after the cursor, never doubled nor lost, and end in what Tab gives."""
+    _open(nvim, "ml_word.py", ["x = foo() + 1"])
+    _use_model(nvim, ml_closer_model, multiline="always", midLine="always")
+    try:
+        _insert(nvim, "i", (1, 8))
+        nvim.input("y<BS>")
+        _wait(lambda: _ghost(nvim), "ghost text")
+        nvim.input("<M-Right>")
+        _wait(lambda: _line(nvim, 0) == "x = foo(a) + 1", "the first word")
+        # still shown as before Tab: the ")" blanked, the last line with what follows it
+        assert _screen(nvim, 2)[0] == ["x = foo(a,", "    b) + 1"]
+        nvim.input("<M-C-Right>")
+        _wait(lambda: _line(nvim, 0) == "x = foo(a,) + 1", "the rest of the first line")
+        assert _screen(nvim, 2)[0] == ["x = foo(a,", "    b) + 1"]
+        nvim.exec_lua("require('refact').accept_line()")
+        _wait(lambda: len(nvim.current.buffer) == 2, "the last line")
+        assert nvim.current.buffer[:] == ["x = foo(a,", "    b) + 1"]
+        # a word across the line break keeps the ")" after the cursor, on the new line
+        _leave_insert(nvim)
+        nvim.current.buffer[:] = ["x = foo() + 1"]
+        _insert(nvim, "i", (1, 8))
+        nvim.input("y<BS>")
+        _wait(lambda: _ghost(nvim), "ghost text")
+        nvim.input("<M-Right><M-Right><M-Right>")
+        _wait(lambda: len(nvim.current.buffer) == 2, "the word on the next line")
+        assert nvim.current.buffer[:] == ["x = foo(a,", "    b) + 1"]
+        assert tuple(nvim.current.window.cursor) == (2, len("    b"))
+    finally:
+        _use_model(nvim, scripted_server.single_line_model)
+
+
+def test_accept_word_and_line_keys_do_their_job_when_nothing_is_shown(nvim: Any) -> None:
+    """With no suggestion, <M-Right> and <M-C-Right> do what they did before (here the user's own
+    mappings); the <Plug> mappings type nothing."""
+    nvim.command("inoremap <M-Right> WORD")
+    nvim.command("inoremap <M-C-Right> LINE")
+    try:
+        _open(nvim, "word_nothing.py", ["def add(a, b):", ""])
+        _insert_at_end(nvim)
+        assert _ghost(nvim) == []
+        nvim.input("<M-Right><M-C-Right>")
+        _wait(lambda: _line(nvim, 1) == "WORDLINE", "the keys' own mappings")
+        nvim.command("imap <buffer> <F7> <Plug>(refact-accept-word)")
+        nvim.input("<F7>z")
+        _wait(lambda: _line(nvim, 1) == "WORDLINEz", "the typed z")
+        assert nvim.api.get_vvar("errmsg") == ""
+        assert nvim.exec_lua("return require('refact').accept_word()") is False
+    finally:
+        nvim.command("silent! iunmap <M-Right>")
+        nvim.command("silent! iunmap <M-C-Right>")
+
+
+def test_dot_repeats_an_insert_with_partial_accepts(nvim: Any, scripted_server) -> None:
+    """Words taken one by one are part of the insert, as Tab's text is: ``.`` types them again."""
+    _open(nvim, "word_dot.py", ["def add(a, b):", "    retur", "    retur"])
+    _insert(nvim, "A", (2, len("    retur") - 1))
+    nvim.input("n ")
+    _wait(lambda: _ghost(nvim), "ghost text")
+    nvim.input("<M-Right>")
+    _wait(lambda: _line(nvim, 1) == "    return a", "the first word")
+    nvim.input("<M-Right>")
+    _wait(lambda: _line(nvim, 1) == "    return a +", "the second word")
+    _leave_insert(nvim)
+    nvim.input("j.")
+    _wait(lambda: _line(nvim, 2) == "    return a +", "the repeated insert")
+    assert nvim.current.buffer[1:] == ["    return a +", "    return a +"]

@@ -9,6 +9,15 @@ vim.api.nvim_set_hl(0, 'RefactGhost', { link = 'Comment', default = true })
 
 local group = vim.api.nvim_create_augroup('refact', { clear = true })
 
+-- Insert-mode <Plug> mappings for your own keys (`imap <C-Right> <Plug>(refact-accept-word)`): accept the
+-- whole suggestion, its next word, its next line. With nothing shown they type nothing.
+local plugs = { ['refact-accept'] = false, ['refact-accept-word'] = 'word', ['refact-accept-line'] = 'line' }
+for name, part in pairs(plugs) do
+  vim.keymap.set('i', '<Plug>(' .. name .. ')', function()
+    return require('refact').accept_keys(part or nil) or ''
+  end, { expr = true, replace_keycodes = false, desc = 'refact-lsp: ' .. name:gsub('-', ' ') })
+end
+
 vim.api.nvim_create_autocmd('LspAttach', {
   group = group,
   callback = function(args)

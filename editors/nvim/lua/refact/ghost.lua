@@ -8,7 +8,8 @@
 --- Accepting goes through keys (`accept_keys`): a <Del> for each character right of the cursor that
 --- the item types again, then a paste of its text (nvim_paste). That text is literal (no autoindent,
 --- auto-pairs or 'expandtab'), is one undo step with the rest of the insert, and is in the redo
---- register, so `.` repeats it.
+--- register, so `.` repeats it. Accepting part of it (`accept_word_keys`, `accept_line_keys`) pastes
+--- that part the same way and shows the rest at once, as if the part had been typed.
 local M = {}
 
 local api = vim.api
@@ -297,8 +298,27 @@ function M.dismiss(bufnr)
   M.clear(bufnr)
 end
 
---- The text that the keys of `accept_keys` paste: { bufnr, text }.
+--- The text that the keys of `accept_keys` paste: { bufnr, text, shown? }; `shown`: the rest of a
+--- partly accepted suggestion, shown again once the text is in.
 local queued = nil
+
+--- The next word of `text` (`accept_word`), as VS Code and Copilot take it: the whitespace that starts
+--- it (line breaks too), then a run of word characters (letters, digits, "_", any non-ASCII byte) or
+--- else of other characters (punctuation).
+local function next_word(text)
+  local space = text:match('^%s*')
+  local rest = text:sub(#space + 1)
+  return space .. (rest:match('^[%w_\128-\255]+') or rest:match('^[^%w_%s\128-\255]+') or '')
+end
+
+--- The next line of `text` (`accept_line`): up to its first line break; from a line break, that break
+--- and the line after it.
+local function next_line(text)
+  return text:match('^\n?[^\n]*')
+end
+
+M.next_word = next_word
+M.next_line = next_line
 
 --- Keys that insert the suggestion shown in `bufnr` (0: current) as if typed, so that `.` repeats
 --- them: a <Del> for each character right of the cursor that the item types again, then a paste of
@@ -306,8 +326,12 @@ local queued = nil
 --- an <expr> mapping or fed to the front of the typeahead. Drops the suggestion; nil if none was
 --- shown, it no longer applies or the completion menu is open (the key is the menu's then). Works while
 --- text is locked (an <expr> mapping).
+--- `take`: for a partial accept (`accept_word`, `accept_line`), gives the piece of the rest of the
+--- suggestion to insert (`next_word`, `next_line`); the rest stays shown, as if the piece was typed, and
+--- taking the last piece is a full accept.
+---@param take? fun(text: string): string
 ---@return string?
-function M.accept_keys(bufnr)
+function M.accept_keys(bufnr, take)
   bufnr = bufnr == 0 and api.nvim_get_current_buf() or bufnr
   if pum_visible() then
     return nil
@@ -330,7 +354,38 @@ function M.accept_keys(bufnr)
   local covered = line:sub(col + 1, suggestion.end_col)
   local lines = vim.deepcopy(suggestion.lines)
   lines[1] = lines[1]:sub(col - suggestion.start_col + 1) -- the part typed before the cursor is there
-  return M.insert_keys(bufnr, table.concat(lines, '\n'), covered)
+  local text = table.concat(lines, '\n')
+  local piece = take and take(text) or text
+  if piece == '' or #piece >= #text then
+    return M.insert_keys(bufnr, text, covered) -- the whole rest: a full accept
+  end
+  -- Part of it, as if typed: the characters right of the cursor that this piece types again (in order,
+  -- as the ghost text is cut at them) are replaced, the others stay; the rest is shown again after it.
+  local consumed, from = 0, 1
+  while consumed < #covered do
+    local at = piece:find(covered:sub(consumed + 1, consumed + 1), from, true)
+    if not at then
+      break
+    end
+    consumed, from = consumed + 1, at + 1
+  end
+  local rest = {
+    row = suggestion.row,
+    col = col + #piece,
+    start_col = suggestion.start_col,
+    end_col = suggestion.end_col + #piece - consumed,
+    lines = suggestion.lines,
+  }
+  local breaks = select(2, piece:gsub('\n', ''))
+  if breaks > 0 then -- on a later line, which the piece starts: the item's lines from that one
+    local last = piece:match('[^\n]*$')
+    rest.row, rest.col, rest.start_col = suggestion.row + breaks, #last, 0
+    rest.end_col = #last + #covered - consumed
+    rest.lines = vim.list_slice(suggestion.lines, breaks + 1)
+  end
+  local keys = M.insert_keys(bufnr, piece, covered:sub(1, consumed))
+  queued.shown = rest
+  return keys
 end
 
 --- Keys that delete `covered` (the characters right of the cursor) and paste `text` in insert mode, as
@@ -349,6 +404,15 @@ function M.insert_queued()
   if item and item.text ~= '' and api.nvim_get_current_buf() == item.bufnr then
     -- In insert mode the paste is part of the insert: literal, one undo step, repeated by `.`.
     api.nvim_paste(item.text, false, -1)
+    local rest, state = item.shown, states[item.bufnr]
+    local row, col = unpack(api.nvim_win_get_cursor(0))
+    if rest and state and row - 1 == rest.row and col == rest.col then
+      -- A partial accept: the rest, as if the piece had been typed (TextChangedI keeps it).
+      rest.tick = api.nvim_buf_get_changedtick(item.bufnr)
+      if render(item.bufnr, rest, col, state.opts.hl_group) then
+        state.shown = rest
+      end
+    end
   end
 end
 
@@ -356,13 +420,27 @@ end
 --- in right after the current mapping (also an <expr> one). Returns false if none is shown (or it no
 --- longer applies).
 ---@return boolean
-function M.accept(bufnr)
-  local keys = M.accept_keys(bufnr)
+---@param take? fun(text: string): string the piece to take (`accept_keys`); nil: all of it
+function M.accept(bufnr, take)
+  local keys = M.accept_keys(bufnr, take)
   if not keys then
     return false
   end
   api.nvim_feedkeys(keys, 'ni', false)
   return true
+end
+
+--- Keys that insert the next word of the suggestion shown (`accept_keys`); nil if none is shown.
+---@return string?
+function M.accept_word_keys(bufnr)
+  return M.accept_keys(bufnr, next_word)
+end
+
+--- Keys that insert the rest of the suggestion's current line, or from its end the line break and the
+--- next line (`accept_keys`); nil if none is shown.
+---@return string?
+function M.accept_line_keys(bufnr)
+  return M.accept_keys(bufnr, next_line)
 end
 
 --- Starts ghost text in `bufnr` for `client`.
@@ -377,6 +455,10 @@ function M.attach(client, bufnr, opts)
     group = group,
     buffer = bufnr,
     callback = function()
+      local shown = M.current(bufnr)
+      if shown and shown.tick == api.nvim_buf_get_changedtick(bufnr) then
+        return -- the rest of a partly accepted suggestion, shown after that edit
+      end
       M.dismiss(bufnr)
       M.schedule(bufnr)
     end,
@@ -404,7 +486,11 @@ function M.attach(client, bufnr, opts)
     buffer = bufnr,
     callback = function()
       local cursor = api.nvim_win_get_cursor(0)
-      if M.current(bufnr) then
+      local shown = M.current(bufnr)
+      if shown then
+        if shown.row == cursor[1] - 1 and shown.col == cursor[2] then
+          return -- still where it is shown (after a partial accept too)
+        end
         local mark = api.nvim_buf_get_extmarks(bufnr, ns, 0, -1, {})[1]
         if mark and mark[2] == cursor[1] - 1 and mark[3] == cursor[2] then
           return

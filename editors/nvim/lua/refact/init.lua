@@ -27,6 +27,11 @@ M.defaults = {
     --- Insert-mode key that accepts the suggestion; when nothing is shown it types itself.
     --- false: no mapping (call require('refact').accept() from your own).
     accept_key = '<Tab>',
+    --- Insert-mode keys that accept the next word / the next line of the suggestion (the rest stays
+    --- shown), as in Copilot.vim; when nothing is shown they do what they did before. false: no mapping
+    --- (map `<Plug>(refact-accept-word)`, `<Plug>(refact-accept-line)` or call accept_word()/accept_line()).
+    accept_word_key = '<M-Right>',
+    accept_line_key = '<M-C-Right>',
     --- Pause after the last keystroke before asking (ms). Neovim 0.11's ghost text only.
     delay_ms = 75,
     --- Highlight group of the ghost text (0.11).
@@ -76,17 +81,35 @@ function M.is_refact(client)
   return client ~= nil and client.server_info ~= nil and client.server_info.name == M.server_name
 end
 
-local ACCEPT_DESC = 'Accept the Refact suggestion'
-local FALLBACK = '<Plug>(refact-accept-fallback)'
+--- The accept mappings: option, description, the <Plug> name of the copy of what the key did before.
+local ACCEPT = {
+  all = {
+    key = 'accept_key',
+    desc = 'Accept the Refact suggestion',
+    fallback = '<Plug>(refact-accept-fallback)',
+  },
+  word = {
+    key = 'accept_word_key',
+    desc = 'Accept the next word of the Refact suggestion',
+    fallback = '<Plug>(refact-accept-word-fallback)',
+  },
+  line = {
+    key = 'accept_line_key',
+    desc = 'Accept the next line of the Refact suggestion',
+    fallback = '<Plug>(refact-accept-line-fallback)',
+  },
+}
 
 --- Keeps what `key` did in insert mode in `bufnr` before this plugin maps it (the buffer's own mapping,
 --- else a global one) as the buffer's FALLBACK mapping, a copy with everything Vim keeps of it (`<SID>`,
 --- `<expr>`, a Lua callback, remap or not). Returns a function for the <expr> accept mapping that does
 --- it again, right where the key was typed (ahead of any keys typed after it): the keys to return.
-local function fallback(key, bufnr)
+--- `kind`: an entry of ACCEPT.
+local function fallback(key, bufnr, kind)
+  local FALLBACK = kind.fallback
   vim.api.nvim_buf_call(bufnr, function()
     local before = vim.fn.maparg(key, 'i', false, true)
-    if not vim.tbl_isempty(before) and before.desc == ACCEPT_DESC then
+    if not vim.tbl_isempty(before) and before.desc == kind.desc then
       return -- attached before (a restarted client): the copy, if any, is in place
     end
     pcall(vim.keymap.del, 'i', FALLBACK, { buffer = bufnr })
@@ -112,23 +135,33 @@ local function fallback(key, bufnr)
 end
 
 --- Keys that accept the suggestion shown in the current buffer (nil if none), for an <expr> mapping.
-local function accept_keys()
+--- `part`: 'word' or 'line' for part of it (Neovim 0.11's ghost text only: 0.12's has no partial accept).
+---@param part? 'word'|'line'
+---@return string?
+function M.accept_keys(part)
   if has_native_inline() then
+    if part then
+      return nil
+    end
     return vim.lsp.inline_completion.get() and '' or nil -- applied once the mapping is done
   end
-  return require('refact.ghost').accept_keys(vim.api.nvim_get_current_buf())
+  local ghost = require('refact.ghost')
+  local take = part == 'word' and ghost.next_word or part == 'line' and ghost.next_line or nil
+  return ghost.accept_keys(vim.api.nvim_get_current_buf(), take)
 end
 
 local function map_accept(bufnr)
-  local key = M.options.inline.accept_key
-  if not key then
-    return
+  for part, kind in pairs(ACCEPT) do
+    local key = M.options.inline[kind.key]
+    if key then
+      part = part ~= 'all' and part or nil
+      local otherwise = fallback(key, bufnr, kind)
+      -- An <expr> mapping: the suggestion goes in as keys (repeated by `.`), the fallback where the key was.
+      vim.keymap.set('i', key, function()
+        return M.accept_keys(part) or otherwise()
+      end, { buffer = bufnr, expr = true, replace_keycodes = false, desc = kind.desc })
+    end
   end
-  local otherwise = fallback(key, bufnr)
-  -- An <expr> mapping: the suggestion goes in as keys (repeated by `.`), the fallback where the key was.
-  vim.keymap.set('i', key, function()
-    return accept_keys() or otherwise()
-  end, { buffer = bufnr, expr = true, replace_keycodes = false, desc = ACCEPT_DESC })
 end
 
 --- Accepts the suggestion shown in the current buffer (the text goes in right after the calling
@@ -139,6 +172,22 @@ function M.accept()
     return vim.lsp.inline_completion.get() and true or false
   end
   return require('refact.ghost').accept(vim.api.nvim_get_current_buf())
+end
+
+--- Accepts the next word of the suggestion shown in the current buffer: the whitespace before it and a
+--- run of word characters, or of punctuation (as VS Code and Copilot). The rest stays shown, as if the
+--- word had been typed; the last word is a full accept(). Returns false if none was shown (and on
+--- Neovim 0.12+, whose own ghost text has no partial accept).
+---@return boolean
+function M.accept_word()
+  return not has_native_inline() and require('refact.ghost').accept(0, require('refact.ghost').next_word)
+end
+
+--- Accepts the rest of the current line of the suggestion shown in the current buffer; at its end, the
+--- line break and the next line. Otherwise as accept_word().
+---@return boolean
+function M.accept_line()
+  return not has_native_inline() and require('refact.ghost').accept(0, require('refact.ghost').next_line)
 end
 
 --- Called on LspAttach for refact-lsp clients (plugin/refact.lua).
