@@ -9,13 +9,13 @@
 # Needs (Debian): nodejs 20 with headers in /usr/include/node, build-essential pkg-config libkrb5-dev
 # libxkbfile-dev libsecret-1-dev libx11-dev ripgrep (and chromium to run the test).
 #
-# Usage: install-code-server.sh [PREFIX]     default PREFIX: <repo>/.tools/code-server (git-ignored)
+# Usage: install-code-server.sh [PREFIX]     default PREFIX: ~/.cache/refact-lsp/code-server-4.100.3 (under
+# $XDG_CACHE_HOME when set): outside the checkout, so that every clone on the machine (CI's) shares it
 # The last line printed is the path of the code-server executable.
 set -euo pipefail
 
 VERSION=4.100.3
-REPO=$(cd "$(dirname "$0")/../../.." && pwd)
-PREFIX=${1:-$REPO/.tools/code-server}
+PREFIX=${1:-${XDG_CACHE_HOME:-$HOME/.cache}/refact-lsp/code-server-$VERSION}
 mkdir -p "$PREFIX"
 PREFIX=$(cd "$PREFIX" && pwd)
 CS="$PREFIX/node_modules/code-server"
