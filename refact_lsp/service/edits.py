@@ -8,7 +8,8 @@ The range stays on the cursor line, in Python str indices (convert with ``Edit.l
   or template literal's interpolation count (``f"{|}"`` + ``name}"`` -> ``f"{name}"``), and quotes and
   brackets in the completion's line comments do not (``#``, and ``//`` where it is no operator);
 - in column-0 multi-line mode (a blank cursor line) the model wrote whole lines, indentation included, so
-  the range starts at column 0 and replaces the indentation already typed. VS Code shows an inline item
+  the range covers the whole blank line: the indentation already typed, and any whitespace right of the
+  cursor (left there, it would trail the suggestion's last line). VS Code shows an inline item
   only when its insert text starts with the document text between the range start and the cursor; a
   model line indented at least as deep as what was typed satisfies that.
 """
@@ -163,7 +164,10 @@ def line_edit(
         return None
     index = max(0, min(index, len(line_text)))
     start = prefix_cut(line_text, index, mode)
-    end = index + covered_end(completion, line_text[index:], language_id)
+    if start == 0 and mode == "multi" and not line_text.strip():
+        end = len(line_text)  # column-0 multi-line: the model wrote whole lines, the blank line goes whole
+    else:
+        end = index + covered_end(completion, line_text[index:], language_id)
     new_text = completion.replace("\n", eol) if eol != "\n" else completion
     return Edit(start, end, new_text, line)
 

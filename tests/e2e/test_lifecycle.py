@@ -173,6 +173,30 @@ async def test_a_multi_line_suggestion_replaces_the_typed_indentation(
     ]
 
 
+@pytest.mark.parametrize("cursor", [4, 0])
+async def test_a_multi_line_suggestion_on_a_blank_line_leaves_no_whitespace_behind(
+    session: Session, checkpoints, cursor: int
+) -> None:
+    """The cursor inside a whitespace-only line (an editor keeps the column when moving onto it): the
+    suggestion replaces the whole line, so none of its indentation trails the suggestion once accepted."""
+    await use_model(session, checkpoints.multiline)
+    uri = uri_of(f"blank-line-{cursor}.py")
+    lines = ["def add(a, b):", " " * 8, "print(add(1, 2))", ""]
+    session.open(uri, "\n".join(lines))
+    accepted = "\n".join([lines[0], MULTILINE_TEXT, *lines[2:]])
+
+    def apply(r: types.Range, new_text: str) -> str:
+        line = lines[1]
+        return "\n".join(
+            [lines[0], line[: r.start.character] + new_text + line[r.end.character :], *lines[2:]]
+        )
+
+    items = await session.inline(uri, 1, cursor)
+    assert [apply(i.range, i.insert_text) for i in items] == [accepted]
+    result = await session.completion(uri, 1, cursor)
+    assert [apply(i.text_edit.range, i.text_edit.new_text) for i in result.items] == [accepted]
+
+
 async def test_a_burst_is_collapsed_by_the_debounce_into_one_model_run(session: Session, checkpoints) -> None:
     await use_model(session, checkpoints.scripted, debounceMs=300, completionCache=False)
     uri = uri_of("burst.py")

@@ -111,6 +111,16 @@ def test_column0_multi_line_replaces_typed_indentation():
     assert apply(doc.line(1), edit) == "    a = 1\n    return a"
 
 
+@pytest.mark.parametrize("cursor", [0, 4, 8])
+def test_column0_multi_line_covers_the_blank_line_right_of_the_cursor(cursor):
+    """The cursor inside a whitespace-only line (moved onto it, not at its end): the whitespace right of it
+    would otherwise trail the suggestion's last line after accepting it."""
+    line_text = " " * 8
+    edit = line_edit(line_text, 1, cursor, "    a = 1\n    return a", "multi")
+    assert (edit.start_index, edit.end_index) == (0, 8)
+    assert apply(line_text, edit) == "    a = 1\n    return a"
+
+
 def test_column0_with_empty_line():
     edit = line_edit("", 0, 0, "x = 1\ny = 2", "multi")
     assert (edit.start_index, edit.end_index, edit.new_text) == (0, 0, "x = 1\ny = 2")
