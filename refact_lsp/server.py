@@ -347,6 +347,7 @@ class RefactLanguageServer(LanguageServer):
         self._editor_watch: asyncio.Future[None] | None = None
         self._pulls = 0  # workspace/configuration requests sent
         self._answered_pull = 0  # the latest of them whose answer was applied
+        self._pushes = 0  # didChangeConfiguration notifications with the section, applied
 
     def start_io(self, stdin=None, stdout=None) -> int:
         """Serves over stdio with this server's framing (see :mod:`refact_lsp.transport`); the exit code."""
@@ -452,12 +453,21 @@ class RefactLanguageServer(LanguageServer):
                 return False
         return bool(value)
 
+    def pushed_settings(self, values: dict[str, Any]) -> None:
+        """A ``didChangeConfiguration`` with the ``refact`` section: applied, and newer than the answer to
+        any pull sent before it (see :meth:`pull_configuration`)."""
+        self._pushes += 1
+        apply_settings(self, values, reload=True)
+
     async def pull_configuration(self) -> dict[str, Any] | None:
-        """``workspace/configuration`` for section ``refact``, if the client supports it."""
+        """``workspace/configuration`` for section ``refact``, if the client supports it. None also when
+        the client pushed the section while the pull was out: the answer may have been read before the
+        push, but the pull's handler resumes after the push was applied, and the older settings must not
+        replace the newer ones (a client pushes the whole section again on each change)."""
         if not self._client_supports("workspace.configuration"):
             return None
         self._pulls += 1
-        pull = self._pulls
+        pull, pushes = self._pulls, self._pushes
         params = types.ConfigurationParams(items=[types.ConfigurationItem(section=SECTION)])
         answer = asyncio.ensure_future(self.workspace_configuration_async(params))
         try:  # shielded: an answer after the wait is still taken (cancelled, pygls would log an error)
@@ -467,10 +477,13 @@ class RefactLanguageServer(LanguageServer):
                 "workspace/configuration: no answer within %.0f s; the settings in force stay until it comes",
                 CONFIGURATION_TIMEOUT_S,
             )
-            answer.add_done_callback(functools.partial(self._late_configuration, pull))
+            answer.add_done_callback(functools.partial(self._late_configuration, pull, pushes))
             return None
         except Exception as exc:  # noqa: BLE001 - a client without an answer keeps the current settings
             log.warning("workspace/configuration failed: %s", exc)
+            return None
+        if self._pushes != pushes:
+            log.info("workspace/configuration answered, but settings were pushed since: keeping those")
             return None
         self._answered_pull = pull
         return _section(value)
@@ -493,10 +506,12 @@ class RefactLanguageServer(LanguageServer):
         log.warning("the editor (process %d) is gone: exiting", pid)
         raise SystemExit(1)  # as an exit without shutdown: out of the event loop, the engine stopped after
 
-    def _late_configuration(self, pull: int, answer: asyncio.Future[Any]) -> None:
+    def _late_configuration(self, pull: int, pushes: int, answer: asyncio.Future[Any]) -> None:
         """A pull's answer after its wait: applied (the model reloads if it changed), unless a later pull
-        was answered first."""
+        was answered first or the client pushed its settings since the pull was sent."""
         if answer.cancelled() or answer.exception() is not None or pull < self._answered_pull:
+            return
+        if self._pushes != pushes:
             return
         self._answered_pull = pull
         value = _section(answer.result())
@@ -558,7 +573,7 @@ def create_server(cli_settings: dict[str, Any] | None = None) -> RefactLanguageS
     ) -> None:
         settings = params.settings
         if isinstance(settings, dict) and isinstance(settings.get(SECTION), dict):
-            apply_settings(ls, settings[SECTION], reload=True)
+            ls.pushed_settings(settings[SECTION])
             return
         pulled = await ls.pull_configuration()  # the pull model: settings null or for other sections
         if pulled is not None:  # the whole section, empty too (the client cleared every key)

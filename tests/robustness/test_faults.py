@@ -390,6 +390,25 @@ class _LateConfiguration(RawServer):
     def answer_configuration(self, section: dict) -> None:
         self.send({"jsonrpc": "2.0", "id": self.held.pop(0), "result": [section]})
 
+    def answer_configuration_then_push(self, answered: dict, pushed: dict) -> None:
+        """The answer to the held pull and, right behind it in the same write, a push of newer settings
+        (the user changed them just after the client answered)."""
+        answer = {"jsonrpc": "2.0", "id": self.held.pop(0), "result": [answered]}
+        push = {
+            "jsonrpc": "2.0",
+            "method": "workspace/didChangeConfiguration",
+            "params": {"settings": pushed},
+        }
+        frames = b"".join(
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            for body in (json.dumps(message).encode("utf-8") for message in (answer, push))
+        )
+        stdin = self.process.stdin
+        assert stdin is not None
+        with self._write_lock:
+            stdin.write(frames)
+            stdin.flush()
+
 
 def test_a_configuration_answered_after_the_wait_is_applied_when_it_comes(
     scripted_checkpoint: Path, tmp_path: Path
@@ -416,6 +435,38 @@ def test_a_configuration_answered_after_the_wait_is_applied_when_it_comes(
         server.stop()
     log = stderr.read_text()
     assert "answered late" in log and " ERROR " not in log, log
+
+
+def test_settings_pushed_right_after_a_pull_was_answered_are_not_undone_by_that_answer(
+    scripted_checkpoint: Path,
+) -> None:
+    """The answer to ``workspace/configuration`` and a push of newer settings read together: the pull's
+    handler resumed only after the push was applied, and its older answer replaced the newer settings
+    (here the push switched Python off and suggestions still came)."""
+    server = _LateConfiguration()
+    try:
+        capabilities = {"workspace": {"configuration": True}, "textDocument": {"inlineCompletion": {}}}
+        settings = {**SETTINGS, "model": str(scripted_checkpoint)}
+        server.call(
+            "initialize",
+            {"processId": None, "capabilities": capabilities, "initializationOptions": {"refact": settings}},
+        )
+        server.notify("initialized", {})
+        deadline = time.monotonic() + 30
+        while not server.held:
+            assert time.monotonic() < deadline, "no workspace/configuration request"
+            time.sleep(0.01)
+        server.answer_configuration_then_push(
+            settings, {"refact": {**settings, "languages": {"python": False}}}
+        )
+        assert wait_state(server, scripted_checkpoint)["state"] == "ready"
+        server.open(SANITY_URI, SANITY_TEXT)
+        assert server.inline(SANITY_URI, *SANITY_POSITION) == []
+        configure(server, model=str(scripted_checkpoint), languages={"python": True})
+        assert server.inline(SANITY_URI, *SANITY_POSITION) == [SCRIPTED_TEXT]
+        assert server.alive()
+    finally:
+        server.stop()
 
 
 @pytest.mark.skipif(os.name != "posix", reason="the editor's process is watched on POSIX only")
