@@ -140,12 +140,22 @@ def covered_end(completion: str, right: str, language_id: str = "") -> int:
     ``covered_closers``, or the whole non-blank rest of the line when the completion covers all the
     auto-closed characters and ends with exactly that rest (``def f(|):`` + ``x):``: a single-line
     prompt leaves the ``:`` out, so the model wrote the line's end itself). ``print(|)`` + ``f(x)``
-    covers nothing; ``print(len(|))`` + ``items())`` covers one ``)``, not both.
+    covers nothing; ``print(len(|))`` + ``items())`` covers one ``)``, not both. The rest is covered too when
+    the completion types it where its first closing character is and goes on after it
+    (``for x in range(|):`` + ``10): print(x)``: a single-line prompt leaves the ``:`` out, so the model
+    wrote it itself, and the line's own ``:`` would be left behind the suggestion).
     """
     covered = covered_closers(completion, right, language_id)
+    run = _auto_closed_run(right)
     rest = right.rstrip()
-    if covered == _auto_closed_run(right) and len(rest) > covered > 0 and completion.rstrip().endswith(rest):
-        return len(rest)
+    if covered == run and len(rest) > covered > 0:
+        if completion.rstrip().endswith(rest):
+            return len(rest)
+        at = completion.find(rest)
+        while at >= 0:
+            if _closing_events(completion[:at], right[:run], language_id) == "":
+                return len(rest)  # the rest's first closer is the completion's first closing character
+            at = completion.find(rest, at + 1)
     return covered
 
 

@@ -197,6 +197,31 @@ async def test_a_multi_line_suggestion_on_a_blank_line_leaves_no_whitespace_behi
     assert [apply(i.text_edit.range, i.text_edit.new_text) for i in result.items] == [accepted]
 
 
+async def test_the_rest_of_the_line_the_suggestion_types_again_is_not_left_behind(
+    session: Session, tmp_path: Path
+) -> None:
+    """``for x in range(|):`` (the ``)`` auto-closed, the ``:`` typed): a single-line prompt leaves the rest
+    of the line out, so the model writes ``10): print(x)``; accepting it must not leave the line's own
+    ``:`` behind (``for x in range(10): print(x):``), in ghost text and completion items alike."""
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    await use_model(session, write_scripted_checkpoint(tmp_path / "rest", "10): print(x)"))
+    uri = uri_of("rest-of-line.py")
+    line = "for x in range():"
+    session.open(uri, line + "\n")
+    cursor = len("for x in range(")
+    accepted = "for x in range(10): print(x)"
+    items = await session.inline(uri, 0, cursor)
+    assert [
+        line[: i.range.start.character] + i.insert_text + line[i.range.end.character :] for i in items
+    ] == [accepted]
+    result = await session.completion(uri, 0, cursor)
+    edits = [i.text_edit for i in result.items]
+    assert [line[: e.range.start.character] + e.new_text + line[e.range.end.character :] for e in edits] == [
+        accepted
+    ]
+
+
 async def test_a_burst_is_collapsed_by_the_debounce_into_one_model_run(session: Session, checkpoints) -> None:
     await use_model(session, checkpoints.scripted, debounceMs=300, completionCache=False)
     uri = uri_of("burst.py")

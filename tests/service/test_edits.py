@@ -89,6 +89,26 @@ def test_the_rest_of_the_line_is_covered_when_the_completion_ends_with_it(
 
 
 @pytest.mark.parametrize(
+    ("line_text", "index", "completion", "result"),
+    [
+        # the model wrote the closer and the rest of the line, then went on: the rest is not left behind
+        ("for x in range():", 15, "10): print(x)", "for x in range(10): print(x)"),
+        ("if () {", 4, "x) { return; }", "if (x) { return; }"),
+        ("f() + g()", 2, "x) + g() + 1", "f(x) + g() + 1"),
+        # the rest written only after another closing character, or never: it stays
+        ("print():", 6, "f(x): y", "print(f(x): y):"),
+        ("x = f() + 1", 6, "a) + 2", "x = f(a) + 2 + 1"),
+        ("f():", 2, "'):' + x):", "f('):' + x):"),
+    ],
+)
+def test_the_rest_of_the_line_is_covered_when_the_completion_types_it_and_goes_on(
+    line_text, index, completion, result
+):
+    edit = line_edit(line_text, 0, index, completion, "single")
+    assert apply(line_text, edit) == result
+
+
+@pytest.mark.parametrize(
     ("language_id", "completion", "result"),
     [
         ("javascript", "x); // it's fine", "console.log(x); // it's fine"),  # a comment's quote is prose
