@@ -507,6 +507,19 @@ that break and the line after it."
     (string-match "\\`\n?[^\n]*" text)
     (match-string 0 text)))
 
+(defun refact-lsp-inline--consumed (covered piece)
+  "How many characters at the start of COVERED PIECE types, in order.
+COVERED is the text right of point that the suggestion replaces (an
+auto-closed paren), PIECE the part of the suggestion taken."
+  (let ((consumed 0) (from 0))
+    (while (and (< consumed (length covered))
+                (let ((at (string-search
+                           (char-to-string (aref covered consumed))
+                           piece from)))
+                  (when at (setq consumed (1+ consumed) from (1+ at)))))
+      nil)
+    consumed))
+
 (defun refact-lsp-inline--accept (take interactive)
   "Insert the suggestion shown at point, or part of it.
 TAKE: nil for all of it, else a function that gives the part to insert
@@ -525,34 +538,36 @@ not lost."
          (rest (and acceptable
                     (substring text (plist-get suggestion :offset))))
          (piece (and rest take (funcall take rest)))
+         ;; The characters right of point that the suggestion types again
+         ;; (an auto-closed paren), and how many of them PIECE types (in
+         ;; order, as the ghost text is cut at them).
+         (covered (and piece (buffer-substring-no-properties (point) end)))
+         (consumed (if piece (refact-lsp-inline--consumed covered piece) 0))
          (keys (this-command-keys-vector)))
     (refact-lsp-inline-dismiss)
     (cond
-     ((and acceptable (or (null piece) (string-empty-p piece)
-                          (>= (length piece) (length rest))))
+     ((and acceptable
+           (or (null piece) (string-empty-p piece)
+               (>= (length piece) (length rest))
+               ;; The last part shown: what is left after it is only the
+               ;; characters right of point that it types again, which
+               ;; no ghost text shows.  As TAB: point goes after them.
+               (equal (substring rest (length piece))
+                      (substring covered consumed))))
       (delete-region beg end)
       (goto-char beg)
       (insert text))
      (acceptable
-      ;; Part of it, as if typed: the characters right of point that this
-      ;; part types again (in order, as the ghost text is cut at them) are
-      ;; replaced, the others stay, and so does the text after them.
-      (let ((covered (buffer-substring-no-properties (point) end))
-            (consumed 0) (from 0))
-        (while (and (< consumed (length covered))
-                    (let ((at (string-search
-                               (char-to-string (aref covered consumed))
-                               piece from)))
-                      (when at (setq consumed (1+ consumed) from (1+ at)))))
-          nil)
-        ;; One command: one undo step.
-        (delete-region (point) (+ (point) consumed))
-        (insert piece)
-        ;; Point stays before the characters that a multi-line rest hides
-        ;; (`display' ""), where typing goes: no adjustment out of them.
-        (setq disable-point-adjustment t)
-        (refact-lsp-inline--display
-         text beg (+ end (- (length piece) consumed)))))
+      ;; Part of it, as if typed: the covered characters that this part
+      ;; types again are replaced, the others stay, and so does the text
+      ;; after them.  One command: one undo step.
+      (delete-region (point) (+ (point) consumed))
+      (insert piece)
+      ;; Point stays before the characters that a multi-line rest hides
+      ;; (`display' ""), where typing goes: no adjustment out of them.
+      (setq disable-point-adjustment t)
+      (refact-lsp-inline--display
+       text beg (+ end (- (length piece) consumed))))
      ;; Only for the keys of `refact-lsp-inline-active-map' (not M-x).
      (interactive
       (when-let ((command (and (memq (lookup-key refact-lsp-inline-active-map

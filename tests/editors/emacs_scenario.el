@@ -547,6 +547,30 @@ after any command) would take down what they show."
               (list :word word :line line :last last :words (scenario-observe))))))
     (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL") :multiline "auto")))
 
+;; "x = foo(|)" + "a, b)": the ghost text is "a, b" before the real ")"; its last word is the last part.
+(scenario-step "accept_last_word_closer"
+  (scenario-use-model (scenario-env "REFACT_TEST_CALL_CLOSER_MODEL"))
+  (unwind-protect
+      (cl-flet ((start (file)
+                  (scenario-open file "x = foo()")
+                  (backward-char 1)
+                  (scenario-type "y DEL")
+                  (scenario-ask)
+                  (scenario-wait #'scenario-ghost "the ghost text")
+                  (scenario-observe)))
+        (let ((shown (start "accept_last_word_closer.py")))
+          (scenario-type "M-f M-f")
+          (let ((second (scenario-observe)))
+            (scenario-type "M-f")
+            (let ((last (scenario-observe)))
+              (scenario-type "C-/")
+              (let ((undone (list :text (scenario-buffer-text) :point (- (point) (point-min)))))
+                (start "accept_last_word_closer_tab.py")
+                (scenario-type "TAB")
+                (list :shown shown :second second :last last :undone undone
+                      :tab_point (- (point) (point-min))))))))
+    (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL"))))
+
 (scenario-step "accept_word_nothing_shown"
   ;; No suggestion: M-f and C-e move as always.  A suggestion shown, then point moved by a timer: the
   ;; keys are refact-lsp's, but they drop it and move as always.

@@ -23,6 +23,9 @@ pytestmark = pytest.mark.editor
 #: With multiline "always", completed inside an auto-closed "()": the second line types the ")" again, so the
 #: server's range covers the real ")" while the ghost text is one multi-line piece.
 MULTILINE_CLOSER_TEXT = "a,\n    b)"
+#: Completed inside an auto-closed "()": a call's arguments and its ")" (the server's range covers the real
+#: ")"), so the ghost text shown is the arguments alone.
+CALL_CLOSER_TEXT = "a, b)"
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = REPO / "editors" / "emacs"
@@ -61,7 +64,20 @@ def multiline_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def results(scripted_server, multiline_closer_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def call_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    folder = tmp_path_factory.mktemp("emacs-checkpoints") / "call-closer"
+    return write_scripted_checkpoint(folder, CALL_CLOSER_TEXT)
+
+
+@pytest.fixture(scope="module")
+def results(
+    scripted_server,
+    multiline_closer_model: Path,
+    call_closer_model: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict:
     """The observations of every scenario step, from one `emacs --batch` run."""
     binary = shutil.which("emacs")
     if binary is None:
@@ -80,6 +96,7 @@ def results(scripted_server, multiline_closer_model: Path, tmp_path_factory: pyt
         "REFACT_TEST_MULTILINE_MODEL": str(scripted_server.multiline_model),
         "REFACT_TEST_CLOSER_MODEL": str(scripted_server.closer_model),
         "REFACT_TEST_MULTILINE_CLOSER_MODEL": str(multiline_closer_model),
+        "REFACT_TEST_CALL_CLOSER_MODEL": str(call_closer_model),
     }
     elpa = next((folder for folder in ELPA_FOLDERS if folder.is_dir()), None)
     if elpa is not None:
@@ -401,9 +418,33 @@ def test_accept_word_and_line_keep_a_multiline_suggestions_paren_once(results: d
     }
     assert step["last"]["text"] == full
     assert step["last"]["point"] == len(full)
-    # a word across the line break: the ")" follows point onto the new line
+    # words across the line break: the last one ("\n    b", all that is shown) is the last part, as TAB
     assert step["words"]["text"] == full
-    assert step["words"]["point"] == len(full) - 1
+    assert step["words"]["point"] == len(full)
+    assert step["words"]["ghost"] == []
+
+
+def test_the_last_word_shown_before_an_auto_closed_paren_accepts_it_all(results: dict) -> None:
+    """``x = foo(|)`` + ``a, b)``: the ghost text is "a, b" before the real ")". The third M-f takes " b", the
+    last of what is shown: that is TAB, so point goes after the ")" it types again (it stayed before it, the
+    suggestion gone: the next M-f then moved to the next word); undo takes back that accept alone."""
+    step = _step(results, "accept_last_word_closer")
+    assert step["shown"]["ghost"] == ["a, b"]
+    assert step["shown"]["displayed"] == "x = foo(a, b)"
+    assert step["second"] == {
+        "text": "x = foo(a,)",
+        "point": len("x = foo(a,"),
+        "ghost": [" b"],
+        "displayed": "x = foo(a, b)",
+    }
+    assert step["last"] == {
+        "text": "x = foo(a, b)",
+        "point": len("x = foo(a, b)"),
+        "ghost": [],
+        "displayed": "x = foo(a, b)",
+    }
+    assert step["tab_point"] == len("x = foo(a, b)")
+    assert step["undone"] == {"text": "x = foo(a,)", "point": len("x = foo(a,")}
 
 
 def test_accept_word_and_line_keys_move_when_nothing_is_shown(results: dict) -> None:
