@@ -270,6 +270,24 @@ shown: it can be accepted while both still hold, whatever else changed.")
 (defvar-local refact-lsp-inline--command-tick nil
   "`buffer-chars-modified-tick' before the running command, or nil.")
 
+(defun refact-lsp-inline--at-line-end-filter (command)
+  "COMMAND, unless text that the suggestion shown leaves stays right of point.
+The :filter of C-e in `refact-lsp-inline-active-map': with the suggestion
+shown before such text (\"foo(|)\" showing \"a + b\" before the real
+\")\"), the end of the line is after that text, and C-e goes there
+\(the key's binding without the map, `move-end-of-line').  Characters the
+suggestion types again (an auto-closed paren it covers) and blanks are no
+such text."
+  (let* ((suggestion refact-lsp-inline--suggestion)
+         (end (and suggestion (marker-position (plist-get suggestion :end)))))
+    (if (and end
+             (save-excursion
+               (goto-char (max (point) (min end (line-end-position))))
+               (skip-chars-forward " \t")
+               (not (eolp))))
+        nil
+      command)))
+
 (defvar refact-lsp-inline-active-map
   (let ((map (make-sparse-keymap)))
     (define-key map (kbd "TAB") #'refact-lsp-inline-accept)
@@ -277,7 +295,12 @@ shown: it can be accepted while both still hold, whatever else changed.")
     ;; Part of it, as copilot.el users bind it: the motion over the ghost
     ;; text that the key makes over real text.
     (define-key map (kbd "M-f") #'refact-lsp-inline-accept-word)
-    (define-key map (kbd "C-e") #'refact-lsp-inline-accept-line)
+    ;; C-e only where point is at the end of the line's text (right of it
+    ;; only what the suggestion replaces, or blanks): there it moves over
+    ;; the ghost text.  Before other text it is `move-end-of-line'.
+    (define-key map (kbd "C-e")
+                '(menu-item "" refact-lsp-inline-accept-line
+                            :filter refact-lsp-inline--at-line-end-filter))
     map)
   "Keys active while a suggestion is shown (above major and minor mode maps).
 When the suggestion can no longer be accepted, each runs what it runs
@@ -601,7 +624,9 @@ what the keys run without it (M-f: `forward-word')."
 (defun refact-lsp-inline-accept-line ()
   "Insert the rest of the current line of the suggestion shown at point.
 At the end of one of its lines, the line break and the next line.
-Otherwise as `refact-lsp-inline-accept-word' (C-e: `move-end-of-line')."
+Otherwise as `refact-lsp-inline-accept-word' (C-e: `move-end-of-line').
+C-e runs it only where point is at the end of the line's text: see
+`refact-lsp-inline--at-line-end-filter'."
   (interactive)
   (refact-lsp-inline--accept #'refact-lsp-inline--next-line
                              (called-interactively-p 'any)))

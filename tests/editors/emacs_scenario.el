@@ -571,6 +571,22 @@ after any command) would take down what they show."
                       :tab_point (- (point) (point-min))))))))
     (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL"))))
 
+;; "x = foo(|)" + "a + b": the suggestion does not type the real ")" right of point, so the line's end is after
+;; it, and C-e goes there.
+(scenario-step "accept_line_mid_line"
+  (scenario-open "accept_line_mid_line.py" "x = foo()\ny = 2\n")
+  (goto-char (point-min))
+  (end-of-line)
+  (backward-char 1)
+  (scenario-type "y DEL")
+  (scenario-ask)
+  (scenario-wait #'scenario-ghost "the ghost text")
+  (let ((shown (scenario-observe))
+        (binding (format "%s" (key-binding (kbd "C-e")))))
+    (scenario-type "C-e")
+    (list :shown shown :binding binding :after (scenario-observe)
+          :line_end (- (line-end-position) (point-min)))))
+
 (scenario-step "accept_word_nothing_shown"
   ;; No suggestion: M-f and C-e move as always.  A suggestion shown, then point moved by a timer: the
   ;; keys are refact-lsp's, but they drop it and move as always.

@@ -447,6 +447,26 @@ def test_the_last_word_shown_before_an_auto_closed_paren_accepts_it_all(results:
     assert step["undone"] == {"text": "x = foo(a,)", "point": len("x = foo(a,")}
 
 
+def test_c_e_before_text_the_suggestion_leaves_moves_to_the_end_of_the_line(
+    results: dict, scripted_server
+) -> None:
+    """``x = foo(|)`` + ``a + b``: the real ")" stays right of the ghost text, so the end of the line is after
+    it and C-e goes there (``move-end-of-line``, the suggestion dropped), instead of inserting "a + b" before
+    the ")". Where the rest of the line is what the suggestion types again, C-e takes a line of it
+    (``test_accept_word_and_line_keep_a_multiline_suggestions_paren_once``)."""
+    step = _step(results, "accept_line_mid_line")
+    text = "x = foo()\ny = 2\n"
+    assert step["shown"]["ghost"] == [scripted_server.single_line_text]
+    assert step["shown"]["text"] == text
+    assert step["binding"] == "move-end-of-line"
+    assert step["after"] == {
+        "text": text,
+        "point": len("x = foo()"),
+        "ghost": [],
+        "displayed": text,
+    }
+
+
 def test_accept_word_and_line_keys_move_when_nothing_is_shown(results: dict) -> None:
     step = _step(results, "accept_word_nothing_shown")
     assert step["after_word"] == len("foo")  # forward-word
