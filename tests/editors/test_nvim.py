@@ -1044,7 +1044,8 @@ def test_accept_word_and_line_keep_a_multiline_suggestions_paren_once(
         nvim.exec_lua("require('refact').accept_line()")
         _wait(lambda: len(nvim.current.buffer) == 2, "the last line")
         assert nvim.current.buffer[:] == ["x = foo(a,", "    b) + 1"]
-        # a word across the line break keeps the ")" after the cursor, on the new line
+        # words: the one across the line break, "\n    b", is the last shown (the ")" after it is the real
+        # one): as Tab, the cursor goes after the ")"
         _leave_insert(nvim)
         nvim.current.buffer[:] = ["x = foo() + 1"]
         _insert(nvim, "i", (1, 8))
@@ -1053,7 +1054,49 @@ def test_accept_word_and_line_keep_a_multiline_suggestions_paren_once(
         nvim.input("<M-Right><M-Right><M-Right>")
         _wait(lambda: len(nvim.current.buffer) == 2, "the word on the next line")
         assert nvim.current.buffer[:] == ["x = foo(a,", "    b) + 1"]
-        assert tuple(nvim.current.window.cursor) == (2, len("    b"))
+        assert tuple(nvim.current.window.cursor) == (2, len("    b)"))
+        assert _ghost(nvim) == []
+    finally:
+        _use_model(nvim, scripted_server.single_line_model)
+
+
+#: Completed inside ``foo(|)``: a call's arguments and its ")" (the server's range covers the real ")"),
+#: so the ghost text is the arguments alone.
+CALL_CLOSER_TEXT = "a, b)"
+
+
+@pytest.fixture(scope="module")
+def call_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    folder = tmp_path_factory.mktemp("nvim-checkpoints") / "call-closer"
+    return write_scripted_checkpoint(folder, CALL_CLOSER_TEXT)
+
+
+def test_the_last_word_shown_before_an_auto_closed_paren_accepts_it_all(
+    nvim: Any, scripted_server, call_closer_model: Path
+) -> None:
+    """``x = foo(|)`` + ``a, b)``: the ghost is "a, b" before the real ")". The third word, " b", is the
+    last shown: as Tab, the cursor goes after the ")" (it stayed before it, the suggestion gone). ``u``
+    takes back the insert in one step."""
+    _open(nvim, "last_word_closer.py", ["x = foo()"])
+    _use_model(nvim, call_closer_model)
+    try:
+        _insert(nvim, "i", (1, 8))
+        nvim.input("y<BS>")
+        _wait(lambda: _ghost(nvim), "ghost text")
+        assert _screen(nvim, 1) == [["x = foo(a, b)"], 9]  # the cursor before the ghost "a"
+        nvim.input("<M-Right><M-Right>")
+        _wait(lambda: _line(nvim, 0) == "x = foo(a,)", "the first two words")
+        assert _ghost(nvim) == [{"row": 0, "col": len("x = foo(a,"), "text": " b", "lines": []}]
+        nvim.input("<M-Right>")
+        _wait(lambda: _line(nvim, 0) == "x = foo(a, b)", "the last word")
+        _wait(lambda: tuple(nvim.current.window.cursor) == (1, len("x = foo(a, b)")), "the cursor after ')'")
+        assert _ghost(nvim) == []
+        assert nvim.api.get_mode()["mode"] == "i"
+        _leave_insert(nvim)
+        nvim.input("u")
+        _wait(lambda: _line(nvim, 0) == "x = foo()", "the insert undone")
     finally:
         _use_model(nvim, scripted_server.single_line_model)
 
