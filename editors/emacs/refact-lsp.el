@@ -202,6 +202,21 @@ server's message."
                    (or (alist-get 'jsonrpc-error-message (cdr err))
                        (error-message-string err)))))))
 
+(defconst refact-lsp--stats-objects '(:stop_reasons :latency_ms)
+  "Keys of the refact.stats answer whose values are always JSON objects.
+jsonrpc reads an empty object as nil, as it reads null: these are shown
+as {} when nil (no request completed yet), not as null.")
+
+(defun refact-lsp--stats-json (stats)
+  "STATS (the refact.stats answer, a plist) as JSON text.
+The values of `refact-lsp--stats-objects' that jsonrpc read as nil are
+empty objects."
+  (let ((shown (copy-sequence stats)))
+    (dolist (key refact-lsp--stats-objects)
+      (when (and (plist-member shown key) (null (plist-get shown key)))
+        (setq shown (plist-put shown key (make-hash-table :size 0)))))
+    (json-encode shown)))
+
 (defun refact-lsp-stats ()
   "Show refact-lsp's statistics and model state (the refact.stats command)."
   (interactive)
@@ -209,7 +224,7 @@ server's message."
     (with-current-buffer (get-buffer-create "*refact-lsp stats*")
       (let ((inhibit-read-only t))
         (erase-buffer)
-        (insert (json-encode stats))
+        (insert (refact-lsp--stats-json stats))
         (json-pretty-print-buffer))
       (special-mode)
       (display-buffer (current-buffer)))

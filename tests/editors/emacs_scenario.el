@@ -129,6 +129,8 @@ they are, without the characters that overlays hide (`display' \"\" or `invisibl
           :model_state (plist-get stats :model_state)
           ;; The user commands (they also display a buffer).
           :stats_command_state (plist-get (refact-lsp-stats) :model_state)
+          :stats_buffer (with-current-buffer "*refact-lsp stats*"
+                          (buffer-substring-no-properties (point-min) (point-max)))
           :prompt_command_mode (plist-get (refact-lsp-show-prompt) :mode))))
 
 (scenario-step "capf"

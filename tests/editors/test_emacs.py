@@ -119,6 +119,14 @@ def _step(results: dict, name: str) -> dict:
 
 def test_eglot_starts_refact_lsp_from_eglot_server_programs(results: dict) -> None:
     step = _step(results, "attach")
+    stats_buffer = step.pop("stats_buffer")
+    # M-x refact-lsp-stats before any completion: the empty objects are shown as {} (jsonrpc reads them as
+    # nil, as it reads null), the null values as null
+    stats = json.loads(stats_buffer)
+    assert stats["stop_reasons"] == {}
+    assert stats["latency_ms"] == {}
+    assert stats["last_run"] is None
+    assert stats["model"]["state"] == "ready"
     assert step == {
         "class": "refact-lsp-server",
         "server_name": "refact-lsp",
