@@ -1101,6 +1101,48 @@ def test_the_last_word_shown_before_an_auto_closed_paren_accepts_it_all(
         _use_model(nvim, scripted_server.single_line_model)
 
 
+def _completion_pending(editor: Any) -> bool:
+    return editor.exec_lua(
+        """
+        local c = vim.lsp.get_clients({ bufnr = 0, name = 'refact' })[1]
+        for _, r in pairs(c.requests) do
+          if r.type == 'pending' and r.method == 'textDocument/completion' then return true end
+        end
+        return false
+        """
+    )
+
+
+def test_a_menu_item_accepted_while_a_newer_request_is_in_flight_is_finished_once(
+    nvim: Any, scripted_server, call_closer_model: Path
+) -> None:
+    """``x = foo(|)``: the menu shows the item "a, b)" (over the real ")"). Typing "a" keeps it in the menu
+    and, as the server's lists are incomplete, vim.lsp.completion asks again from ``foo(a|)``; <C-y> before
+    that answer accepts the item of the first list. It is finished against the position it was made for:
+    ``x = foo(a, b)``, not ``x = foo(a, b))`` (the newer request's position, where nothing right of the
+    cursor is covered)."""
+    nvim.command("set completeopt=menu,menuone,noinsert")
+    _open(nvim, "menu_in_flight.py", ["x = foo()"])
+    # slow answers, none from the cache: the second request is still in flight when <C-y> comes
+    _use_model(nvim, call_closer_model, debounceMs=1500, completionCache=False)
+    try:
+        _insert(nvim, "i", (1, 8))
+        nvim.exec_lua("vim.lsp.completion.get()")
+        _wait(lambda: nvim.funcs.pumvisible() == 1, "the completion menu")
+        assert _line(nvim, 0) == "x = foo()"
+        nvim.input("a")
+        _wait(lambda: _completion_pending(nvim), "the request for the incomplete list, from foo(a|)")
+        assert nvim.funcs.pumvisible() == 1
+        nvim.input("<C-y>")
+        _wait(lambda: _line(nvim, 0) != "x = foo(a)", "the item inserted")
+        _wait(lambda: not _completion_pending(nvim), "the second answer")
+        _leave_insert(nvim)  # <Esc> after the keys the CompleteDone handler feeds, if any
+        assert _line(nvim, 0) == "x = foo(a, b)"
+    finally:
+        nvim.command("set completeopt&")
+        _use_model(nvim, scripted_server.single_line_model)
+
+
 def test_accept_word_and_line_keys_do_their_job_when_nothing_is_shown(nvim: Any) -> None:
     """With no suggestion, <M-Right> and <M-C-Right> do what they did before (here the user's own
     mappings); the <Plug> mappings type nothing."""
