@@ -202,6 +202,21 @@ server's message."
                    (or (alist-get 'jsonrpc-error-message (cdr err))
                        (error-message-string err)))))))
 
+(defconst refact-lsp--stats-objects '(:stop_reasons :latency_ms)
+  "Keys of the refact.stats answer whose values are always JSON objects.
+jsonrpc reads an empty object as nil, as it reads null: these are shown
+as {} when nil (no request completed yet), not as null.")
+
+(defun refact-lsp--stats-json (stats)
+  "STATS (the refact.stats answer, a plist) as JSON text.
+The values of `refact-lsp--stats-objects' that jsonrpc read as nil are
+empty objects."
+  (let ((shown (copy-sequence stats)))
+    (dolist (key refact-lsp--stats-objects)
+      (when (and (plist-member shown key) (null (plist-get shown key)))
+        (setq shown (plist-put shown key (make-hash-table :size 0)))))
+    (json-encode shown)))
+
 (defun refact-lsp-stats ()
   "Show refact-lsp's statistics and model state (the refact.stats command)."
   (interactive)
@@ -209,7 +224,7 @@ server's message."
     (with-current-buffer (get-buffer-create "*refact-lsp stats*")
       (let ((inhibit-read-only t))
         (erase-buffer)
-        (insert (json-encode stats))
+        (insert (refact-lsp--stats-json stats))
         (json-pretty-print-buffer))
       (special-mode)
       (display-buffer (current-buffer)))
@@ -270,6 +285,24 @@ shown: it can be accepted while both still hold, whatever else changed.")
 (defvar-local refact-lsp-inline--command-tick nil
   "`buffer-chars-modified-tick' before the running command, or nil.")
 
+(defun refact-lsp-inline--at-line-end-filter (command)
+  "COMMAND, unless text that the suggestion shown leaves stays right of point.
+The :filter of C-e in `refact-lsp-inline-active-map': with the suggestion
+shown before such text (\"foo(|)\" showing \"a + b\" before the real
+\")\"), the end of the line is after that text, and C-e goes there
+\(the key's binding without the map, `move-end-of-line').  Characters the
+suggestion types again (an auto-closed paren it covers) and blanks are no
+such text."
+  (let* ((suggestion refact-lsp-inline--suggestion)
+         (end (and suggestion (marker-position (plist-get suggestion :end)))))
+    (if (and end
+             (save-excursion
+               (goto-char (max (point) (min end (line-end-position))))
+               (skip-chars-forward " \t")
+               (not (eolp))))
+        nil
+      command)))
+
 (defvar refact-lsp-inline-active-map
   (let ((map (make-sparse-keymap)))
     (define-key map (kbd "TAB") #'refact-lsp-inline-accept)
@@ -277,7 +310,12 @@ shown: it can be accepted while both still hold, whatever else changed.")
     ;; Part of it, as copilot.el users bind it: the motion over the ghost
     ;; text that the key makes over real text.
     (define-key map (kbd "M-f") #'refact-lsp-inline-accept-word)
-    (define-key map (kbd "C-e") #'refact-lsp-inline-accept-line)
+    ;; C-e only where point is at the end of the line's text (right of it
+    ;; only what the suggestion replaces, or blanks): there it moves over
+    ;; the ghost text.  Before other text it is `move-end-of-line'.
+    (define-key map (kbd "C-e")
+                '(menu-item "" refact-lsp-inline-accept-line
+                            :filter refact-lsp-inline--at-line-end-filter))
     map)
   "Keys active while a suggestion is shown (above major and minor mode maps).
 When the suggestion can no longer be accepted, each runs what it runs
@@ -507,6 +545,19 @@ that break and the line after it."
     (string-match "\\`\n?[^\n]*" text)
     (match-string 0 text)))
 
+(defun refact-lsp-inline--consumed (covered piece)
+  "How many characters at the start of COVERED PIECE types, in order.
+COVERED is the text right of point that the suggestion replaces (an
+auto-closed paren), PIECE the part of the suggestion taken."
+  (let ((consumed 0) (from 0))
+    (while (and (< consumed (length covered))
+                (let ((at (string-search
+                           (char-to-string (aref covered consumed))
+                           piece from)))
+                  (when at (setq consumed (1+ consumed) from (1+ at)))))
+      nil)
+    consumed))
+
 (defun refact-lsp-inline--accept (take interactive)
   "Insert the suggestion shown at point, or part of it.
 TAKE: nil for all of it, else a function that gives the part to insert
@@ -525,34 +576,36 @@ not lost."
          (rest (and acceptable
                     (substring text (plist-get suggestion :offset))))
          (piece (and rest take (funcall take rest)))
+         ;; The characters right of point that the suggestion types again
+         ;; (an auto-closed paren), and how many of them PIECE types (in
+         ;; order, as the ghost text is cut at them).
+         (covered (and piece (buffer-substring-no-properties (point) end)))
+         (consumed (if piece (refact-lsp-inline--consumed covered piece) 0))
          (keys (this-command-keys-vector)))
     (refact-lsp-inline-dismiss)
     (cond
-     ((and acceptable (or (null piece) (string-empty-p piece)
-                          (>= (length piece) (length rest))))
+     ((and acceptable
+           (or (null piece) (string-empty-p piece)
+               (>= (length piece) (length rest))
+               ;; The last part shown: what is left after it is only the
+               ;; characters right of point that it types again, which
+               ;; no ghost text shows.  As TAB: point goes after them.
+               (equal (substring rest (length piece))
+                      (substring covered consumed))))
       (delete-region beg end)
       (goto-char beg)
       (insert text))
      (acceptable
-      ;; Part of it, as if typed: the characters right of point that this
-      ;; part types again (in order, as the ghost text is cut at them) are
-      ;; replaced, the others stay, and so does the text after them.
-      (let ((covered (buffer-substring-no-properties (point) end))
-            (consumed 0) (from 0))
-        (while (and (< consumed (length covered))
-                    (let ((at (string-search
-                               (char-to-string (aref covered consumed))
-                               piece from)))
-                      (when at (setq consumed (1+ consumed) from (1+ at)))))
-          nil)
-        ;; One command: one undo step.
-        (delete-region (point) (+ (point) consumed))
-        (insert piece)
-        ;; Point stays before the characters that a multi-line rest hides
-        ;; (`display' ""), where typing goes: no adjustment out of them.
-        (setq disable-point-adjustment t)
-        (refact-lsp-inline--display
-         text beg (+ end (- (length piece) consumed)))))
+      ;; Part of it, as if typed: the covered characters that this part
+      ;; types again are replaced, the others stay, and so does the text
+      ;; after them.  One command: one undo step.
+      (delete-region (point) (+ (point) consumed))
+      (insert piece)
+      ;; Point stays before the characters that a multi-line rest hides
+      ;; (`display' ""), where typing goes: no adjustment out of them.
+      (setq disable-point-adjustment t)
+      (refact-lsp-inline--display
+       text beg (+ end (- (length piece) consumed))))
      ;; Only for the keys of `refact-lsp-inline-active-map' (not M-x).
      (interactive
       (when-let ((command (and (memq (lookup-key refact-lsp-inline-active-map
@@ -586,7 +639,9 @@ what the keys run without it (M-f: `forward-word')."
 (defun refact-lsp-inline-accept-line ()
   "Insert the rest of the current line of the suggestion shown at point.
 At the end of one of its lines, the line break and the next line.
-Otherwise as `refact-lsp-inline-accept-word' (C-e: `move-end-of-line')."
+Otherwise as `refact-lsp-inline-accept-word' (C-e: `move-end-of-line').
+C-e runs it only where point is at the end of the line's text: see
+`refact-lsp-inline--at-line-end-filter'."
   (interactive)
   (refact-lsp-inline--accept #'refact-lsp-inline--next-line
                              (called-interactively-p 'any)))

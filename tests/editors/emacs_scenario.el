@@ -129,6 +129,8 @@ they are, without the characters that overlays hide (`display' \"\" or `invisibl
           :model_state (plist-get stats :model_state)
           ;; The user commands (they also display a buffer).
           :stats_command_state (plist-get (refact-lsp-stats) :model_state)
+          :stats_buffer (with-current-buffer "*refact-lsp stats*"
+                          (buffer-substring-no-properties (point-min) (point-max)))
           :prompt_command_mode (plist-get (refact-lsp-show-prompt) :mode))))
 
 (scenario-step "capf"
@@ -546,6 +548,46 @@ after any command) would take down what they show."
               (scenario-type "M-f M-f M-f")
               (list :word word :line line :last last :words (scenario-observe))))))
     (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL") :multiline "auto")))
+
+;; "x = foo(|)" + "a, b)": the ghost text is "a, b" before the real ")"; its last word is the last part.
+(scenario-step "accept_last_word_closer"
+  (scenario-use-model (scenario-env "REFACT_TEST_CALL_CLOSER_MODEL"))
+  (unwind-protect
+      (cl-flet ((start (file)
+                  (scenario-open file "x = foo()")
+                  (backward-char 1)
+                  (scenario-type "y DEL")
+                  (scenario-ask)
+                  (scenario-wait #'scenario-ghost "the ghost text")
+                  (scenario-observe)))
+        (let ((shown (start "accept_last_word_closer.py")))
+          (scenario-type "M-f M-f")
+          (let ((second (scenario-observe)))
+            (scenario-type "M-f")
+            (let ((last (scenario-observe)))
+              (scenario-type "C-/")
+              (let ((undone (list :text (scenario-buffer-text) :point (- (point) (point-min)))))
+                (start "accept_last_word_closer_tab.py")
+                (scenario-type "TAB")
+                (list :shown shown :second second :last last :undone undone
+                      :tab_point (- (point) (point-min))))))))
+    (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL"))))
+
+;; "x = foo(|)" + "a + b": the suggestion does not type the real ")" right of point, so the line's end is after
+;; it, and C-e goes there.
+(scenario-step "accept_line_mid_line"
+  (scenario-open "accept_line_mid_line.py" "x = foo()\ny = 2\n")
+  (goto-char (point-min))
+  (end-of-line)
+  (backward-char 1)
+  (scenario-type "y DEL")
+  (scenario-ask)
+  (scenario-wait #'scenario-ghost "the ghost text")
+  (let ((shown (scenario-observe))
+        (binding (format "%s" (key-binding (kbd "C-e")))))
+    (scenario-type "C-e")
+    (list :shown shown :binding binding :after (scenario-observe)
+          :line_end (- (line-end-position) (point-min)))))
 
 (scenario-step "accept_word_nothing_shown"
   ;; No suggestion: M-f and C-e move as always.  A suggestion shown, then point moved by a timer: the

@@ -23,6 +23,9 @@ pytestmark = pytest.mark.editor
 #: With multiline "always", completed inside an auto-closed "()": the second line types the ")" again, so the
 #: server's range covers the real ")" while the ghost text is one multi-line piece.
 MULTILINE_CLOSER_TEXT = "a,\n    b)"
+#: Completed inside an auto-closed "()": a call's arguments and its ")" (the server's range covers the real
+#: ")"), so the ghost text shown is the arguments alone.
+CALL_CLOSER_TEXT = "a, b)"
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = REPO / "editors" / "emacs"
@@ -61,7 +64,20 @@ def multiline_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def results(scripted_server, multiline_closer_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def call_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    folder = tmp_path_factory.mktemp("emacs-checkpoints") / "call-closer"
+    return write_scripted_checkpoint(folder, CALL_CLOSER_TEXT)
+
+
+@pytest.fixture(scope="module")
+def results(
+    scripted_server,
+    multiline_closer_model: Path,
+    call_closer_model: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict:
     """The observations of every scenario step, from one `emacs --batch` run."""
     binary = shutil.which("emacs")
     if binary is None:
@@ -80,6 +96,7 @@ def results(scripted_server, multiline_closer_model: Path, tmp_path_factory: pyt
         "REFACT_TEST_MULTILINE_MODEL": str(scripted_server.multiline_model),
         "REFACT_TEST_CLOSER_MODEL": str(scripted_server.closer_model),
         "REFACT_TEST_MULTILINE_CLOSER_MODEL": str(multiline_closer_model),
+        "REFACT_TEST_CALL_CLOSER_MODEL": str(call_closer_model),
     }
     elpa = next((folder for folder in ELPA_FOLDERS if folder.is_dir()), None)
     if elpa is not None:
@@ -102,6 +119,14 @@ def _step(results: dict, name: str) -> dict:
 
 def test_eglot_starts_refact_lsp_from_eglot_server_programs(results: dict) -> None:
     step = _step(results, "attach")
+    stats_buffer = step.pop("stats_buffer")
+    # M-x refact-lsp-stats before any completion: the empty objects are shown as {} (jsonrpc reads them as
+    # nil, as it reads null), the null values as null
+    stats = json.loads(stats_buffer)
+    assert stats["stop_reasons"] == {}
+    assert stats["latency_ms"] == {}
+    assert stats["last_run"] is None
+    assert stats["model"]["state"] == "ready"
     assert step == {
         "class": "refact-lsp-server",
         "server_name": "refact-lsp",
@@ -401,9 +426,53 @@ def test_accept_word_and_line_keep_a_multiline_suggestions_paren_once(results: d
     }
     assert step["last"]["text"] == full
     assert step["last"]["point"] == len(full)
-    # a word across the line break: the ")" follows point onto the new line
+    # words across the line break: the last one ("\n    b", all that is shown) is the last part, as TAB
     assert step["words"]["text"] == full
-    assert step["words"]["point"] == len(full) - 1
+    assert step["words"]["point"] == len(full)
+    assert step["words"]["ghost"] == []
+
+
+def test_the_last_word_shown_before_an_auto_closed_paren_accepts_it_all(results: dict) -> None:
+    """``x = foo(|)`` + ``a, b)``: the ghost text is "a, b" before the real ")". The third M-f takes " b", the
+    last of what is shown: that is TAB, so point goes after the ")" it types again (it stayed before it, the
+    suggestion gone: the next M-f then moved to the next word); undo takes back that accept alone."""
+    step = _step(results, "accept_last_word_closer")
+    assert step["shown"]["ghost"] == ["a, b"]
+    assert step["shown"]["displayed"] == "x = foo(a, b)"
+    assert step["second"] == {
+        "text": "x = foo(a,)",
+        "point": len("x = foo(a,"),
+        "ghost": [" b"],
+        "displayed": "x = foo(a, b)",
+    }
+    assert step["last"] == {
+        "text": "x = foo(a, b)",
+        "point": len("x = foo(a, b)"),
+        "ghost": [],
+        "displayed": "x = foo(a, b)",
+    }
+    assert step["tab_point"] == len("x = foo(a, b)")
+    assert step["undone"] == {"text": "x = foo(a,)", "point": len("x = foo(a,")}
+
+
+def test_c_e_before_text_the_suggestion_leaves_moves_to_the_end_of_the_line(
+    results: dict, scripted_server
+) -> None:
+    """``x = foo(|)`` + ``a + b``: the real ")" stays right of the ghost text, so the end of the line is after
+    it and C-e goes there (``move-end-of-line``, the suggestion dropped), instead of inserting "a + b" before
+    the ")". Where the rest of the line is what the suggestion types again, C-e takes a line of it
+    (``test_accept_word_and_line_keep_a_multiline_suggestions_paren_once``)."""
+    step = _step(results, "accept_line_mid_line")
+    text = "x = foo()\ny = 2\n"
+    assert step["shown"]["ghost"] == [scripted_server.single_line_text]
+    assert step["shown"]["text"] == text
+    assert step["binding"] == "move-end-of-line"
+    assert step["after"] == {
+        "text": text,
+        "point": len("x = foo()"),
+        "ghost": [],
+        "displayed": text,
+    }
 
 
 def test_accept_word_and_line_keys_move_when_nothing_is_shown(results: dict) -> None:

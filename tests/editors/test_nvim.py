@@ -1044,7 +1044,8 @@ def test_accept_word_and_line_keep_a_multiline_suggestions_paren_once(
         nvim.exec_lua("require('refact').accept_line()")
         _wait(lambda: len(nvim.current.buffer) == 2, "the last line")
         assert nvim.current.buffer[:] == ["x = foo(a,", "    b) + 1"]
-        # a word across the line break keeps the ")" after the cursor, on the new line
+        # words: the one across the line break, "\n    b", is the last shown (the ")" after it is the real
+        # one): as Tab, the cursor goes after the ")"
         _leave_insert(nvim)
         nvim.current.buffer[:] = ["x = foo() + 1"]
         _insert(nvim, "i", (1, 8))
@@ -1053,8 +1054,92 @@ def test_accept_word_and_line_keep_a_multiline_suggestions_paren_once(
         nvim.input("<M-Right><M-Right><M-Right>")
         _wait(lambda: len(nvim.current.buffer) == 2, "the word on the next line")
         assert nvim.current.buffer[:] == ["x = foo(a,", "    b) + 1"]
-        assert tuple(nvim.current.window.cursor) == (2, len("    b"))
+        assert tuple(nvim.current.window.cursor) == (2, len("    b)"))
+        assert _ghost(nvim) == []
     finally:
+        _use_model(nvim, scripted_server.single_line_model)
+
+
+#: Completed inside ``foo(|)``: a call's arguments and its ")" (the server's range covers the real ")"),
+#: so the ghost text is the arguments alone.
+CALL_CLOSER_TEXT = "a, b)"
+
+
+@pytest.fixture(scope="module")
+def call_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    folder = tmp_path_factory.mktemp("nvim-checkpoints") / "call-closer"
+    return write_scripted_checkpoint(folder, CALL_CLOSER_TEXT)
+
+
+def test_the_last_word_shown_before_an_auto_closed_paren_accepts_it_all(
+    nvim: Any, scripted_server, call_closer_model: Path
+) -> None:
+    """``x = foo(|)`` + ``a, b)``: the ghost is "a, b" before the real ")". The third word, " b", is the
+    last shown: as Tab, the cursor goes after the ")" (it stayed before it, the suggestion gone). ``u``
+    takes back the insert in one step."""
+    _open(nvim, "last_word_closer.py", ["x = foo()"])
+    _use_model(nvim, call_closer_model)
+    try:
+        _insert(nvim, "i", (1, 8))
+        nvim.input("y<BS>")
+        _wait(lambda: _ghost(nvim), "ghost text")
+        assert _screen(nvim, 1) == [["x = foo(a, b)"], 9]  # the cursor before the ghost "a"
+        nvim.input("<M-Right><M-Right>")
+        _wait(lambda: _line(nvim, 0) == "x = foo(a,)", "the first two words")
+        assert _ghost(nvim) == [{"row": 0, "col": len("x = foo(a,"), "text": " b", "lines": []}]
+        nvim.input("<M-Right>")
+        _wait(lambda: _line(nvim, 0) == "x = foo(a, b)", "the last word")
+        _wait(lambda: tuple(nvim.current.window.cursor) == (1, len("x = foo(a, b)")), "the cursor after ')'")
+        assert _ghost(nvim) == []
+        assert nvim.api.get_mode()["mode"] == "i"
+        _leave_insert(nvim)
+        nvim.input("u")
+        _wait(lambda: _line(nvim, 0) == "x = foo()", "the insert undone")
+    finally:
+        _use_model(nvim, scripted_server.single_line_model)
+
+
+def _completion_pending(editor: Any) -> bool:
+    return editor.exec_lua(
+        """
+        local c = vim.lsp.get_clients({ bufnr = 0, name = 'refact' })[1]
+        for _, r in pairs(c.requests) do
+          if r.type == 'pending' and r.method == 'textDocument/completion' then return true end
+        end
+        return false
+        """
+    )
+
+
+def test_a_menu_item_accepted_while_a_newer_request_is_in_flight_is_finished_once(
+    nvim: Any, scripted_server, call_closer_model: Path
+) -> None:
+    """``x = foo(|)``: the menu shows the item "a, b)" (over the real ")"). Typing "a" keeps it in the menu
+    and, as the server's lists are incomplete, vim.lsp.completion asks again from ``foo(a|)``; <C-y> before
+    that answer accepts the item of the first list. It is finished against the position it was made for:
+    ``x = foo(a, b)``, not ``x = foo(a, b))`` (the newer request's position, where nothing right of the
+    cursor is covered)."""
+    nvim.command("set completeopt=menu,menuone,noinsert")
+    _open(nvim, "menu_in_flight.py", ["x = foo()"])
+    # slow answers, none from the cache: the second request is still in flight when <C-y> comes
+    _use_model(nvim, call_closer_model, debounceMs=1500, completionCache=False)
+    try:
+        _insert(nvim, "i", (1, 8))
+        nvim.exec_lua("vim.lsp.completion.get()")
+        _wait(lambda: nvim.funcs.pumvisible() == 1, "the completion menu")
+        assert _line(nvim, 0) == "x = foo()"
+        nvim.input("a")
+        _wait(lambda: _completion_pending(nvim), "the request for the incomplete list, from foo(a|)")
+        assert nvim.funcs.pumvisible() == 1
+        nvim.input("<C-y>")
+        _wait(lambda: _line(nvim, 0) != "x = foo(a)", "the item inserted")
+        _wait(lambda: not _completion_pending(nvim), "the second answer")
+        _leave_insert(nvim)  # <Esc> after the keys the CompleteDone handler feeds, if any
+        assert _line(nvim, 0) == "x = foo(a, b)"
+    finally:
+        nvim.command("set completeopt&")
         _use_model(nvim, scripted_server.single_line_model)
 
 

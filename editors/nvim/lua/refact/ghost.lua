@@ -356,11 +356,8 @@ function M.accept_keys(bufnr, take)
   lines[1] = lines[1]:sub(col - suggestion.start_col + 1) -- the part typed before the cursor is there
   local text = table.concat(lines, '\n')
   local piece = take and take(text) or text
-  if piece == '' or #piece >= #text then
-    return M.insert_keys(bufnr, text, covered) -- the whole rest: a full accept
-  end
-  -- Part of it, as if typed: the characters right of the cursor that this piece types again (in order,
-  -- as the ghost text is cut at them) are replaced, the others stay; the rest is shown again after it.
+  -- The characters right of the cursor that this piece types again (in order, as the ghost text is cut
+  -- at them).
   local consumed, from = 0, 1
   while consumed < #covered do
     local at = piece:find(covered:sub(consumed + 1, consumed + 1), from, true)
@@ -369,6 +366,13 @@ function M.accept_keys(bufnr, take)
     end
     consumed, from = consumed + 1, at + 1
   end
+  if piece == '' or #piece >= #text or text:sub(#piece + 1) == covered:sub(consumed + 1) then
+    -- The whole rest, or the last piece shown: after it only the characters right of the cursor that
+    -- it types again (an auto-closed ")"), which no ghost shows. A full accept: the cursor after them.
+    return M.insert_keys(bufnr, text, covered)
+  end
+  -- Part of it, as if typed: the covered characters that this piece types again are replaced, the
+  -- others stay; the rest is shown again after it.
   local rest = {
     row = suggestion.row,
     col = col + #piece,

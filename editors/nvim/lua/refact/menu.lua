@@ -53,10 +53,16 @@ end
 
 local ns = api.nvim_create_namespace('refact.menu')
 
---- Per buffer: where the cursor was when a refact-lsp client last asked for completion items (the
---- position the items' ranges are relative to): { row (0-based), col (byte), line, encoding }.
+--- Per buffer: where the cursor was when a refact-lsp client asked for the completion items last
+--- answered (the position their ranges are relative to): { row (0-based), col (byte), line, encoding }.
+--- The menu shows those items until a newer request is answered: the server's lists are incomplete, so
+--- typing with the menu open asks again, and an item accepted before that answer is from the older list.
 ---@type table<integer, { row: integer, col: integer, line: string, encoding: string }>
 local requested = {}
+
+--- Per buffer, per "client_id:request_id": the same for the requests in flight.
+---@type table<integer, table<string, { row: integer, col: integer, line: string, encoding: string }>>
+local in_flight = {}
 
 local function is_refact_client(client_id)
   return require('refact').is_refact(client_id and vim.lsp.get_client_by_id(client_id))
@@ -169,21 +175,30 @@ function M.enable(client, bufnr)
     buffer = bufnr,
     callback = function(args)
       local request = args.data.request or {}
-      if
-        request.type == 'pending'
-        and request.method == 'textDocument/completion'
-        and is_refact_client(args.data.client_id)
-        and api.nvim_get_current_buf() == bufnr
-      then
-        -- Sent from the cursor (vim.lsp.completion asks at the current window's cursor).
-        local row, col = unpack(api.nvim_win_get_cursor(0))
-        local c = vim.lsp.get_client_by_id(args.data.client_id)
-        requested[bufnr] = {
-          row = row - 1,
-          col = col,
-          line = api.nvim_get_current_line(),
-          encoding = c and c.offset_encoding or 'utf-16',
-        }
+      if request.method ~= 'textDocument/completion' or not is_refact_client(args.data.client_id) then
+        return
+      end
+      local key = args.data.client_id .. ':' .. args.data.request_id
+      local sent = in_flight[bufnr] or {}
+      in_flight[bufnr] = sent
+      if request.type == 'pending' then
+        if api.nvim_get_current_buf() == bufnr then
+          -- Sent from the cursor (vim.lsp.completion asks at the current window's cursor).
+          local row, col = unpack(api.nvim_win_get_cursor(0))
+          local c = vim.lsp.get_client_by_id(args.data.client_id)
+          sent[key] = {
+            row = row - 1,
+            col = col,
+            line = api.nvim_get_current_line(),
+            encoding = c and c.offset_encoding or 'utf-16',
+          }
+        end
+      elseif request.type == 'complete' then
+        -- Answered: its items are the menu's from now on (vim.lsp.completion shows them next).
+        requested[bufnr] = sent[key] or requested[bufnr]
+        sent[key] = nil
+      else -- 'cancel': a newer request replaces it, its items are never shown
+        sent[key] = nil
       end
     end,
   })
@@ -213,6 +228,7 @@ function M.enable(client, bufnr)
     buffer = bufnr,
     callback = function()
       requested[bufnr] = nil
+      in_flight[bufnr] = nil
     end,
   })
 end
