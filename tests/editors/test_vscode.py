@@ -761,6 +761,19 @@ def _partial_accepts(scripted_server) -> list[dict]:
             "expectedFile": "x = 1\ndef f(x):",
         },
         {
+            # The same, but the rest (":" right of the ")") by Accept Next Word too.
+            "name": "word_closer_twice",
+            "fileName": "closer2.py",
+            "initialText": "x = 1\n",
+            "typeText": "def f(",
+            "expectedGhost": "x:",
+            "acceptKey": "Control+ArrowRight",
+            "expectedGhostAfterPartial": ":",
+            "expectedFileAfterPartial": "x = 1\ndef f(x)",
+            "restKeys": ["Control+ArrowRight"],
+            "expectedFile": "x = 1\ndef f(x):",
+        },
+        {
             "name": "line",
             "model": str(scripted_server.multiline_model),
             "fileName": "lines.py",
@@ -883,6 +896,7 @@ def test_code_server_accept_next_word_and_line(code_server_run: tuple[dict, Path
     steps = {step["name"]: step for step in result["config"]["partialAccepts"]}
     assert [r["name"] for r in result["partialAccepts"]] == list(steps)
     for run in result["partialAccepts"]:
+        assert "error" not in run, f"{run['error']}\nscreenshots: {result['screenshots']}\n{result['stderr']}"
         step = steps[run["name"]]
         assert run["ghostText"] == step["expectedGhost"]
         assert run["ghostAfterPartial"] == step["expectedGhostAfterPartial"]
