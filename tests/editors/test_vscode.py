@@ -1,9 +1,10 @@
 """VS Code extension: the .vsix builds (every run) and works in real VS Code (code-server, behind a flag).
 
-The end-to-end test runs code-server 4.100.3 (VS Code 1.100) in headless Chromium with the packaged extension
-and the real server on a scripted checkpoint: ghost text appears, Tab accepts, Ctrl+S saves, two restarts in a
-row leave one server. It takes about a minute plus a one-time install of code-server, so it runs only with
-``REFACT_LSP_VSCODE_E2E=1``.
+The end-to-end tests run code-server 4.100.3 (VS Code 1.100) in headless Chromium with the packaged extension
+and the real server on scripted checkpoints, in one session: ghost text appears, Tab accepts, Ctrl+S saves,
+Accept Next Word and Accept Next Line take part of a suggestion and leave the rest, two restarts in a row
+leave one server. They take about half a minute plus a one-time install of code-server, so they run only
+with ``REFACT_LSP_VSCODE_E2E=1``.
 """
 
 from __future__ import annotations
@@ -706,7 +707,7 @@ def test_server_that_crashed_is_restarted_once_a_failed_restart_stops(vsix: Path
 def _e2e_prerequisites() -> str | None:
     """Why the code-server test cannot run here, or None."""
     if os.environ.get(E2E_FLAG) != "1":
-        return f"set {E2E_FLAG}=1 to run the code-server end-to-end test (about a minute)"
+        return f"set {E2E_FLAG}=1 to run the code-server end-to-end tests (about 30 s)"
     if shutil.which("node") is None:
         return "node not installed"
     if not CHROMIUM.exists():
