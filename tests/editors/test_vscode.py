@@ -1,9 +1,10 @@
 """VS Code extension: the .vsix builds (every run) and works in real VS Code (code-server, behind a flag).
 
-The end-to-end test runs code-server 4.100.3 (VS Code 1.100) in headless Chromium with the packaged extension
-and the real server on a scripted checkpoint: ghost text appears, Tab accepts, Ctrl+S saves, two restarts in a
-row leave one server. It takes about a minute plus a one-time install of code-server, so it runs only with
-``REFACT_LSP_VSCODE_E2E=1``.
+The end-to-end tests run code-server 4.100.3 (VS Code 1.100) in headless Chromium with the packaged extension
+and the real server on scripted checkpoints, in one session: ghost text appears, Tab accepts, Ctrl+S saves,
+Accept Next Word and Accept Next Line take part of a suggestion and leave the rest, two restarts in a row
+leave one server. They take about half a minute plus a one-time install of code-server, so they run only
+with ``REFACT_LSP_VSCODE_E2E=1``.
 """
 
 from __future__ import annotations
@@ -706,7 +707,7 @@ def test_server_that_crashed_is_restarted_once_a_failed_restart_stops(vsix: Path
 def _e2e_prerequisites() -> str | None:
     """Why the code-server test cannot run here, or None."""
     if os.environ.get(E2E_FLAG) != "1":
-        return f"set {E2E_FLAG}=1 to run the code-server end-to-end test (about a minute)"
+        return f"set {E2E_FLAG}=1 to run the code-server end-to-end tests (about 30 s)"
     if shutil.which("node") is None:
         return "node not installed"
     if not CHROMIUM.exists():
@@ -716,8 +717,87 @@ def _e2e_prerequisites() -> str | None:
     return None
 
 
-@pytest.mark.slow
-def test_code_server_ghost_text_tab_save(vsix: Path, tmp_path: Path) -> None:
+# Partial accepts of the scripted completions (tests/editors/conftest.py): Accept Next Word (Ctrl+Right, VS
+# Code's default key) on "a + b", and on "x):" typed inside an auto-closed "()" (the item's range covers the
+# ")", so VS Code shows "x" before it and ":" after it); Accept Next Line (our key Alt+L) on the multi-line
+# "    return a + b\n    # done" whose range starts at column 0. Each: the file holds just the accepted part,
+# the rest is still ghost text, Tab accepts it (two Tabs for the indented next line: see restKeys) and the
+# file holds the whole completion once.
+ACCEPT_NEXT_LINE_KEY = {
+    "key": "alt+l",
+    "command": "editor.action.inlineSuggest.acceptNextLine",
+    "when": "inlineSuggestionVisible && !editorReadonly",
+}
+
+
+def _partial_accepts(scripted_server) -> list[dict]:
+    single, closer, multi = (
+        scripted_server.single_line_text,
+        scripted_server.closer_text,
+        scripted_server.multiline_text,
+    )
+    assert (single, closer, multi) == ("a + b", "x):", "    return a + b\n    # done")
+    return [
+        {
+            "name": "word",
+            "fileName": "word.py",
+            "initialText": "def add(a, b):\n",
+            "typeText": "    return ",
+            "expectedGhost": "a + b",
+            "acceptKey": "Control+ArrowRight",
+            "expectedGhostAfterPartial": " + b",
+            "expectedFileAfterPartial": "def add(a, b):\n    return a",
+            "expectedFile": "def add(a, b):\n    return a + b",
+        },
+        {
+            "name": "word_closer",
+            "model": str(scripted_server.closer_model),
+            "fileName": "closer.py",
+            "initialText": "x = 1\n",
+            "typeText": "def f(",  # VS Code closes the paren: def f(|)
+            "expectedGhost": "x:",  # "x" left of the ")", ":" right of it
+            "acceptKey": "Control+ArrowRight",
+            "expectedGhostAfterPartial": ":",
+            "expectedFileAfterPartial": "x = 1\ndef f(x)",
+            "expectedFile": "x = 1\ndef f(x):",
+        },
+        {
+            # The same, but the rest (":" right of the ")") by Accept Next Word too.
+            "name": "word_closer_twice",
+            "fileName": "closer2.py",
+            "initialText": "x = 1\n",
+            "typeText": "def f(",
+            "expectedGhost": "x:",
+            "acceptKey": "Control+ArrowRight",
+            "expectedGhostAfterPartial": ":",
+            "expectedFileAfterPartial": "x = 1\ndef f(x)",
+            "restKeys": ["Control+ArrowRight"],
+            "expectedFile": "x = 1\ndef f(x):",
+        },
+        {
+            "name": "line",
+            "model": str(scripted_server.multiline_model),
+            "fileName": "lines.py",
+            "initialText": "def add(a, b):\n",
+            "typeText": "    ",
+            "expectedGhost": "return a + b\n    # done",
+            "acceptKey": "Alt+L",
+            "expectedGhostAfterPartial": "    # done",
+            "expectedFileAfterPartial": "def add(a, b):\n    return a + b\n",
+            # The rest, "    # done", starts with a tab's worth of indentation at column 0 of an empty
+            # line: VS Code's Tab indents there (its inlineSuggestionHasIndentationLessThanTabSize rule, for
+            # any provider), the ghost text "# done" stays, and the second Tab accepts it.
+            "restKeys": ["Tab", "Tab"],
+            "expectedFile": "def add(a, b):\n    return a + b\n    # done",
+        },
+    ]
+
+
+@pytest.fixture(scope="module")
+def code_server_run(
+    vsix: Path, scripted_server, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[dict, Path]:
+    """One code-server session (its driver's RESULT, its work folder) for the end-to-end tests."""
     reason = _e2e_prerequisites()
     if reason:
         pytest.skip(reason)
@@ -735,11 +815,9 @@ def test_code_server_ghost_text_tab_save(vsix: Path, tmp_path: Path) -> None:
         env = {**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
         _run(["npm", "ci", "--ignore-scripts", "--no-fund", "--no-audit"], cwd=E2E, timeout=300, env=env)
 
-    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
-
-    completion = "a + b"
-    checkpoint = tmp_path / "scripted"
-    write_scripted_checkpoint(checkpoint, completion)
+    tmp_path = tmp_path_factory.mktemp("code-server")
+    checkpoint = scripted_server.single_line_model
+    completion = scripted_server.single_line_text
     config = {
         "codeServer": code_server,
         "vsix": str(vsix),
@@ -761,6 +839,8 @@ def test_code_server_ghost_text_tab_save(vsix: Path, tmp_path: Path) -> None:
         "typeText": "    return ",
         "expectedGhost": completion,
         "expectedFile": f"def add(a, b):\n    return {completion}",
+        "keybindings": [ACCEPT_NEXT_LINE_KEY],
+        "partialAccepts": _partial_accepts(scripted_server),
     }
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config))
@@ -775,9 +855,23 @@ def test_code_server_ghost_text_tab_save(vsix: Path, tmp_path: Path) -> None:
     assert result_line, f"no RESULT from the driver (exit {proc.returncode})\n{proc.stderr[-6000:]}"
     result = json.loads(result_line[len("RESULT ") :])
     print(json.dumps(result, indent=2))
+    result["stderr"] = proc.stderr[-6000:]
+    result["config"] = config
+    return result, tmp_path
+
+
+def _assert_ok(result: dict) -> None:
     assert result["ok"], (
-        f"{result.get('error')}\nscreenshots: {result.get('screenshots')}\n{proc.stderr[-6000:]}"
+        f"{result.get('error')}\nscreenshots: {result.get('screenshots')}\n{result['stderr']}"
     )
+
+
+@pytest.mark.slow
+def test_code_server_ghost_text_tab_save(code_server_run: tuple[dict, Path]) -> None:
+    result, tmp_path = code_server_run
+    _assert_ok(result)
+    config = result["config"]
+    completion = config["expectedGhost"]
     assert completion in result["ghostText"]
     assert re.search(r"Refact: ready \d+ ms", result["statusAfterCompletion"])
     assert (tmp_path / "run" / "workspace" / "main.py").read_text() == config["expectedFile"]
@@ -791,3 +885,22 @@ def test_code_server_ghost_text_tab_save(vsix: Path, tmp_path: Path) -> None:
     assert result["serversBeforeRestart"] == 1
     assert result["serversAfterRestarts"] == 1
     assert re.search(r"Refact: ready", result["statusAfterRestarts"])
+
+
+@pytest.mark.slow
+def test_code_server_accept_next_word_and_line(code_server_run: tuple[dict, Path]) -> None:
+    """Accept Next Word / Accept Next Line on our items (a plain one, one whose range covers an auto-closed
+    ")", a multi-line one from column 0): the file holds exactly the accepted part, then the whole completion
+    once after Tab; the rest stayed ghost text in between (also after the save)."""
+    result, tmp_path = code_server_run
+    _assert_ok(result)
+    steps = {step["name"]: step for step in result["config"]["partialAccepts"]}
+    assert [r["name"] for r in result["partialAccepts"]] == list(steps)
+    for run in result["partialAccepts"]:
+        assert "error" not in run, f"{run['error']}\nscreenshots: {result['screenshots']}\n{result['stderr']}"
+        step = steps[run["name"]]
+        assert run["ghostText"] == step["expectedGhost"]
+        assert run["ghostAfterPartial"] == step["expectedGhostAfterPartial"]
+        assert run["fileAfterPartial"] == step["expectedFileAfterPartial"]
+        assert run["ghostAfterSave"] == step["expectedGhostAfterPartial"]
+        assert (tmp_path / "run" / "workspace" / step["fileName"]).read_text() == step["expectedFile"]

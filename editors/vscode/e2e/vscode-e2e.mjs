@@ -4,8 +4,8 @@
 //
 // Scenario: fresh code-server and profiles; install the .vsix; open a file; wait for the status bar to say
 // the model is ready; type; the scripted checkpoint's completion appears as ghost text; Tab accepts; Ctrl+S
-// saves; the file on disk holds the completion; the extension's commands; two restarts in a row leave one
-// server process.
+// saves; the file on disk holds the completion; optionally, partial accepts (Accept Next Word / Line, then
+// Tab for the rest) in other files; the extension's commands; two restarts in a row leave one server process.
 //
 // Usage: node vscode-e2e.mjs --config CONFIG.json
 //   CONFIG: {
@@ -15,7 +15,13 @@
 //     workDir: an empty folder for profiles, workspace and logs,
 //     fileName: "main.py", initialText: "...", typeText: "...",
 //     expectedGhost: the ghost text to wait for, expectedFile: the file's text after Tab and Ctrl+S,
-//     settings: extra VS Code user settings (optional),
+//     settings: extra VS Code user settings (optional), keybindings: user keybindings (optional),
+//     partialAccepts: cases run after the save (optional), each {
+//       name, fileName, initialText, typeText, model: a checkpoint to switch to first (optional),
+//       expectedGhost: the whole ghost text, acceptKey: e.g. "Control+ArrowRight" (Accept Next Word),
+//       expectedGhostAfterPartial, expectedFileAfterPartial: ghost text and file after that key and Ctrl+S,
+//       restKeys: the keys that accept the rest (optional, default ["Tab"]),
+//       expectedFile: the file after those keys and Ctrl+S },
 //     serverMarker: an argument of the server command (e.g. CHECKPOINT) that finds its processes in /proc;
 //       given, the scenario ends with "Refact: Restart Server" twice in a row and counts the servers (optional),
 //     chromium: "/usr/bin/chromium" (optional), timeoutMs: overall limit (optional, default 240000)
@@ -132,6 +138,9 @@ async function main() {
     const env = isolatedEnv(work);
     const filePath = path.join(dirs.workspace, config.fileName);
     await fs.writeFile(filePath, config.initialText);
+    for (const step of config.partialAccepts ?? []) {
+        await fs.writeFile(path.join(dirs.workspace, step.fileName), step.initialText);
+    }
 
     const settings = {
         // Ghost text is hidden while the suggest widget is open: keep the widget away.
@@ -154,6 +163,10 @@ async function main() {
     };
     await fs.mkdir(path.join(dirs.userData, 'User'), { recursive: true });
     await fs.writeFile(path.join(dirs.userData, 'User', 'settings.json'), JSON.stringify(settings, null, 2));
+    await fs.writeFile(
+        path.join(dirs.userData, 'User', 'keybindings.json'),
+        JSON.stringify(config.keybindings ?? [], null, 2),
+    );
 
     const profileArgs = ['--user-data-dir', dirs.userData, '--extensions-dir', dirs.extensions];
     log(`installing ${config.vsix}`);
@@ -238,16 +251,18 @@ async function main() {
 
         // Open the file with Quick Open.
         await page.locator('.part.editor').waitFor({ timeout: 30_000 });
-        await page.keyboard.press('Control+P');
         const quickInput = page.locator('.quick-input-widget input');
-        await quickInput.waitFor({ timeout: 30_000 });
-        await quickInput.fill(config.fileName);
-        await page.locator('.quick-input-list .monaco-list-row', { hasText: config.fileName }).first().waitFor({
-            timeout: 30_000,
-        });
-        await page.keyboard.press('Enter');
-        const tab = page.locator('.tabs-container .tab.active', { hasText: config.fileName });
-        await tab.waitFor({ timeout: 30_000 });
+        const openFile = async (name) => {
+            await page.keyboard.press('Control+P');
+            await quickInput.waitFor({ timeout: 30_000 });
+            await quickInput.fill(name);
+            await page.locator('.quick-input-list .monaco-list-row', { hasText: name }).first().waitFor({
+                timeout: 30_000,
+            });
+            await page.keyboard.press('Enter');
+            await page.locator('.tabs-container .tab.active', { hasText: name }).waitFor({ timeout: 30_000 });
+        };
+        await openFile(config.fileName);
         const editor = page.locator('.editor-instance .monaco-editor').first();
         await editor.waitFor({ timeout: 30_000 });
         mark('file_opened');
@@ -284,8 +299,10 @@ async function main() {
         await shoot('ghost-text');
         result.statusAfterCompletion = await statusItem.textContent();
 
+        // Tab accepts; the saved file below shows what it inserted. (The server may already show the next
+        // suggestion at the new cursor: the scripted checkpoint suggests its text again, so no wait for the
+        // ghost text to go.)
         await page.keyboard.press('Tab');
-        await waitFor('the ghost text to be accepted', async () => (await ghost.count()) === 0, 10_000, 100);
         mark('accepted');
         await page.keyboard.press('Control+S');
         result.fileText = await waitFor('the file on disk to hold the completion', async () => {
@@ -298,7 +315,6 @@ async function main() {
         mark('saved');
         await shoot('saved');
 
-        // The extension's commands, through the command palette.
         const runCommand = async (title) => {
             await page.keyboard.press('Control+Shift+P');
             await quickInput.waitFor({ timeout: 10_000 });
@@ -308,6 +324,114 @@ async function main() {
             });
             await page.keyboard.press('Enter');
         };
+
+        // Partial accepts: each case opens its file (switching the model first, if it says so), types, waits
+        // for the suggestion, accepts its first word or line, saves, then checks that the file holds just
+        // that part and that the rest is still shown as ghost text; Tab accepts the rest, and the saved file
+        // holds the whole completion once.
+        // The ghost text on the cursor line (one part, or parts around text it leaves, like a ")"), then the
+        // lines below it (a view zone, before the inline parts in the DOM), one "\n" before each.
+        const ghostNow = async () => {
+            const inline = await page.locator('.ghost-text-decoration, .ghost-text-decoration-preview').allTextContents();
+            const below = await page.locator('.ghost-text').evaluateAll((spans) => {
+                const lines = new Map(); // a line's spans (one per token) joined
+                for (const span of spans) {
+                    const line = span.closest('.view-line') ?? span;
+                    lines.set(line, (lines.get(line) ?? '') + span.textContent);
+                }
+                return [...lines.values()];
+            });
+            return [inline.join(''), ...below].join('\n').replace(/\u00a0/g, ' ');
+        };
+        const saveAndRead = async (file, expected, what) => {
+            await page.keyboard.press('Control+S');
+            return waitFor(what, async () => {
+                const text = await fs.readFile(file, 'utf8');
+                return text === expected ? text : false;
+            }, 15_000, 100).catch(async (error) => {
+                throw new Error(`${error.message}; file holds ${JSON.stringify(await fs.readFile(file, 'utf8'))}`);
+            });
+        };
+        const useModel = async (model) => {
+            // In the workspace's settings (code-server does not notice a change of the user's settings file).
+            // The server reloads on workspace/didChangeConfiguration; its stats say when the model is loaded.
+            await fs.mkdir(path.join(dirs.workspace, '.vscode'), { recursive: true });
+            await fs.writeFile(
+                path.join(dirs.workspace, '.vscode', 'settings.json'),
+                JSON.stringify({ 'refact.model': model }, null, 2),
+            );
+            await waitFor(`the server to load ${model}`, async () => {
+                await runCommand('Refact: Show Server Stats');
+                await page.locator('.tabs-container .tab.active', { hasText: 'refact-stats.json' }).waitFor({
+                    timeout: 10_000,
+                });
+                await page.keyboard.press('Control+End'); // the model's block is near the end
+                const lines = await page
+                    .locator('.editor-group-container.active .monaco-editor .view-lines')
+                    .first()
+                    .innerText();
+                await page.keyboard.press('Control+W');
+                const text = lines.replace(/\u00a0/g, ' ');
+                const loaded = text.includes(`"source": ${JSON.stringify(model)}`) && text.includes('"state": "ready"');
+                if (!loaded) {
+                    log(`stats: ${text.split('\n').filter((line) => /"(source|state)"/.test(line)).join(' ')}`);
+                }
+                return loaded;
+            }, 60_000, 500);
+        };
+        const partialAccept = async (step) => {
+            const file = path.join(dirs.workspace, step.fileName); // written with the main file
+            if (step.model) {
+                await useModel(step.model);
+            }
+            await openFile(step.fileName);
+            await page.locator('.editor-group-container.active .monaco-editor .view-lines').first().click();
+            await page.keyboard.press('Control+End');
+            await page.keyboard.type(step.typeText, { delay: 40 });
+            const out = { name: step.name };
+            out.ghostText = await waitFor(`ghost text ${JSON.stringify(step.expectedGhost)}`, async () => {
+                const text = await ghostNow();
+                return text === step.expectedGhost ? text : false;
+            }, 60_000, 100).catch(async (error) => {
+                throw new Error(`${step.name}: ${error.message}; ghost text ${JSON.stringify(await ghostNow())}`);
+            });
+            await shoot(`${step.name}-ghost`);
+            await page.keyboard.press(step.acceptKey);
+            out.ghostAfterPartial = await waitFor('the rest of the suggestion as ghost text', async () => {
+                const text = await ghostNow();
+                return text === step.expectedGhostAfterPartial ? text : false;
+            }, 10_000, 100).catch(async (error) => {
+                throw new Error(`${step.name}: ${error.message}; ghost text ${JSON.stringify(await ghostNow())}`);
+            });
+            out.fileAfterPartial = await saveAndRead(file, step.expectedFileAfterPartial, `${step.name}: the part`);
+            await shoot(`${step.name}-partial`);
+            // Saving keeps the suggestion: the rest is still shown, and Tab accepts it.
+            out.ghostAfterSave = await ghostNow();
+            for (const key of step.restKeys ?? ['Tab']) {
+                await page.keyboard.press(key);
+            }
+            out.fileText = await saveAndRead(file, step.expectedFile, `${step.name}: the whole completion`);
+            await shoot(`${step.name}-accepted`);
+            return out;
+        };
+        if (config.partialAccepts?.length) {
+            result.partialAccepts = [];
+            for (const step of config.partialAccepts) {
+                try {
+                    result.partialAccepts.push(await partialAccept(step));
+                } catch (error) {
+                    // Recorded for the step; the scenario goes on (the commands and restarts are checked too).
+                    result.partialAccepts.push({ name: step.name, error: String(error?.stack ?? error) });
+                    log(`partial accept ${step.name} FAILED: ${error}`);
+                    await shoot(`${step.name}-failure`);
+                    await page.keyboard.press('Escape');
+                }
+                mark(`partial_${step.name}`);
+            }
+            await page.locator('.tabs-container .tab', { hasText: config.fileName }).click(); // back to it
+        }
+
+        // The extension's commands, through the command palette.
         const activeEditorText = async (tabTitle) => {
             await page.locator('.tabs-container .tab.active', { hasText: tabTitle }).waitFor({ timeout: 20_000 });
             return waitFor(`text in ${tabTitle}`, async () => {
