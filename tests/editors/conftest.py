@@ -25,6 +25,12 @@ MULTILINE_TEXT = "    return a + b\n    # done"
 #: Completed inside an auto-closed "()": the model types the ")" and goes on, so the server's range
 #: covers the real ")" and the editor shows the text around it.
 CLOSER_TEXT = "x):"
+#: With multiline "always", completed inside ``foo(|)``: the second line types the auto-closed ")" again, so
+#: the server's range covers the real ")" while the ghost text is one multi-line piece.
+MULTILINE_CLOSER_TEXT = "a,\n    b)"
+#: Completed inside ``foo(|)``: a call's arguments and its ")" (the server's range covers the real ")"), so
+#: the ghost text shown is the arguments alone.
+CALL_CLOSER_TEXT = "a, b)"
 
 #: Settings sent as initializationOptions: greedy decoding and no debounce, so answers are exact and quick.
 TEST_SETTINGS = {"temperature": 0, "debounceMs": 0}
@@ -61,6 +67,26 @@ def scripted_server(tmp_path_factory: pytest.TempPathFactory) -> ScriptedServer:
         multiline_model=multi,
         closer_model=closer,
         env=server_env(),
+    )
+
+
+@pytest.fixture(scope="session")
+def multiline_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint that answers ``MULTILINE_CLOSER_TEXT``."""
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    return write_scripted_checkpoint(
+        tmp_path_factory.mktemp("editor-checkpoints") / "ml-closer", MULTILINE_CLOSER_TEXT
+    )
+
+
+@pytest.fixture(scope="session")
+def call_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The checkpoint that answers ``CALL_CLOSER_TEXT``."""
+    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
+
+    return write_scripted_checkpoint(
+        tmp_path_factory.mktemp("editor-checkpoints") / "call-closer", CALL_CLOSER_TEXT
     )
 
 

@@ -527,24 +527,27 @@ after any command) would take down what they show."
           (list :first first :last (scenario-observe))))
     (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL"))))
 
+(defun scenario-ghost-in-call (file)
+  "Open FILE as \"x = foo()\" with point inside the parens, ask, and wait for the ghost text."
+  (scenario-open file "x = foo()")
+  (backward-char 1)
+  (scenario-type "y DEL")
+  (scenario-ask)
+  (scenario-wait #'scenario-ghost "the ghost text"))
+
 (scenario-step "accept_multiline_closer"
   ;; "x = foo(|)" + "a,\n    b)": taken by words and lines, the real ")" is kept once until the last part.
   (scenario-use-model (scenario-env "REFACT_TEST_MULTILINE_CLOSER_MODEL") :multiline "always")
   (unwind-protect
-      (cl-flet ((start (file)
-                  (scenario-open file "x = foo()")
-                  (backward-char 1)
-                  (scenario-type "y DEL")
-                  (scenario-ask)
-                  (scenario-wait #'scenario-ghost "the ghost text")))
-        (start "accept_ml_closer.py")
+      (progn
+        (scenario-ghost-in-call "accept_ml_closer.py")
         (scenario-type "M-f")
         (let ((word (scenario-observe)))
           (scenario-type "C-e")
           (let ((line (scenario-observe)))
             (scenario-type "C-e")
             (let ((last (scenario-observe)))
-              (start "accept_ml_closer_words.py")
+              (scenario-ghost-in-call "accept_ml_closer_words.py")
               (scenario-type "M-f M-f M-f")
               (list :word word :line line :last last :words (scenario-observe))))))
     (scenario-use-model (scenario-env "REFACT_TEST_SINGLE_LINE_MODEL") :multiline "auto")))
@@ -553,13 +556,7 @@ after any command) would take down what they show."
 (scenario-step "accept_last_word_closer"
   (scenario-use-model (scenario-env "REFACT_TEST_CALL_CLOSER_MODEL"))
   (unwind-protect
-      (cl-flet ((start (file)
-                  (scenario-open file "x = foo()")
-                  (backward-char 1)
-                  (scenario-type "y DEL")
-                  (scenario-ask)
-                  (scenario-wait #'scenario-ghost "the ghost text")
-                  (scenario-observe)))
+      (cl-flet ((start (file) (scenario-ghost-in-call file) (scenario-observe)))
         (let ((shown (start "accept_last_word_closer.py")))
           (scenario-type "M-f M-f")
           (let ((second (scenario-observe)))

@@ -20,13 +20,6 @@ import pytest
 
 pytestmark = pytest.mark.editor
 
-#: With multiline "always", completed inside an auto-closed "()": the second line types the ")" again, so the
-#: server's range covers the real ")" while the ghost text is one multi-line piece.
-MULTILINE_CLOSER_TEXT = "a,\n    b)"
-#: Completed inside an auto-closed "()": a call's arguments and its ")" (the server's range covers the real
-#: ")"), so the ghost text shown is the arguments alone.
-CALL_CLOSER_TEXT = "a, b)"
-
 REPO = Path(__file__).resolve().parents[2]
 PACKAGE_DIR = REPO / "editors" / "emacs"
 SCENARIO = Path(__file__).with_name("emacs_scenario.el")
@@ -53,22 +46,6 @@ def _emacs_version(binary: str) -> tuple[int, int]:
     ).stdout
     major, minor = out.strip().split(".")
     return int(major), int(minor)
-
-
-@pytest.fixture(scope="module")
-def multiline_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
-
-    folder = tmp_path_factory.mktemp("emacs-checkpoints") / "ml-closer"
-    return write_scripted_checkpoint(folder, MULTILINE_CLOSER_TEXT)
-
-
-@pytest.fixture(scope="module")
-def call_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
-
-    folder = tmp_path_factory.mktemp("emacs-checkpoints") / "call-closer"
-    return write_scripted_checkpoint(folder, CALL_CLOSER_TEXT)
 
 
 @pytest.fixture(scope="module")

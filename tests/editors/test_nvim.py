@@ -512,26 +512,13 @@ def test_an_auto_closed_paren_the_suggestion_types_is_shown_once(nvim: Any, scri
         _use_model(nvim, scripted_server.single_line_model)
 
 
-#: Completed inside ``foo(|)`` with ``multiline: "always"``: a multi-line suggestion that types the
-#: auto-closed ")" again, on its last line.
-ML_CLOSER_TEXT = "a,\n    b)"
-
-
-@pytest.fixture(scope="module")
-def ml_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
-
-    folder = tmp_path_factory.mktemp("nvim-checkpoints") / "ml-closer"
-    return write_scripted_checkpoint(folder, ML_CLOSER_TEXT)
-
-
 def test_a_multiline_suggestion_shows_the_text_right_of_the_cursor_after_its_last_line(
-    nvim: Any, scripted_server, ml_closer_model: Path
+    nvim: Any, scripted_server, multiline_closer_model: Path
 ) -> None:
     """``x = foo(|)`` + the lines ``a,`` and ``    b)``: the real ")" is not drawn after the first line's
     ghost (Tab puts the ``b)`` of the last line in its place); what follows it moves after the last line."""
     _open(nvim, "ml_closer.py", ["x = foo()", "y = bar() + 1"])
-    _use_model(nvim, ml_closer_model, multiline="always", midLine="always")
+    _use_model(nvim, multiline_closer_model, multiline="always", midLine="always")
     try:
         for row, after in ((1, ""), (3, " + 1")):  # the first Tab added line 2
             _leave_insert(nvim)
@@ -1024,12 +1011,12 @@ def test_accept_word_keeps_an_auto_closed_paren_once(nvim: Any, scripted_server)
 
 
 def test_accept_word_and_line_keep_a_multiline_suggestions_paren_once(
-    nvim: Any, scripted_server, ml_closer_model: Path
+    nvim: Any, scripted_server, multiline_closer_model: Path
 ) -> None:
     """``x = foo(|) + 1`` + ``a,\\n    b)``: words and lines taken one by one leave the real ")" (and
     " + 1") after the cursor, never doubled nor lost, and end in what Tab gives."""
     _open(nvim, "ml_word.py", ["x = foo() + 1"])
-    _use_model(nvim, ml_closer_model, multiline="always", midLine="always")
+    _use_model(nvim, multiline_closer_model, multiline="always", midLine="always")
     try:
         _insert(nvim, "i", (1, 8))
         nvim.input("y<BS>")
@@ -1058,19 +1045,6 @@ def test_accept_word_and_line_keep_a_multiline_suggestions_paren_once(
         assert _ghost(nvim) == []
     finally:
         _use_model(nvim, scripted_server.single_line_model)
-
-
-#: Completed inside ``foo(|)``: a call's arguments and its ")" (the server's range covers the real ")"),
-#: so the ghost text is the arguments alone.
-CALL_CLOSER_TEXT = "a, b)"
-
-
-@pytest.fixture(scope="module")
-def call_closer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from refact_lsp.dev.checkpoints import write_scripted_checkpoint
-
-    folder = tmp_path_factory.mktemp("nvim-checkpoints") / "call-closer"
-    return write_scripted_checkpoint(folder, CALL_CLOSER_TEXT)
 
 
 def test_the_last_word_shown_before_an_auto_closed_paren_accepts_it_all(
