@@ -78,19 +78,6 @@ def test_single_line_edits(line_text, index, completion, result):
         ("print()", 6, "f(x)", "print(f(x))"),
         ("print():", 6, "f(x):", "print(f(x):):"),  # its ")" closes its own "(": the ":" is not ours
         ("x = f() + 1", 6, "a)", "x = f(a) + 1"),
-    ],
-)
-def test_the_rest_of_the_line_is_covered_when_the_completion_ends_with_it(
-    line_text, index, completion, result
-):
-    edit = line_edit(line_text, 0, index, completion, "single")
-    assert edit.start_index == index
-    assert apply(line_text, edit) == result
-
-
-@pytest.mark.parametrize(
-    ("line_text", "index", "completion", "result"),
-    [
         # the model wrote the closer and the rest of the line, then went on: the rest is not left behind
         ("for x in range():", 15, "10): print(x)", "for x in range(10): print(x)"),
         ("if () {", 4, "x) { return; }", "if (x) { return; }"),
@@ -101,10 +88,9 @@ def test_the_rest_of_the_line_is_covered_when_the_completion_ends_with_it(
         ("f():", 2, "'):' + x):", "f('):' + x):"),
     ],
 )
-def test_the_rest_of_the_line_is_covered_when_the_completion_types_it_and_goes_on(
-    line_text, index, completion, result
-):
+def test_the_rest_of_the_line_is_covered_when_the_completion_types_it(line_text, index, completion, result):
     edit = line_edit(line_text, 0, index, completion, "single")
+    assert edit.start_index == index
     assert apply(line_text, edit) == result
 
 
